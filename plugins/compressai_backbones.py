@@ -1,0 +1,261 @@
+"""CompressAI backbones whose quantization goes through qbench quantizers.
+
+Each adapter wraps CompressAI's own model class (``FactorizedPrior``,
+``ScaleHyperprior``, ``MeanScaleHyperprior``; not copies) and re-composes its
+modules so that every quantization of ``y`` and ``z`` is done by the plugin
+quantizer and every likelihood uses the quantizer's ``bins``. With the
+``round``-in-eval path and uniform bins the likelihoods equal CompressAI's.
+``compress``/``decompress`` use CompressAI's real rANS coder.
+
+The factorized entropy bottleneck rounds around its medians at test time, so
+the adapters pass the (detached) medians as the quantizer's ``means``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
+from compressai.ops import LowerBound
+from torch import Tensor
+
+import qbench
+from qbench.likelihoods import bottleneck_likelihood, gaussian_likelihood
+from qbench.registry import QbenchError
+
+
+class CheckpointError(QbenchError):
+    """A checkpoint file that cannot be read or does not fit the model."""
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a state dict saved with ``torch.save`` into ``model`` (``weights_only=True``).
+
+    Accepts a bare state dict or one under ``"state_dict"``; raises
+    :class:`CheckpointError` naming the file and the first mismatched key.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})")
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a state dict (got {type(state).__name__})")
+    own = model.state_dict()
+    # CompressAI resizes the entropy coder's CDF buffers on load; skip them in the check.
+    resizable = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+    for key, value in own.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: does not fit the model: key {key!r} is missing")
+        if key.endswith(resizable):
+            continue
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"{path}: does not fit the model: key {key!r} has shape "
+                f"{tuple(state[key].shape)} in the file, {tuple(value.shape)} in the model"
+            )
+    for key in state:
+        if key not in own:
+            raise CheckpointError(f"{path}: does not fit the model: unexpected key {key!r}")
+    model.load_state_dict(state)
+
+
+class _CompressAIBackbone(qbench.Backbone):
+    """Common parts of the CompressAI adapters (``self.net`` is CompressAI's model)."""
+
+    zoo_name = ""
+    model_class: type = FactorizedPrior
+
+    def __init__(
+        self,
+        N: int = 128,
+        M: int = 192,
+        checkpoint: str | None = None,
+        pretrained_quality: int | None = None,
+    ) -> None:
+        super().__init__()
+        if pretrained_quality is not None:
+            from compressai.zoo import image_models
+
+            # The real zoo path (downloads into torch hub's cache unless the file is there).
+            self.net = image_models[self.zoo_name](quality=int(pretrained_quality), pretrained=True)
+        else:
+            self.net = self.model_class(int(N), int(M))
+        if checkpoint is not None:
+            load_checkpoint(self.net, checkpoint)
+        gc = getattr(self.net, "gaussian_conditional", None)
+        self._default_scale_bound = gc.lower_bound_scale if gc is not None else None
+
+    def set_quantizers(self, quantizers):
+        super().set_quantizers(quantizers)
+        gc = getattr(self.net, "gaussian_conditional", None)
+        if gc is not None:
+            bound = getattr(self.quantizers["y"], "scale_bound", None)
+            gc.lower_bound_scale = (
+                self._default_scale_bound if bound is None else LowerBound(float(bound))
+            )
+
+    def aux_parameters(self):
+        return (p for n, p in self.net.named_parameters() if n.endswith("quantiles"))
+
+    def aux_loss(self) -> Tensor:
+        return self.net.aux_loss()
+
+    def update(self, force: bool = True) -> None:
+        self.net.update(force=force)
+
+    def state_dict_for_checkpoint(self) -> dict[str, Tensor]:
+        return self.net.state_dict()
+
+    # -- one latent through the factorized entropy bottleneck ------------------
+    def _medians(self, z: Tensor) -> Tensor:
+        eb = self.net.entropy_bottleneck
+        return eb._get_medians().detach().reshape(1, -1, *([1] * (z.dim() - 2)))
+
+    def _bottleneck(self, name: str, z: Tensor) -> tuple[Tensor, Tensor]:
+        q = self.quantizers[name]
+        med = self._medians(z)
+        out = q(z, med)
+        lik = bottleneck_likelihood(self.net.entropy_bottleneck, *q.bins(out.rate, med))
+        return out.dist, lik
+
+    def _gaussian(
+        self, y: Tensor, scales: Tensor, means: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        q = self.quantizers["y"]
+        out = q(y, means)
+        lik = gaussian_likelihood(
+            self.net.gaussian_conditional, *q.bins(out.rate, means), scales, means
+        )
+        return out.dist, lik
+
+    def _require_uniform(self) -> None:
+        for name, q in self.quantizers.items():
+            if not q.uniform:
+                raise NotImplementedError(
+                    f"quantizer {type(q).__name__} on latent {name!r} is non-uniform; "
+                    "it must provide its own coding (see STanH)"
+                )
+
+    def _code_bottleneck(self, name: str, z: Tensor) -> tuple[list[bytes], Tensor]:
+        q = self.quantizers[name]
+        return self.net.entropy_bottleneck.compress(z), q.quantize(z, self._medians(z))
+
+
+class Factorized(_CompressAIBackbone):
+    """``bmshj2018-factorized``: Ballé, Minnen, Singh, Hwang, Johnston, ICLR 2018
+    (factorized prior), CompressAI's ``FactorizedPrior(N, M)``. Latent ``y``."""
+
+    latents = ("y",)
+    zoo_name = "bmshj2018-factorized"
+    model_class = FactorizedPrior
+
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        y = self.net.g_a(x)
+        y_hat, y_lik = self._bottleneck("y", y)
+        return {
+            "x_hat": self.net.g_s(y_hat),
+            "likelihoods": {"y": y_lik},
+            "latents": {"y": y_hat},
+        }
+
+    def compress(self, x: Tensor) -> dict[str, Any]:
+        self._require_uniform()
+        y = self.net.g_a(x)
+        strings, y_hat = self._code_bottleneck("y", y)
+        return {"strings": [strings], "shape": y.shape[-2:], "latents": {"y": y_hat}}
+
+    def decompress(self, strings: list, shape) -> dict[str, Any]:
+        y_hat = self.net.entropy_bottleneck.decompress(strings[0], shape)
+        return {"x_hat": self.net.g_s(y_hat).clamp_(0, 1), "latents": {"y": y_hat}}
+
+
+class Hyperprior(_CompressAIBackbone):
+    """``bmshj2018-hyperprior``: Ballé et al., ICLR 2018 (scale hyperprior),
+    CompressAI's ``ScaleHyperprior(N, M)``. Latents ``y`` (Gaussian, zero mean)
+    and ``z`` (factorized)."""
+
+    latents = ("y", "z")
+    zoo_name = "bmshj2018-hyperprior"
+    model_class = ScaleHyperprior
+
+    def _params(self, z_hat: Tensor) -> tuple[Tensor, Tensor | None]:
+        return self.net.h_s(z_hat), None
+
+    def _hyper_input(self, y: Tensor) -> Tensor:
+        return torch.abs(y)
+
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        y = self.net.g_a(x)
+        z = self.net.h_a(self._hyper_input(y))
+        z_hat, z_lik = self._bottleneck("z", z)
+        scales, means = self._params(z_hat)
+        y_hat, y_lik = self._gaussian(y, scales, means)
+        return {
+            "x_hat": self.net.g_s(y_hat),
+            "likelihoods": {"y": y_lik, "z": z_lik},
+            "latents": {"y": y_hat, "z": z_hat},
+        }
+
+    def compress(self, x: Tensor) -> dict[str, Any]:
+        self._require_uniform()
+        y = self.net.g_a(x)
+        z = self.net.h_a(self._hyper_input(y))
+        z_strings, z_enc = self._code_bottleneck("z", z)
+        z_hat = self.net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        scales, means = self._params(z_hat)
+        gc = self.net.gaussian_conditional
+        indexes = gc.build_indexes(scales)
+        y_strings = gc.compress(y, indexes, means=means)
+        y_enc = self.quantizers["y"].quantize(y, means)
+        return {
+            "strings": [y_strings, z_strings],
+            "shape": z.shape[-2:],
+            "latents": {"y": y_enc, "z": z_enc},
+        }
+
+    def decompress(self, strings: list, shape) -> dict[str, Any]:
+        z_hat = self.net.entropy_bottleneck.decompress(strings[1], shape)
+        scales, means = self._params(z_hat)
+        gc = self.net.gaussian_conditional
+        indexes = gc.build_indexes(scales)
+        y_hat = gc.decompress(strings[0], indexes, z_hat.dtype, means)
+        return {"x_hat": self.net.g_s(y_hat).clamp_(0, 1), "latents": {"y": y_hat, "z": z_hat}}
+
+
+class MeanScale(Hyperprior):
+    """``mbt2018-mean``: Minnen, Ballé, Toderici, NeurIPS 2018 (mean-scale
+    hyperprior without context model), CompressAI's ``MeanScaleHyperprior(N, M)``."""
+
+    zoo_name = "mbt2018-mean"
+    model_class = MeanScaleHyperprior
+
+    def _params(self, z_hat: Tensor) -> tuple[Tensor, Tensor | None]:
+        scales, means = self.net.h_s(z_hat).chunk(2, 1)
+        return scales, means
+
+    def _hyper_input(self, y: Tensor) -> Tensor:
+        return y
+
+
+@qbench.hookimpl
+def qbench_register_backbones(register):
+    register(
+        "bmshj2018-factorized",
+        Factorized,
+        description="factorized prior (Balle et al. 2018), CompressAI FactorizedPrior",
+    )
+    register(
+        "bmshj2018-hyperprior",
+        Hyperprior,
+        description="scale hyperprior (Balle et al. 2018), CompressAI ScaleHyperprior",
+    )
+    register(
+        "mbt2018-mean",
+        MeanScale,
+        description="mean-scale hyperprior (Minnen et al. 2018), CompressAI MeanScaleHyperprior",
+    )

@@ -1,0 +1,110 @@
+"""Image I/O for dataset plugins: read any image file as an RGB float tensor.
+
+Grayscale, palette, 16-bit, RGBA (composited on white) and CMYK images become
+8-bit RGB. A file Pillow cannot read is reported by path
+(:class:`BadImageError`); :class:`ImageDataset` skips such files and keeps the
+list in ``skipped``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from qbench.registry import QbenchError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class BadImageError(QbenchError):
+    """An image file that cannot be read; the message names the file."""
+
+
+class DatasetError(QbenchError):
+    """A dataset that cannot be used at all (missing folder, no readable image)."""
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def load_image_u8(path: str | Path) -> Tensor:
+    """Read ``path`` as a ``3 x H x W`` uint8 RGB tensor; :class:`BadImageError` on failure."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = _to_rgb8(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise BadImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise BadImageError(f"{path}: image has no pixels")
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def load_image(path: str | Path) -> Tensor:
+    """Read ``path`` as a ``3 x H x W`` float32 RGB tensor in [0, 1]."""
+    return load_image_u8(path).float().div_(255.0)
+
+
+def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
+    """Image files under ``root`` (by suffix), sorted by path."""
+    root = Path(root)
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+class ImageDataset(Sequence):
+    """A sequence of RGB float images in [0, 1], shape ``3 x H x W``, with names.
+
+    Files are read once at construction and kept as uint8; unreadable files
+    are skipped, warned about by path, and listed in ``skipped`` as
+    ``(path, reason)``. A dataset with no readable image raises
+    :class:`DatasetError`.
+    """
+
+    def __init__(self, files: Iterable[str | Path], description: str = "") -> None:
+        self.description = description
+        self.names: list[str] = []
+        self.paths: list[Path] = []
+        self.skipped: list[tuple[str, str]] = []
+        self._images: list[Tensor] = []
+        for f in files:
+            try:
+                img = load_image_u8(f)
+            except BadImageError as exc:
+                self.skipped.append((str(f), str(exc)))
+                warnings.warn(f"skipping unreadable image {exc}", stacklevel=2)
+                continue
+            self.paths.append(Path(f))
+            self.names.append(Path(f).name)
+            self._images.append(img)
+        if not self._images:
+            bad = f" ({len(self.skipped)} unreadable)" if self.skipped else ""
+            raise DatasetError(f"no readable image in {description or 'dataset'}{bad}")
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, i: int) -> Tensor:  # type: ignore[override]
+        return self._images[i].float().div(255.0)
+
+    def uint8(self, i: int) -> Tensor:
+        return self._images[i]

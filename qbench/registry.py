@@ -1,0 +1,148 @@
+"""Registries: what the plugins registered, looked up by kind and name.
+
+The registry knows nothing of any particular quantizer, backbone, dataset or
+metric; it stores what ``register(name, factory, **metadata)`` was given by
+each plugin and builds objects with ``factory(**params)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("quantizer", "backbone", "dataset", "metric")
+
+
+class QbenchError(Exception):
+    """Base class of the errors qbench reports to the user (no traceback needed)."""
+
+
+class UnknownNameError(QbenchError, KeyError):
+    """A name that no plugin registered; the message suggests the closest names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class PluginParameterError(QbenchError, TypeError):
+    """A factory was given a parameter it does not accept, or its build failed."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: who provided it and how to build it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str
+    version: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        """The first line of the ``description`` metadata ('' when absent)."""
+        lines = str(self.metadata.get("description", "")).strip().splitlines()
+        return lines[0] if lines else ""
+
+    def parameters(self) -> dict[str, Any]:
+        """The factory's keyword parameters and their defaults (``inspect.Parameter.empty``)."""
+        try:
+            sig = inspect.signature(self.factory)
+        except (TypeError, ValueError):
+            return {}
+        return {
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    def accepts_any(self) -> bool:
+        try:
+            sig = inspect.signature(self.factory)
+        except (TypeError, ValueError):
+            return True
+        return any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+    def build(self, **params: Any) -> Any:
+        """``factory(**params)``, with errors that name the plugin and the parameter."""
+        accepted = self.parameters()
+        if not self.accepts_any():
+            unknown = [k for k in params if k not in accepted]
+            if unknown:
+                raise PluginParameterError(
+                    f"{self.kind} {self.name!r} (plugin {self.plugin!r}, "
+                    f"{self.distribution} {self.version}) does not accept parameter "
+                    f"{unknown[0]!r}; accepted parameters: {', '.join(accepted) or 'none'}"
+                )
+        try:
+            return self.factory(**params)
+        except (TypeError, ValueError) as exc:
+            raise PluginParameterError(
+                f"{self.kind} {self.name!r} (plugin {self.plugin!r}) could not be built "
+                f"with {params!r}: {exc}"
+            ) from exc
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A plugin that failed to load, or a registration that was refused."""
+
+    plugin: str
+    distribution: str
+    reason: str
+
+
+class Registry:
+    """Entries per kind, in registration order; the first registration of a name wins."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        self.problems: list[Problem] = []
+
+    def add(self, entry: Entry) -> None:
+        taken = self._entries[entry.kind].get(entry.name)
+        if taken is not None:
+            self.problems.append(
+                Problem(
+                    entry.plugin,
+                    entry.distribution,
+                    f"{entry.kind} name {entry.name!r} is already registered by plugin "
+                    f"{taken.plugin!r} ({taken.distribution} {taken.version}); the registration "
+                    f"from {entry.distribution} {entry.version} was ignored",
+                )
+            )
+            return
+        self._entries[entry.kind][entry.name] = entry
+
+    def names(self, kind: str) -> list[str]:
+        return list(self._entries[kind])
+
+    def entries(self, kind: str | None = None) -> Iterator[Entry]:
+        for k in KINDS if kind is None else (kind,):
+            yield from self._entries[k].values()
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        kind, name = key
+        return name in self._entries[kind]
+
+    def get(self, kind: str, name: str) -> Entry:
+        """The entry for ``name``; an :class:`UnknownNameError` suggests close names."""
+        try:
+            return self._entries[kind][name]
+        except KeyError:
+            raise UnknownNameError(unknown_name_message(kind, name, self.names(kind))) from None
+
+    def build(self, kind: str, name: str, **params: Any) -> Any:
+        return self.get(kind, name).build(**params)
+
+
+def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    listing = ", ".join(sorted(known)) or "none"
+    return f"unknown {kind} {name!r}{hint} (registered {kind}s: {listing})"
