@@ -105,6 +105,12 @@ class _CompressAIBackbone(qbench.Backbone):
     def aux_loss(self) -> Tensor:
         return self.net.aux_loss()
 
+    def analysis_parameters(self):
+        return self.net.g_a.parameters()
+
+    def analysis(self, x: Tensor) -> Tensor:
+        return self.net.g_a(x)
+
     def update(self, force: bool = True) -> None:
         self.net.update(force=force)
 

@@ -9,6 +9,7 @@ import torch
 from pytorch_msssim import ms_ssim as _ms_ssim
 
 import qbench
+from qbench.analysis import mismatch, model_gradient_statistics
 
 #: MS-SSIM's standard scale weights (Wang, Simoncelli, Bovik 2003).
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -79,6 +80,42 @@ class MSSSIM(qbench.Metric):
         return {"ms_ssim": ms_ssim(ev.x, ev.x_hat)}
 
 
+class Mismatch(qbench.Metric):
+    """Train-test mismatch on each evaluation image (formulas in :mod:`qbench.analysis`).
+
+    ``mismatch_rate = (bpp_s - bpp_h) / bpp_h``, ``mismatch_dist = PSNR_s - PSNR_h``,
+    ``mismatch_latent = mean (dist_s - y_hard)^2``; ``s`` is the surrogate in
+    training mode at the end of training (averaged over ``draws``), ``h`` the
+    hard quantization. Measured on the padded image the model sees.
+    """
+
+    columns = ("mismatch_rate", "mismatch_dist", "mismatch_latent")
+
+    def __init__(self, draws: int = 4) -> None:
+        self.draws = int(draws)
+
+    def per_image(self, ev: qbench.ImageEval) -> dict[str, float]:
+        torch.manual_seed(0)
+        return mismatch(ev.model, ev.x_padded, draws=self.draws)
+
+
+class Gradients(qbench.Metric):
+    """Gradient-estimation variance and bias wrt the analysis transform, on a fixed
+    training batch (``grad_var``, ``grad_bias``; formulas in :mod:`qbench.analysis`)."""
+
+    columns = ("grad_var", "grad_bias")
+
+    def __init__(self, draws: int = 32, directions: int = 8) -> None:
+        self.draws, self.directions = int(draws), int(directions)
+
+    def per_job(self, ev: qbench.JobEval) -> dict[str, float]:
+        torch.manual_seed(ev.seed)
+        return model_gradient_statistics(
+            ev.model, ev.batch, ev.lmbda, draws=self.draws, directions=self.directions,
+            seed=ev.seed,
+        )
+
+
 @qbench.hookimpl
 def qbench_register_metrics(register):
     register("bpp", Bpp, description="bits per pixel from the likelihoods")
@@ -89,3 +126,13 @@ def qbench_register_metrics(register):
     )
     register("psnr", PSNR, description="PSNR (dB, 0-255, per image then averaged)")
     register("ms_ssim", MSSSIM, description="MS-SSIM (pytorch-msssim)")
+    register(
+        "mismatch",
+        Mismatch,
+        description="train-test mismatch of rate, distortion and latent (Zhang et al. 2023)",
+    )
+    register(
+        "gradients",
+        Gradients,
+        description="gradient-estimation variance and bias vs finite differences of the hard loss",
+    )

@@ -70,6 +70,14 @@ class Backbone(nn.Module):
         aux = {id(p) for p in self.aux_parameters()}
         return (p for p in self.parameters() if id(p) not in aux)
 
+    def analysis_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the analysis transform (gradient statistics are taken wrt these)."""
+        return self.main_parameters()
+
+    def analysis(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """The unquantized main latent ``y`` of ``x`` (for gradient step sizes)."""
+        raise NotImplementedError
+
     def aux_loss(self) -> Tensor | float:
         return 0.0
 

@@ -1,0 +1,159 @@
+"""``qbench`` command line: a thin layer over the library functions."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from qbench import __version__
+
+
+def _plugins(args):
+    from qbench.plugins import get_plugins
+
+    return get_plugins(tuple(args.disable_plugin))
+
+
+def cmd_list(args) -> int:
+    from tabulate import tabulate
+
+    plugins = _plugins(args)
+    rows = []
+    for e in sorted(plugins.registry.entries(), key=lambda e: (e.kind, e.name)):
+        desc = e.description
+        if "parameters" in e.metadata:
+            desc += f" [{e.metadata['parameters']} parameters]"
+        rows.append([e.name, e.kind, e.plugin, f"{e.distribution} {e.version}".strip(), desc])
+    print(tabulate(rows, headers=["name", "kind", "plugin", "distribution", "description"]))
+    if plugins.problems:
+        print("\nPlugin problems:")
+        for p in plugins.problems:
+            print(f"  {p.plugin} ({p.distribution}): {p.reason}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from tabulate import tabulate
+
+    from qbench.matrix import load_matrix
+
+    matrix = load_matrix(args.matrix, _plugins(args).registry)
+    rows = [
+        [j.job_id, j.backbone.label, j.quantizer.label, j.lmbda, j.dataset.label, j.seed,
+         j.train_id]
+        for j in matrix.jobs
+    ]
+    print(tabulate(rows, headers=["job_id", "backbone", "quantizer", "lambda", "dataset",
+                                  "seed", "train_id"]))
+    groups = len({j.train_id for j in matrix.jobs})
+    print(f"\n{matrix.source}: {len(matrix.jobs)} jobs ({groups} trainings of "
+          f"{matrix.train['steps']} steps); anchor {matrix.report['anchor']!r}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from qbench.matrix import load_matrix
+    from qbench.report import write_report
+    from qbench.runner import run_matrix
+
+    plugins = _plugins(args)
+    matrix = load_matrix(args.matrix, plugins.registry)
+    out = Path(args.out or Path("runs") / matrix.name)
+    summary = run_matrix(
+        matrix,
+        out,
+        workers=args.workers,
+        device=args.device,
+        force=args.force,
+        rerun_failed=args.rerun_failed,
+        disable=tuple(args.disable_plugin),
+        show_progress=not args.no_progress,
+    )
+    report = write_report(out, anchor=matrix.report["anchor"])
+    print()
+    print(report.summary)
+    status = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
+    print(f"\n{summary.total} jobs ({status}); results in {out}/results.csv, "
+          f"report in {out}/report.md")
+    return 0 if summary.statuses.get("ok", 0) == summary.total else 1
+
+
+def cmd_report(args) -> int:
+    from qbench.report import bd_table_text, write_report
+
+    report = write_report(Path(args.run_dir), anchor=args.anchor)
+    if args.format == "md":
+        print(report.summary)
+        print(f"\nwrote {Path(args.run_dir) / 'report.md'}")
+    else:
+        print(bd_table_text(report.bd_rows, args.format))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qbench",
+        description="Benchmark quantization surrogates for learned image compression.",
+    )
+    p.add_argument("--version", action="version", version=f"qbench {__version__}")
+    p.add_argument(
+        "--disable-plugin", action="append", default=[], metavar="NAME",
+        help="skip the plugin with this entry-point name (repeatable; "
+        "also QBENCH_DISABLE_PLUGINS=a,b)",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run (or resume) a benchmark matrix")
+    r.add_argument("matrix", nargs="?", help="matrix TOML file (default: the embedded quick one)")
+    r.add_argument("--out", help="run directory (default: runs/<matrix name>)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per GPU, else 1)")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--force", action="store_true", help="re-run finished jobs too")
+    r.add_argument("--rerun-failed", action="store_true",
+                   help="re-run failed and diverged jobs (finished ones are kept)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("list", help="plugins and what they registered")
+    ls.set_defaults(func=cmd_list)
+
+    v = sub.add_parser("validate", help="expand and check a matrix; print the jobs")
+    v.add_argument("matrix", nargs="?")
+    v.set_defaults(func=cmd_validate)
+
+    rep = sub.add_parser("report", help="rebuild tables and plots of a run directory")
+    rep.add_argument("run_dir")
+    rep.add_argument("--anchor", help="BD-rate reference (a quantizer label)")
+    rep.add_argument("--format", choices=["md", "csv", "json"], default="md",
+                     help="md writes report.md; csv/json print the BD-rate table")
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from qbench.registry import QbenchError
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except QbenchError as exc:
+        print(f"qbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nqbench: interrupted; finished jobs are kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Reports: RD, BD-rate, mismatch and gradient tables (report.md) and plots (rd_*.png).
+
+Built from ``results.csv`` alone (plus ``history.csv`` when present), so a
+report can be rebuilt at any time, also for a half-finished run or a
+results.csv from an older qbench with fewer columns. What cannot be computed
+is said in the report, with the reason, and the rest is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from qbench.bdrate import BDRateError, bd_rate
+from qbench.registry import QbenchError
+
+
+@dataclass
+class Report:
+    summary: str
+    bd_rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+
+def _md(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    return tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=floatfmt)
+
+
+def _t95(n: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else float("nan")
+
+
+def load_results(run_dir: Path) -> pd.DataFrame:
+    path = Path(run_dir) / "results.csv"
+    if not path.exists():
+        raise QbenchError(f"{path}: no results.csv in this run directory")
+    df = pd.read_csv(path)
+    for col in ("backbone", "quantizer", "lambda", "dataset", "seed", "status"):
+        if col not in df.columns:
+            raise QbenchError(f"{path}: column {col!r} is missing; not a qbench results file")
+    return df
+
+
+def bd_table(ok: pd.DataFrame, anchor: str, notes: list[str]) -> list[dict]:
+    """Per (backbone, dataset, quantizer): BD-rate vs the anchor, mean and 95% CI over seeds."""
+    rows = []
+    if "bpp" not in ok.columns or "psnr" not in ok.columns:
+        notes.append("BD-rate: results have no bpp/psnr columns")
+        return rows
+    for (bb, ds), grp in ok.groupby(["backbone", "dataset"], sort=False):
+        if anchor not in set(grp["quantizer"]):
+            notes.append(f"BD-rate ({bb}, {ds}): anchor {anchor!r} has no finished job")
+            continue
+        for q in grp["quantizer"].unique():
+            per_seed = []
+            for seed, sg in grp[grp["quantizer"] == q].groupby("seed"):
+                ag = grp[(grp["quantizer"] == anchor) & (grp["seed"] == seed)]
+                if ag.empty:
+                    ag = grp[grp["quantizer"] == anchor]
+                try:
+                    per_seed.append(
+                        bd_rate(ag[["bpp", "psnr"]].values.tolist(),
+                                sg[["bpp", "psnr"]].values.tolist())
+                    )
+                except BDRateError as exc:
+                    notes.append(f"BD-rate ({bb}, {ds}, {q}, seed {seed}): {exc}")
+            if not per_seed:
+                continue
+            mean = float(np.mean(per_seed))
+            n = len(per_seed)
+            half = _t95(n) * float(np.std(per_seed, ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+            rows.append({"backbone": bb, "dataset": ds, "quantizer": q, "bd_rate_%": mean,
+                         "ci95_%": half, "seeds": n})
+    return rows
+
+
+def bd_table_text(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=lambda v: None)
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
+    """(Re)build report.md and the plots of a run directory."""
+    run_dir = Path(run_dir)
+    df = load_results(run_dir)
+    notes: list[str] = []
+    labels = list(dict.fromkeys(df["quantizer"]))
+    if not anchor:
+        manifest = run_dir / "manifest.json"
+        if manifest.exists():
+            anchor = json.loads(manifest.read_text()).get("matrix", {}).get("report", {}).get(
+                "anchor")
+        anchor = anchor or (labels[0] if labels else "")
+    if anchor not in labels:
+        close = difflib.get_close_matches(anchor, labels, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise QbenchError(f"anchor {anchor!r} is not a quantizer label in this run{hint} "
+                          f"(labels: {', '.join(labels)})")
+    bad = df[df["status"] != "ok"]
+    ok = df[df["status"] == "ok"].copy()
+    for _, r in bad.iterrows():
+        notes.append(f"job {r.get('job_id', '?')} ({r['quantizer']}, lambda={r['lambda']}, "
+                     f"seed={r['seed']}): {r['status']}: {r.get('reason', '')}")
+    sections = [f"# qbench report: {run_dir.name}", "",
+                f"{len(df)} jobs: {len(ok)} ok, {len(bad)} failed or diverged. "
+                f"BD-rate anchor: `{anchor}` (PCHIP, negative = fewer bits than the anchor).", ""]
+
+    metric_cols = [c for c in ("bpp", "bpp_bitstream", "psnr", "ms_ssim") if c in ok.columns]
+    keys = ["backbone", "dataset", "quantizer", "lambda"]
+    rd = pd.DataFrame()
+    if metric_cols and not ok.empty:
+        g = ok.groupby(keys, sort=False)[metric_cols]
+        rd = g.mean().reset_index()
+        std = g.std().reset_index()
+        rd["seeds"] = g.size().values
+        for c in metric_cols:
+            rd[c + "_std"] = std[c].fillna(0.0)
+        sections += ["## Rate-distortion points (mean over seeds)", "",
+                     _md(rd[keys + metric_cols + ["seeds"]]), ""]
+    summary_table = _md(rd[keys + metric_cols]) if not rd.empty else "(no finished job)"
+
+    bd_rows = bd_table(ok, anchor, notes)
+    if bd_rows:
+        sections += ["## BD-rate against the anchor", "", _md(pd.DataFrame(bd_rows), ".2f"), ""]
+
+    for title, cols in (("Train-test mismatch", ["mismatch_rate", "mismatch_dist",
+                                                 "mismatch_latent"]),
+                        ("Gradient estimation", ["grad_var", "grad_bias"])):
+        present = [c for c in cols if c in ok.columns]
+        if present and not ok.empty:
+            t = ok.groupby(keys, sort=False)[present].mean().reset_index()
+            sections += [f"## {title}", "", _md(t), ""]
+        elif not ok.empty:
+            notes.append(f"{title}: results.csv has no {', '.join(cols)} columns")
+
+    from qbench.plots import plot_bd, plot_history, plot_rd
+
+    plots = plot_rd(rd, run_dir) if not rd.empty else []
+    if bd_rows:
+        plots += plot_bd(bd_rows, run_dir, anchor)
+    hist = run_dir / "history.csv"
+    if hist.exists() and hist.stat().st_size > 0:
+        try:
+            h = pd.read_csv(hist)
+            plots += plot_history(h, run_dir)
+        except pd.errors.EmptyDataError:
+            pass
+    if plots:
+        sections += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    if notes:
+        sections += ["## Not computed", ""] + [f"- {n}" for n in notes] + [""]
+    (run_dir / "report.md").write_text("\n".join(sections), encoding="utf-8")
+    summary = summary_table
+    if bd_rows:
+        summary += "\n\n" + _md(pd.DataFrame(bd_rows), ".2f")
+    if notes:
+        summary += "\n\nnot computed: " + f"{len(notes)} item(s), see report.md"
+    return Report(summary, bd_rows, notes, plots)

@@ -1,0 +1,554 @@
+"""Schedule a matrix's jobs on worker processes, resume, and survive faults.
+
+Jobs that differ only in the evaluation dataset share one trained model
+(a *train group*); a group is the unit a worker runs. Workers are long-lived
+``spawn`` processes; each takes one group at a time. ``--device auto`` runs
+one worker per visible CUDA GPU (``CUDA_VISIBLE_DEVICES`` set per worker),
+else CPU workers with torch threads split so that they do not oversubscribe
+the cores. A worker that dies (segfault, OOM kill) gets its unfinished jobs
+marked ``failed`` with the exit reason, is replaced, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qbench import __version__
+from qbench.matrix import LOSS, Job, Matrix
+from qbench.plugins import DISABLE_ENV, PluginSet, get_plugins
+from qbench.registry import QbenchError
+from qbench.results import RunDir
+
+
+class RunError(QbenchError):
+    """A run that cannot start (bad dataset, bad device)."""
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    total: int
+    skipped: int
+    ran: int
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# building a job's objects (worker side)
+# ---------------------------------------------------------------------------
+
+
+def build_model(job: Job, plugins: PluginSet):
+    """The job's backbone with one fresh quantizer per quantized latent."""
+    reg = plugins.registry
+    model = reg.build("backbone", job.backbone.name, **job.backbone.params)
+    targets = job.quantizer.latents or model.latents
+    unknown = set(targets) - set(model.latents)
+    if unknown:
+        raise QbenchError(
+            f"quantizer {job.quantizer.label!r}: latents {sorted(unknown)} are not latents of "
+            f"backbone {job.backbone.label!r} ({list(model.latents)})"
+        )
+    quantizers = {}
+    for latent in model.latents:
+        if latent in targets:
+            quantizers[latent] = reg.build("quantizer", job.quantizer.name, **job.quantizer.params)
+        else:  # latents the matrix leaves out keep the standard noise surrogate
+            quantizers[latent] = reg.build("quantizer", "noise")
+    model.set_quantizers(quantizers)
+    return model
+
+
+def build_metrics(job: Job, plugins: PluginSet) -> list:
+    return [plugins.registry.build("metric", name) for name in job.eval["metrics"]]
+
+
+class _DatasetCache:
+    def __init__(self, plugins: PluginSet) -> None:
+        self.plugins = plugins
+        self.cache: dict[str, Any] = {}
+
+    def get(self, spec) -> Any:
+        key = repr((spec.name, sorted(spec.params.items())))
+        if key not in self.cache:
+            self.cache[key] = self.plugins.registry.build("dataset", spec.name, **spec.params)
+        return self.cache[key]
+
+
+def _failure_row(job: Job, status: str, reason: str, order: int, **extra: Any) -> dict[str, Any]:
+    return {**_id_columns(job, order), "status": status, "reason": reason, **extra}
+
+
+def _id_columns(job: Job, order: int) -> dict[str, Any]:
+    return {
+        "backbone": job.backbone.label,
+        "quantizer": job.quantizer.label,
+        "lambda": job.lmbda,
+        "dataset": job.dataset.label,
+        "seed": job.seed,
+        "job_id": job.job_id,
+        "train_id": job.train_id,
+        "order": order,
+    }
+
+
+def run_group(
+    jobs: list[tuple[int, Job]],
+    run_dir: RunDir,
+    plugins: PluginSet,
+    device: torch.device,
+    datasets: _DatasetCache,
+    position: int = 0,
+    show_progress: bool = True,
+) -> None:
+    """Train once and evaluate every job of a train group; write one row per job."""
+    from qbench import train as training
+    from qbench.evaluate import evaluate
+    from qbench.metric import JobEval
+
+    first = jobs[0][1]
+    for _, job in jobs:
+        plugins.hook.qbench_job_started(job=job)
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        model = build_model(first, plugins)
+        cached = run_dir.load_checkpoint(first.train_id)
+        history: list[dict[str, Any]] = []
+        if cached is not None:
+            state, meta = cached
+            model.load_state_dict(state)
+        else:
+            training.seed_everything(first.seed)
+            train_ds = datasets.get(first.train_dataset)
+            images = [train_ds.uint8(i) for i in range(len(train_ds))]
+            sampler = training.CropSampler(images, first.train["crop"], first.seed)
+            bar = _progress(first, position, show_progress)
+            history_fn = _history_logger(model, sampler, first, device, history)
+            result = training.train(
+                model,
+                sampler,
+                lmbda=first.lmbda,
+                steps=first.train["steps"],
+                batch_size=first.train["batch_size"],
+                lr=first.train["lr"],
+                aux_lr=first.train["aux_lr"],
+                clip_max_norm=first.train["clip_max_norm"],
+                device=device,
+                on_step=bar.update if bar else None,
+                on_log=history_fn,
+                log_every=first.train["log_every"],
+            )
+            if bar:
+                bar.close()
+            meta = {
+                "status": result.status,
+                "reason": result.reason,
+                "steps": result.steps,
+                "train_seconds": result.seconds,
+                "history": history,
+                "trained_parameters": sum(p.numel() for p in model.main_parameters()),
+            }
+            if result.status == "ok":
+                run_dir.save_checkpoint(first.train_id, model.state_dict(), meta)
+        if meta["status"] != "ok":
+            for order, job in jobs:
+                rows[job.job_id] = _failure_row(
+                    job, meta["status"], meta["reason"], order,
+                    steps=meta["steps"], train_seconds=meta["train_seconds"],
+                )
+        else:
+            model.to(device)
+            batch_gen = training.CropSampler(
+                [datasets.get(first.train_dataset).uint8(i)
+                 for i in range(len(datasets.get(first.train_dataset)))],
+                first.train["crop"], first.seed + 1,
+            )
+            fixed_batch = batch_gen.batch(min(4, first.train["batch_size"])).to(device)
+            for order, job in jobs:
+                try:
+                    ds = datasets.get(job.dataset)
+                    n = job.eval["max_images"] or len(ds)
+                    idx = range(min(n, len(ds)))
+                    metrics = build_metrics(job, plugins)
+                    averages, per_image = evaluate(
+                        model,
+                        [ds[i] for i in idx],
+                        [ds.names[i] for i in idx],
+                        metrics,
+                        lmbda=job.lmbda,
+                        job_eval=JobEval(model, fixed_batch, job.lmbda, job.seed),
+                    )
+                    rows[job.job_id] = {
+                        **_id_columns(job, order),
+                        "status": "ok",
+                        "reason": "",
+                        **averages,
+                        "steps": meta["steps"],
+                        "train_seconds": meta["train_seconds"],
+                        "trained_parameters": meta.get("trained_parameters"),
+                        "per_image": per_image,
+                        "history": meta.get("history", []),
+                    }
+                except Exception as exc:  # one bad dataset or metric fails one job
+                    rows[job.job_id] = _failure_row(job, "failed", _reason(exc), order)
+                    _log_exception(run_dir, job, exc)
+    except Exception as exc:
+        for order, job in jobs:
+            if job.job_id not in rows:
+                rows[job.job_id] = _failure_row(job, "failed", _reason(exc), order)
+                _log_exception(run_dir, job, exc)
+    for order, job in jobs:
+        row = rows[job.job_id]
+        run_dir.write_row(row)
+        plugins.hook.qbench_job_finished(job=job, result=row)
+
+
+def _history_logger(model, sampler, job: Job, device, history: list) -> Callable[[int], None]:
+    """Every ``log_every`` steps: mismatch and gradient variance on a fixed batch."""
+    from qbench.analysis import training_statistics
+
+    probe = sampler.batch(min(4, job.train["batch_size"]))
+
+    def log(step: int) -> None:
+        stats = training_statistics(model, probe.to(device), job.lmbda)
+        history.append({"step": step, "progress": step / job.train["steps"], **stats})
+
+    return log
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+
+
+def _log_exception(run_dir: RunDir, job: Job, exc: BaseException) -> None:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        (run_dir.logs_dir / f"{job.job_id}.log").write_text(text)
+    except OSError:  # pragma: no cover
+        pass
+
+
+def _progress(job: Job, position: int, show: bool):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=job.train["steps"],
+        desc=f"{job.quantizer.label} l={job.lmbda:g} s={job.seed}",
+        position=position,
+        leave=False,
+        mininterval=0.5,
+        dynamic_ncols=True,
+        disable=None,
+    )
+
+    class _Bar:
+        def update(self, step: int, stats: dict[str, float]) -> None:
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", bpp=f"{stats['bpp']:.3f}", refresh=False)
+            bar.update(1)
+
+        def close(self) -> None:
+            bar.close()
+
+    return _Bar()
+
+
+# ---------------------------------------------------------------------------
+# workers (parent side)
+# ---------------------------------------------------------------------------
+
+
+def _worker_main(conn, index: int, device: str, threads: int, out: str, show: bool) -> None:
+    """Entry point of a spawned worker: run groups until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    torch.set_num_threads(threads)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    plugins = get_plugins()
+    run_dir = RunDir(out)
+    datasets = _DatasetCache(plugins)
+    dev = torch.device(device)
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            break
+        jobs = [(order, Job.from_dict(d)) for order, d in msg]
+        run_group(jobs, run_dir, plugins, dev, datasets, position=index, show_progress=show)
+        conn.send(("done", [j.job_id for _, j in jobs]))
+
+
+@dataclass
+class _Worker:
+    index: int
+    device: str
+    cuda_visible: str | None
+    proc: Any = None
+    conn: Any = None
+    group: list[tuple[int, Job]] | None = None
+
+
+def plan_devices(device: str, workers: int | None) -> list[tuple[str, str | None]]:
+    """``[(torch device, CUDA_VISIBLE_DEVICES or None), ...]``, one entry per worker."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise RunError(f"--device must be auto, cpu or cuda, got {device!r}")
+    n_gpu = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    if device == "cuda" and n_gpu == 0:
+        raise RunError("--device cuda: no CUDA GPU is visible")
+    if n_gpu:
+        n = workers or n_gpu
+        return [("cuda", str(i % n_gpu)) for i in range(n)]
+    return [("cpu", None)] * (workers or 1)
+
+
+def run_matrix(
+    matrix: Matrix,
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    device: str = "auto",
+    force: bool = False,
+    rerun_failed: bool = False,
+    disable: tuple[str, ...] = (),
+    show_progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> RunSummary:
+    """Run (or resume) every job of ``matrix`` into the run directory ``out``."""
+    plugins = get_plugins(disable)
+    run_dir = RunDir(out)
+    run_dir.ensure()
+    _preflight(matrix, plugins)
+    done = set() if force else run_dir.finished(rerun_failed=rerun_failed)
+    ordered = list(enumerate(matrix.jobs))
+    pending = [(o, j) for o, j in ordered if j.job_id not in done]
+    groups: dict[str, list[tuple[int, Job]]] = {}
+    for o, j in pending:
+        groups.setdefault(j.train_id, []).append((o, j))
+    plan = plan_devices(device, workers)
+    if len(plan) > max(1, len(groups)):
+        plan = plan[: max(1, len(groups))]
+    manifest = _manifest(matrix, plugins, plan, disable)
+    run_dir.write_manifest(manifest)
+    metric_cols = _metric_columns(matrix, plugins)
+    echo(
+        f"qbench {__version__}: {matrix.name}: {len(matrix.jobs)} jobs, "
+        f"{len(matrix.jobs) - len(pending)} already finished, {len(pending)} to run on "
+        f"{len(plan)} worker(s) ({plan[0][0]})"
+    )
+    for p in plugins.problems:
+        echo(f"warning: plugin {p.plugin} ({p.distribution}): {p.reason}")
+    if groups:
+        _dispatch(list(groups.values()), plan, run_dir, show_progress, disable, echo)
+    run_dir.write_tables(metric_cols)
+    rows = {r["job_id"]: r for r in run_dir.rows()}
+    statuses: dict[str, int] = {}
+    for j in matrix.jobs:
+        s = rows.get(j.job_id, {}).get("status", "missing")
+        statuses[s] = statuses.get(s, 0) + 1
+    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    manifest["statuses"] = statuses
+    run_dir.write_manifest(manifest)
+    return RunSummary(Path(out), len(matrix.jobs), len(matrix.jobs) - len(pending),
+                      len(pending), statuses)
+
+
+def _preflight(matrix: Matrix, plugins: PluginSet) -> None:
+    """Build every dataset once so that a missing folder is reported before any job runs."""
+    seen = set()
+    specs = [("train.dataset", matrix.jobs[0].train_dataset)] + [
+        ("matrix.datasets", j.dataset) for j in matrix.jobs
+    ]
+    for where, spec in specs:
+        key = repr((spec.name, sorted(spec.params.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            plugins.registry.build("dataset", spec.name, **spec.params)
+        except QbenchError as exc:
+            raise RunError(f"{matrix.source}: {where} ({spec.label}): {exc}") from exc
+
+
+def _metric_columns(matrix: Matrix, plugins: PluginSet) -> list[str]:
+    cols: list[str] = []
+    for name in matrix.eval["metrics"]:
+        metric = plugins.registry.build("metric", name)
+        cols += [c for c in metric.columns if c not in cols]
+    return cols
+
+
+def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo) -> None:
+    ctx = mp.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // len(plan))
+    env_disable = ",".join(sorted(set(disable) | set(
+        n for n in os.environ.get(DISABLE_ENV, "").split(",") if n)))
+    queue = list(groups)
+    total = len(queue)
+    workers = [_Worker(i, dev, vis) for i, (dev, vis) in enumerate(plan)]
+    finished_groups = 0
+
+    def start(w: _Worker) -> None:
+        parent, child = ctx.Pipe()
+        saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", DISABLE_ENV)}
+        if w.cuda_visible is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = w.cuda_visible
+        os.environ[DISABLE_ENV] = env_disable
+        try:
+            w.proc = ctx.Process(
+                target=_worker_main,
+                args=(child, w.index, w.device, threads, str(run_dir.root), show),
+                daemon=True,
+            )
+            w.proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        w.conn = parent
+
+    def assign(w: _Worker) -> None:
+        if not queue:
+            w.group = None
+            return
+        w.group = queue.pop(0)
+        names = ", ".join(j.describe() for _, j in w.group[:1])
+        echo(f"[worker {w.index}] start {names}" + (
+            f" (+{len(w.group) - 1} eval sets)" if len(w.group) > 1 else ""))
+        w.conn.send([(o, j.to_dict()) for o, j in w.group])
+
+    try:
+        for w in workers:
+            start(w)
+            assign(w)
+        while any(w.group is not None for w in workers):
+            busy = [w for w in workers if w.group is not None]
+            ready = mp.connection.wait([w.conn for w in busy] + [w.proc.sentinel for w in busy],
+                                       timeout=1.0)
+            for w in busy:
+                if w.conn in ready:
+                    try:
+                        w.conn.recv()
+                    except (EOFError, OSError):
+                        ready.append(w.proc.sentinel)
+                    else:
+                        finished_groups += 1
+                        _echo_rows(run_dir, w.group, echo, finished_groups, total)
+                        run_dir.write_tables()
+                        assign(w)
+                        continue
+                if w.proc.sentinel in ready or not w.proc.is_alive():
+                    w.proc.join(timeout=5)
+                    reason = _exit_reason(w.proc.exitcode)
+                    done = run_dir.finished()
+                    for order, job in w.group:
+                        if job.job_id not in done:
+                            run_dir.write_row(_failure_row(job, "failed", reason, order))
+                    finished_groups += 1
+                    echo(f"[worker {w.index}] {reason}; its unfinished jobs are marked failed")
+                    run_dir.write_tables()
+                    start(w)
+                    assign(w)
+    finally:
+        for w in workers:
+            if w.proc is not None and w.proc.is_alive():
+                try:
+                    w.conn.send(None)
+                except (OSError, BrokenPipeError):
+                    pass
+        deadline = time.time() + 5
+        for w in workers:
+            if w.proc is not None:
+                w.proc.join(timeout=max(0.1, deadline - time.time()))
+                if w.proc.is_alive():
+                    w.proc.kill()
+                    w.proc.join()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "worker did not exit"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"worker process died ({name})"
+    return f"worker process exited with code {code}"
+
+
+def _echo_rows(run_dir: RunDir, group, echo, n: int, total: int) -> None:
+    rows = {r["job_id"]: r for r in run_dir.rows()}
+    for _, job in group:
+        r = rows.get(job.job_id, {})
+        status = r.get("status", "missing")
+        if status == "ok":
+            echo(
+                f"[{n}/{total}] {job.describe()}: bpp={r.get('bpp', float('nan')):.4f} "
+                f"psnr={r.get('psnr', float('nan')):.2f} dB "
+                f"({r.get('train_seconds', 0):.0f}s train, {r.get('eval_seconds', 0):.1f}s eval)"
+            )
+        else:
+            echo(f"[{n}/{total}] {job.describe()}: {status}: {r.get('reason', '')}")
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _manifest(matrix: Matrix, plugins: PluginSet, plan, disable) -> dict[str, Any]:
+    import platform
+
+    import compressai
+
+    return {
+        "qbench": __version__,
+        "torch": torch.__version__,
+        "compressai": compressai.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git_commit": _git_commit(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": [d for d, _ in plan],
+        "cuda_devices": [v for _, v in plan if v is not None],
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "workers": len(plan),
+        "loss": LOSS,
+        "seeds": sorted({j.seed for j in matrix.jobs}),
+        "matrix": matrix.resolved(),
+        "matrix_file": matrix.raw,
+        "jobs": [
+            {"job_id": j.job_id, "train_id": j.train_id, "describe": j.describe()}
+            for j in matrix.jobs
+        ],
+        "plugins": [
+            {"plugin": p.name, "distribution": p.distribution, "version": p.version}
+            for p in plugins.plugins
+        ],
+        "plugin_problems": [vars(p) for p in plugins.problems],
+        "disabled_plugins": list(disable),
+    }

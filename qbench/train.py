@@ -1,0 +1,147 @@
+"""One job's training loop: the standard learned-image-compression recipe.
+
+* random ``crop x crop`` patches of the training images (images smaller than
+  the crop are padded by reflection), ``batch_size`` per step, drawn from a
+  generator seeded by the job's seed;
+* loss ``lambda * 255^2 * MSE + bpp`` (CompressAI's ``RateDistortionLoss``),
+  Adam on the main parameters (quantizer parameters included) with ``lr``,
+  a separate Adam on CompressAI's auxiliary (quantile) loss with ``aux_lr``;
+* gradient clipping to ``clip_max_norm`` (0 disables);
+* ``set_progress(step / steps)`` on every quantizer before each step;
+* a loss that is NaN or infinite stops the job as ``diverged`` at that step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from qbench.backbone import Backbone
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class CropSampler:
+    """Random ``crop x crop`` patches from uint8 images, reproducible from a seed."""
+
+    def __init__(self, images: Sequence[Tensor], crop: int, seed: int) -> None:
+        self.crop = crop
+        self.images = []
+        for i, img in enumerate(images):
+            h, w = img.shape[-2:]
+            if h < crop or w < crop:
+                warnings.warn(
+                    f"training image {i} is {w}x{h}, smaller than the {crop}px crop: padded",
+                    stacklevel=2,
+                )
+                ph, pw = max(0, crop - h), max(0, crop - w)
+                img = F.pad(img[None].float(), (0, pw, 0, ph), mode="replicate")[0].to(img.dtype)
+            self.images.append(img)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def batch(self, n: int) -> Tensor:
+        out = []
+        for _ in range(n):
+            i = int(torch.randint(len(self.images), (1,), generator=self.gen))
+            img = self.images[i]
+            h, w = img.shape[-2:]
+            top = int(torch.randint(h - self.crop + 1, (1,), generator=self.gen))
+            left = int(torch.randint(w - self.crop + 1, (1,), generator=self.gen))
+            out.append(img[:, top : top + self.crop, left : left + self.crop])
+        return torch.stack(out).float().div_(255.0)
+
+
+def rd_loss(out: dict[str, Any], x: Tensor, lmbda: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, bpp, mse)`` with ``loss = lambda * 255^2 * mse + bpp``."""
+    n, _, h, w = x.shape
+    bpp = sum((-torch.log2(p)).sum() for p in out["likelihoods"].values()) / (n * h * w)
+    mse = F.mse_loss(out["x_hat"], x)
+    return lmbda * 255.0**2 * mse + bpp, bpp, mse
+
+
+@dataclass
+class TrainResult:
+    status: str  # "ok" or "diverged"
+    steps: int
+    seconds: float
+    reason: str = ""
+    final: dict[str, float] = field(default_factory=dict)
+
+
+def train(
+    model: Backbone,
+    sampler: CropSampler,
+    *,
+    lmbda: float,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    aux_lr: float = 1e-3,
+    clip_max_norm: float = 1.0,
+    device: torch.device | str = "cpu",
+    parameters: Sequence[torch.nn.Parameter] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_log: Callable[[int], None] | None = None,
+    log_every: int = 0,
+) -> TrainResult:
+    """Train ``model`` in place for ``steps`` steps; see the module docstring.
+
+    ``parameters`` restricts the main optimizer (e.g. STanH refinement trains
+    only the quantizer); by default every main parameter trains.
+    """
+    model.to(device).train()
+    params = list(parameters) if parameters is not None else list(model.main_parameters())
+    trainable = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    aux = [p for p in model.aux_parameters() if id(p) not in trainable]
+    for p in aux:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    aux_opt = torch.optim.Adam(aux, lr=aux_lr) if aux else None
+    start = time.perf_counter()
+    stats: dict[str, float] = {}
+    for step in range(steps):
+        model.set_progress(step / steps)
+        x = sampler.batch(batch_size).to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        loss, bpp, mse = rd_loss(out, x, lmbda)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            return TrainResult(
+                "diverged", step, time.perf_counter() - start, f"loss became {loss_value} at step {step}"
+            )
+        loss.backward()
+        if clip_max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip_max_norm)
+        opt.step()
+        if aux_opt is not None:
+            aux_opt.zero_grad(set_to_none=True)
+            aux_loss = model.aux_loss()
+            aux_loss.backward()
+            aux_opt.step()
+        stats = {"loss": loss_value, "bpp": float(bpp.detach()), "mse": float(mse.detach())}
+        if on_step is not None:
+            on_step(step + 1, stats)
+        if on_log is not None and log_every > 0 and (step % log_every == 0 or step == steps - 1):
+            on_log(step)
+    model.set_progress(1.0)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return TrainResult("ok", steps, time.perf_counter() - start, final=stats)
