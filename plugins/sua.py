@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 import qbench
+from qbench.quantizer import straight_through, uniform_noise
 
 #: qbench's default lower bound for the Gaussian scale under SUA. CompressAI's
 #: own bound is 0.11; Zhang, Li and Liu argue for a larger bound so that the
@@ -31,12 +32,13 @@ class SUA(qbench.Quantizer):
     through the noise-and-rounding offset::
 
         v      = y - stop_gradient(mu)           (zero_center and stop_gradient)
-        delta  = T * u + (1 - T) * (round(v) - v),  u ~ U(-1/2, 1/2)
-        y_tilde = v + stop_gradient(delta) + mu      d y_tilde / dy = 1
+        target = T * (v + u) + (1 - T) * round(v),  u ~ U(-1/2, 1/2)
+        y_tilde = target + mu   forward;   d y_tilde / dy = 1 (straight through)
 
-    i.e. each latent sits uniformly in a box of width ``T`` around its rounded
-    value's interpolation with ``y`` (stochastic and uniform for ``T > 0``,
-    annealed to rounding). The value feeds both the rate and the distortion.
+    i.e. each latent sits uniformly in a box of width ``T`` around the
+    interpolation between ``y`` and its rounded value (stochastic and uniform
+    for ``T > 0``, annealed to rounding). The value feeds both the rate and the
+    distortion.
 
     Temperature schedule over training progress ``t`` (``set_progress``), from
     ``t_start`` to ``t_end`` (defaults 1 and 0), with ``coefficient`` ``k``:
@@ -109,9 +111,15 @@ class SUA(qbench.Quantizer):
         else:
             v = y
         temp = self.temperature
-        u = torch.empty_like(v).uniform_(-0.5, 0.5)
-        delta = temp * u + (1.0 - temp) * (torch.round(v) - v)
-        y_tilde = v + delta.detach()
+        with torch.no_grad():
+            noisy = uniform_noise(v)
+            if temp >= 1.0:
+                target = noisy
+            elif temp <= 0.0:
+                target = torch.round(v)
+            else:
+                target = temp * noisy + (1.0 - temp) * torch.round(v)
+        y_tilde = straight_through(target, v)
         if centre is not None:
             y_tilde = y_tilde + centre
         return qbench.Quantized(rate=y_tilde, dist=y_tilde)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Quantized", "Quantizer", "ste_round", "uniform_noise"]
+__all__ = ["Quantized", "Quantizer", "round_around", "ste_round", "straight_through", "uniform_noise"]
 
 
 @dataclass
@@ -74,10 +74,18 @@ def round_around(y: Tensor, means: Tensor | None = None) -> Tensor:
 def ste_round(y: Tensor, means: Tensor | None = None) -> Tensor:
     """Rounding in the forward pass, identity in the backward pass.
 
-    ``y + stop_gradient(round_around(y, means) - y)`` (Bengio et al. 2013;
-    Theis et al. 2017 for image compression): ``d/dy = 1`` exactly.
+    Forward ``round(y - means) + means`` exactly; backward ``d/dy = 1`` and no
+    gradient to ``means`` (Bengio et al. 2013; Theis et al. 2017 for image
+    compression). Written as ``hard + (y - stop_gradient(y))`` so that the
+    forward value is bit-identical to the hard one.
     """
-    return y + (round_around(y, means) - y).detach()
+    hard = round_around(y.detach(), None if means is None else means.detach())
+    return hard + (y - y.detach())
+
+
+def straight_through(value: Tensor, y: Tensor) -> Tensor:
+    """``value`` in the forward pass, identity wrt ``y`` in the backward pass."""
+    return value.detach() + (y - y.detach())
 
 
 def uniform_noise(y: Tensor, width: float = 1.0) -> Tensor:

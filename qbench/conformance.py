@@ -1,0 +1,467 @@
+"""The plugin conformance suite, a pytest plugin (entry point ``pytest11``).
+
+Inert unless ``--qbench-conformance`` is given; then it adds one test item per
+(registered plugin x rule), with ids like ``conformance[myquant-eval_is_hard]``,
+so that a failure names the plugin and the broken rule and ``pytest -n auto``
+spreads the checks over workers::
+
+    pytest --qbench-conformance                        # every registered plugin
+    pytest --qbench-conformance --qbench-quantizer myquant -n auto
+
+The rules are DESIGN.md's contract; each check's docstring states its rule.
+A plugin that fails to import shows up as one failing item with the error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+
+RULES: dict[str, dict[str, Callable]] = {"quantizer": {}, "backbone": {}, "dataset": {},
+                                         "metric": {}}
+
+
+class ConformanceFailure(AssertionError):
+    """A broken rule; the message names the rule and shows the offending values."""
+
+
+def rule(kind: str, name: str):
+    def deco(fn):
+        RULES[kind][name] = fn
+        return fn
+
+    return deco
+
+
+def _fail(rule_name: str, msg: str) -> None:
+    raise ConformanceFailure(f"rule {rule_name!r} broken: {msg}")
+
+
+def _show(t: torch.Tensor, n: int = 6) -> str:
+    return str([round(float(v), 5) for v in t.reshape(-1)[:n]])
+
+
+# ---------------------------------------------------------------------------
+# quantizer rules
+# ---------------------------------------------------------------------------
+
+
+def _sample(shape=(2, 3, 8, 8), dtype=torch.float32, device="cpu", seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * 4).to(dtype=dtype, device=device)
+
+
+@rule("quantizer", "constructs")
+def q_constructs(entry, env):
+    """The factory builds a qbench.Quantizer from its defaults."""
+    import qbench
+
+    q = entry.build()
+    if not isinstance(q, qbench.Quantizer):
+        _fail("constructs", f"factory returned {type(q).__name__}, not a qbench.Quantizer")
+
+
+@rule("quantizer", "shape_dtype")
+def q_shape_dtype(entry, env):
+    """Outputs keep the input's shape and dtype (float32; float16/bfloat16 where supported)."""
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        q = entry.build()
+        y = _sample(dtype=dtype)
+        means = _sample(dtype=dtype, seed=1)
+        for mode in (True, False):
+            q.train(mode)
+            try:
+                out = q(y, means)
+            except (RuntimeError, NotImplementedError) as exc:
+                if dtype is torch.float32:
+                    raise
+                env["skipped"].append(f"{dtype} not supported on CPU here: {exc}")
+                break
+            for field in ("rate", "dist"):
+                t = getattr(out, field)
+                if t.shape != y.shape or t.dtype != y.dtype:
+                    _fail("shape_dtype", f"{'train' if mode else 'eval'} {field}: input "
+                          f"{tuple(y.shape)} {y.dtype} -> output {tuple(t.shape)} {t.dtype}")
+
+
+@rule("quantizer", "eval_is_hard")
+def q_eval_is_hard(entry, env):
+    """In eval mode rate and dist both equal quantize(y, means), with and without means;
+    for a uniform quantizer that is round(y - means) + means."""
+    q = entry.build().eval()
+    y = _sample()
+    for means in (None, _sample(seed=1)):
+        out = q(y, means)
+        hard = q.quantize(y, means)
+        for field in ("rate", "dist"):
+            t = getattr(out, field)
+            if not torch.equal(t, hard):
+                bad = (t != hard).nonzero()[0].tolist()
+                _fail("eval_is_hard", f"eval {field} differs from quantize() "
+                      f"{'with' if means is not None else 'without'} means at {bad}: "
+                      f"{float(t[tuple(bad)])} != {float(hard[tuple(bad)])}")
+        if q.uniform:
+            ref = torch.round(y) if means is None else torch.round(y - means) + means
+            if not torch.equal(hard, ref):
+                _fail("eval_is_hard", "a uniform quantizer's quantize() must be "
+                      f"round(y - means) + means; got {_show(hard)} for {_show(ref)}")
+
+
+@rule("quantizer", "bins_contain_values")
+def q_bins(entry, env):
+    """Hard values lie inside their own bins; bins are ordered and non-empty; uniform
+    quantizers' bins have width 1 and tile the line."""
+    q = entry.build().eval()
+    for means in (None, _sample(seed=1)):
+        y_hat = q.quantize(_sample(), means)
+        lo, hi = q.bins(y_hat, means)
+        if not (lo < hi).all():
+            i = (lo >= hi).nonzero()[0].tolist()
+            _fail("bins_contain_values", f"empty or reversed bin at {i}: "
+                  f"[{float(lo[tuple(i)])}, {float(hi[tuple(i)])}]")
+        inside = (lo <= y_hat) & (y_hat <= hi)
+        if not inside.all():
+            i = (~inside).nonzero()[0].tolist()
+            _fail("bins_contain_values", f"value {float(y_hat[tuple(i)])} outside its bin "
+                  f"[{float(lo[tuple(i)])}, {float(hi[tuple(i)])}] at {i}")
+        if q.uniform:
+            if not torch.allclose(hi - lo, torch.ones_like(lo)):
+                _fail("bins_contain_values", f"uniform bins must have width 1, got "
+                      f"{_show(hi - lo)}")
+            k = torch.arange(-5.0, 6.0)
+            lo_k, hi_k = q.bins(k)
+            if not torch.equal(hi_k[:-1], lo_k[1:]):
+                _fail("bins_contain_values", f"bins do not tile: uppers {_show(hi_k[:-1])} "
+                      f"vs next lowers {_show(lo_k[1:])}")
+
+
+@rule("quantizer", "train_gradients")
+def q_gradients(entry, env):
+    """Training mode gives finite gradients wrt y that are not all zero (exempt when the
+    registration metadata says differentiable=False)."""
+    if entry.metadata.get("differentiable", True) is False:
+        env["skipped"].append("declared non-differentiable")
+        return
+    q = entry.build().train()
+    for t in (0.0, 0.5):
+        q.set_progress(t)
+        y = (_sample() + 0.3).requires_grad_()
+        out = q(y, _sample(seed=1))
+        loss = (out.rate ** 2).sum() + (out.dist ** 2).sum()
+        if not loss.requires_grad:
+            _fail("train_gradients", f"at progress {t} the outputs do not depend on y "
+                  "(gradient detached)")
+        (g,) = torch.autograd.grad(loss, y)
+        if not torch.isfinite(g).all():
+            _fail("train_gradients", f"non-finite gradient at progress {t}: {_show(g)}")
+        if not (g != 0).any():
+            _fail("train_gradients", f"all-zero gradient wrt y at progress {t}")
+
+
+@rule("quantizer", "set_progress")
+def q_progress(entry, env):
+    """set_progress accepts 0, 0.5 and 1 and raises ValueError outside [0, 1] (unless the
+    metadata declares clamps_progress=True)."""
+    q = entry.build()
+    for t in (0.0, 0.5, 1.0):
+        q.set_progress(t)
+    if entry.metadata.get("clamps_progress"):
+        return
+    for t in (-0.1, 1.1):
+        try:
+            q.set_progress(t)
+        except ValueError:
+            continue
+        _fail("set_progress", f"set_progress({t}) was accepted; it must raise ValueError")
+
+
+@rule("quantizer", "deterministic")
+def q_deterministic(entry, env):
+    """The same torch.manual_seed gives the same training output."""
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        q = entry.build().train()
+        q.set_progress(0.3)
+        out = q(_sample(), _sample(seed=1))
+        outs.append((out.rate.detach(), out.dist.detach()))
+    for a, b, f in zip(outs[0], outs[1], ("rate", "dist")):
+        if not torch.equal(a, b):
+            _fail("deterministic", f"two runs under manual_seed(123) differ in {f}: "
+                  f"{_show(a)} vs {_show(b)}")
+
+
+@rule("quantizer", "state_dict_roundtrip")
+def q_state_dict(entry, env):
+    """state_dict() of a trained-looking quantizer loads into a fresh one, same outputs."""
+    torch.manual_seed(0)
+    a = entry.build()
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(torch.rand_like(p) * 0.01)
+    b = entry.build()
+    b.load_state_dict(a.state_dict())
+    a.eval()
+    b.eval()
+    y = _sample()
+    if not torch.equal(a(y).dist, b(y).dist):
+        _fail("state_dict_roundtrip", "a quantizer loaded from another's state_dict quantizes "
+              "differently")
+
+
+def _tiny_backbone(name: str, quantizer_entry):
+    from qbench.plugins import get_plugins
+
+    torch.manual_seed(0)
+    m = get_plugins().registry.build("backbone", name, N=8, M=8)
+    m.set_quantizers({k: quantizer_entry.build() for k in m.latents})
+    return m
+
+
+@rule("quantizer", "backbone_roundtrip")
+def q_backbone(entry, env):
+    """Inside real CompressAI backbones: one training step, then a real compress/decompress
+    whose decoded latents equal the encoder's (bit-exact)."""
+    from qbench.train import rd_loss
+
+    for name in ("bmshj2018-factorized", "mbt2018-mean"):
+        m = _tiny_backbone(name, entry).train()
+        x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        m.set_progress(0.0)
+        loss = rd_loss(m(x), x, 0.01)[0]
+        if not torch.isfinite(loss):
+            _fail("backbone_roundtrip", f"{name}: training loss is {float(loss)}")
+        loss.backward()
+        m.eval()
+        m.update(force=True)
+        with torch.no_grad():
+            enc = m.compress(x[:1])
+            dec = m.decompress(enc["strings"], enc["shape"])
+        for k in m.latents:
+            if not torch.equal(enc["latents"][k], dec["latents"][k]):
+                diff = (enc["latents"][k] != dec["latents"][k]).sum().item()
+                _fail("backbone_roundtrip", f"{name}: latent {k!r} decoded differently in "
+                      f"{diff} positions")
+
+
+@rule("quantizer", "cuda")
+def q_cuda(entry, env):
+    """On a CUDA device the outputs equal the CPU's in eval mode and stay on the device."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    q = entry.build().eval()
+    y = _sample()
+    cpu = q(y).dist
+    qc = q.to("cuda")
+    out = qc(y.cuda(), None)
+    if out.dist.device.type != "cuda" or not torch.equal(out.dist.cpu(), cpu):
+        _fail("cuda", "CUDA eval output differs from CPU or left the device")
+    qc.train()
+    yg = y.cuda().requires_grad_()
+    qc(yg).dist.sum().backward()
+
+
+# ---------------------------------------------------------------------------
+# backbones, datasets, metrics
+# ---------------------------------------------------------------------------
+
+
+@rule("backbone", "forward_and_roundtrip")
+def b_roundtrip(entry, env):
+    """forward returns x_hat and likelihoods for every declared latent; padding multiple
+    declared; compress/decompress round trip is bit-exact."""
+    from qbench.plugins import get_plugins
+
+    torch.manual_seed(0)
+    try:
+        m = entry.build(N=8, M=8)
+    except Exception:
+        m = entry.build()
+    if not isinstance(getattr(m, "multiple", None), int) or m.multiple < 1:
+        _fail("forward_and_roundtrip", f"backbone declares no padding multiple: {m.multiple!r}")
+    reg = get_plugins().registry
+    m.set_quantizers({k: reg.build("quantizer", "noise") for k in m.latents})
+    x = torch.rand(1, 3, m.multiple, m.multiple)
+    out = m.train()(x)
+    if out["x_hat"].shape != x.shape:
+        _fail("forward_and_roundtrip", f"x_hat shape {tuple(out['x_hat'].shape)} != "
+              f"{tuple(x.shape)}")
+    if set(out["likelihoods"]) != set(m.latents):
+        _fail("forward_and_roundtrip", f"likelihoods for {sorted(out['likelihoods'])}, "
+              f"latents {list(m.latents)}")
+    for k, p in out["likelihoods"].items():
+        if not ((p > 0) & (p <= 1)).all():
+            _fail("forward_and_roundtrip", f"likelihood of {k!r} outside (0, 1]: {_show(p)}")
+    m.eval()
+    m.update(force=True)
+    with torch.no_grad():
+        enc = m.compress(x)
+        dec = m.decompress(enc["strings"], enc["shape"])
+    for k in m.latents:
+        if not torch.equal(enc["latents"][k], dec["latents"][k]):
+            _fail("forward_and_roundtrip", f"latent {k!r} is not decoded bit-exactly")
+
+
+@rule("dataset", "rgb_in_unit_range")
+def d_rgb(entry, env):
+    """Built from its defaults, a dataset yields 3 x H x W float tensors in [0, 1]."""
+    from qbench.images import DatasetError
+
+    try:
+        ds = entry.build()
+    except (DatasetError, TypeError) as exc:
+        pytest.skip(f"needs parameters or local data: {exc}")
+    if len(ds) == 0:
+        _fail("rgb_in_unit_range", "dataset is empty")
+    for i in range(min(len(ds), 3)):
+        x = ds[i]
+        if x.dim() != 3 or x.shape[0] != 3 or not x.is_floating_point():
+            _fail("rgb_in_unit_range", f"item {i}: shape {tuple(x.shape)} dtype {x.dtype}")
+        if float(x.min()) < 0 or float(x.max()) > 1:
+            _fail("rgb_in_unit_range", f"item {i}: values in [{float(x.min())}, "
+                  f"{float(x.max())}]")
+
+
+@rule("dataset", "reports_bad_files")
+def d_bad(entry, env, tmp_path=None):
+    """A folder-based dataset (one taking ``path``) skips an unreadable file and names it."""
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    if "path" not in entry.parameters():
+        pytest.skip("not folder-based")
+    import numpy as np
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as d:
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(Path(d) / "ok.png")
+        (Path(d) / "broken.png").write_bytes(b"\x89PNG\r\n broken")
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            try:
+                ds = entry.build(path=d)
+            except Exception as exc:
+                if "broken.png" in str(exc):
+                    return
+                raise
+        skipped = " ".join(str(s) for s in getattr(ds, "skipped", []))
+        if "broken.png" not in skipped:
+            _fail("reports_bad_files", "an unreadable file was neither skipped by name nor "
+                  "reported")
+
+
+@rule("metric", "finite_declared_columns")
+def m_columns(entry, env):
+    """On a real tiny evaluation the metric returns finite numbers, only in declared columns."""
+    from qbench.evaluate import evaluate
+    from qbench.metric import JobEval
+    from qbench.plugins import get_plugins
+
+    reg = get_plugins().registry
+    metric = entry.build()
+    cols = tuple(getattr(metric, "columns", ()))
+    if not cols:
+        _fail("finite_declared_columns", "metric declares no columns")
+    torch.manual_seed(0)
+    m = reg.build("backbone", "bmshj2018-factorized", N=8, M=8)
+    m.set_quantizers({"y": reg.build("quantizer", "noise")})
+    x = torch.rand(3, 64, 64)
+    avg, _ = evaluate(m, [x], ["x"], [metric], lmbda=0.01,
+                      job_eval=JobEval(m, x[None], 0.01, 0))
+    values = {k: v for k, v in avg.items() if k != "eval_seconds"}
+    extra = set(values) - set(cols)
+    if extra:
+        _fail("finite_declared_columns", f"undeclared columns {sorted(extra)}")
+    for k, v in values.items():
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            _fail("finite_declared_columns", f"column {k!r} = {v!r} is not a finite number")
+
+
+# ---------------------------------------------------------------------------
+# pytest plumbing
+# ---------------------------------------------------------------------------
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("qbench", "qbench plugin conformance")
+    group.addoption("--qbench-conformance", action="store_true", default=False,
+                    help="check registered qbench plugins against the contract")
+    group.addoption("--qbench-quantizer", action="append", default=[], metavar="NAME",
+                    help="only check this quantizer (repeatable)")
+
+
+class ConformanceItem(pytest.Item):
+    def __init__(self, *, check, entry, rule_name, **kw):
+        super().__init__(**kw)
+        self.check, self.entry, self.rule_name = check, entry, rule_name
+        self.add_marker(pytest.mark.qbench_conformance)
+
+    def runtest(self):
+        env = {"skipped": []}
+        self.check(self.entry, env)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ConformanceFailure):
+            e = self.entry
+            return (f"{e.kind} {e.name!r} (plugin {e.plugin!r}, {e.distribution} {e.version}): "
+                    f"{excinfo.value}")
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return "qbench-conformance", None, self.name
+
+
+class ImportFailureItem(pytest.Item):
+    def __init__(self, *, problem, **kw):
+        super().__init__(**kw)
+        self.problem = problem
+
+    def runtest(self):
+        raise ConformanceFailure(f"plugin {self.problem.plugin!r} ({self.problem.distribution}) "
+                                 f"did not load: {self.problem.reason}")
+
+    def repr_failure(self, excinfo, style=None):
+        return str(excinfo.value)
+
+    def reportinfo(self):
+        return "qbench-conformance", None, self.name
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "qbench_conformance: a qbench plugin conformance check")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if not config.getoption("--qbench-conformance"):
+        return
+    from qbench.plugins import get_plugins
+
+    plugins = get_plugins()
+    wanted = config.getoption("--qbench-quantizer")
+    new = []
+    for problem in plugins.problems:
+        if "import failed" in problem.reason or "rejected" in problem.reason:
+            new.append(ImportFailureItem.from_parent(
+                session, name=f"conformance[{problem.plugin}-plugin_loads]", problem=problem))
+    for kind, rules in RULES.items():
+        if wanted and kind != "quantizer":
+            continue
+        for entry in plugins.registry.entries(kind):
+            if wanted and entry.name not in wanted:
+                continue
+            prefix = entry.name if kind == "quantizer" else f"{kind}:{entry.name}"
+            for rule_name, check in rules.items():
+                new.append(ConformanceItem.from_parent(
+                    session, name=f"conformance[{prefix}-{rule_name}]", check=check,
+                    entry=entry, rule_name=rule_name))
+    missing = set(wanted) - set(plugins.registry.names("quantizer"))
+    if missing:
+        from qbench.registry import unknown_name_message
+
+        raise pytest.UsageError(unknown_name_message(
+            "quantizer", sorted(missing)[0], plugins.registry.names("quantizer")))
+    items.extend(new)

@@ -1,0 +1,65 @@
+"""Shared fixtures: the plugin registry, fake installed distributions, shared data."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+KODAK = Path(os.environ.get("QBENCH_TEST_KODAK", SHARED / "kodak"))
+PHOTOS = Path(os.environ.get("QBENCH_TEST_PHOTOS", SHARED / "photos-train"))
+
+needs_kodak = pytest.mark.skipif(not KODAK.is_dir(), reason=f"Kodak images not found at {KODAK}")
+
+
+@pytest.fixture(scope="session")
+def plugins():
+    from qbench.plugins import load_plugins
+
+    return load_plugins()
+
+
+@pytest.fixture(scope="session")
+def registry(plugins):
+    return plugins.registry
+
+
+def make_distribution(root: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str],
+                      version: str = "0.1.0") -> Path:
+    """Write an importable module set plus a real ``.dist-info`` under ``root``.
+
+    ``importlib.metadata`` finds it once ``root`` is on ``sys.path`` (or PYTHONPATH),
+    exactly as it finds a pip-installed distribution.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for name, source in modules.items():
+        (root / f"{name}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    eps = "[qbench]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(eps)
+    return root
+
+
+@pytest.fixture
+def on_path(monkeypatch):
+    """Put a folder on sys.path for this test only (and forget cached imports from it)."""
+    added: list[str] = []
+
+    def add(path: Path) -> None:
+        monkeypatch.syspath_prepend(str(path))
+        added.append(str(path))
+
+    yield add
+    for mod in list(sys.modules):
+        f = getattr(sys.modules[mod], "__file__", None) or ""
+        if any(f.startswith(a) for a in added):
+            del sys.modules[mod]

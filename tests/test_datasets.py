@@ -1,0 +1,131 @@
+"""Datasets: image modes become RGB, bad files are reported, odd sizes pass evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qbench.images import BadImageError, DatasetError, load_image
+
+from .conftest import KODAK, needs_kodak
+
+
+def save(path, arr, mode=None, **kw):
+    img = Image.fromarray(arr, mode) if mode else Image.fromarray(arr)
+    img.save(path, **kw)
+    return path
+
+
+@pytest.fixture
+def odd_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    save(d / "rgb.png", rng.integers(0, 256, (498, 621, 3), dtype=np.uint8))
+    save(d / "gray.png", rng.integers(0, 256, (40, 50), dtype=np.uint8))
+    save(d / "sub" / "g16.png", (rng.integers(0, 65536, (30, 20))).astype(np.uint16))
+    pal = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).convert("P")
+    pal.save(d / "palette.png")
+    rgba = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    save(d / "rgba.png", rgba)
+    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).convert("CMYK").save(
+        d / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(d / "x.webp")
+    good = (d / "rgb.png").read_bytes()
+    (d / "truncated.png").write_bytes(good[: len(good) // 3])
+    (d / "notanimage.jpg").write_bytes(b"hello")
+    return d
+
+
+def test_modes_become_rgb_floats(odd_folder):
+    for name in ("gray.png", "sub/g16.png", "palette.png", "rgba.png", "cmyk.jpg", "x.webp"):
+        x = load_image(odd_folder / name)
+        assert x.dtype == torch.float32 and x.shape[0] == 3
+        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    g = load_image(odd_folder / "gray.png")
+    assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
+    g16 = load_image(odd_folder / "sub" / "g16.png")
+    assert float(g16.max()) > 0.9  # 16-bit range scaled, not clipped to 255/65535
+
+
+def test_folder_skips_bad_files_by_path(registry, odd_folder):
+    with pytest.warns(UserWarning, match="truncated.png"):
+        ds = registry.build("dataset", "folder", path=str(odd_folder))
+    skipped = {p.split("/")[-1] for p, _ in ds.skipped}
+    assert skipped == {"truncated.png", "notanimage.jpg"}
+    assert len(ds) == 7 and "g16.png" in ds.names
+    with pytest.raises(BadImageError, match="notanimage.jpg"):
+        load_image(odd_folder / "notanimage.jpg")
+
+
+def test_missing_or_empty_folder(registry, tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        registry.build("dataset", "folder", path=str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no image"):
+        registry.build("dataset", "folder", path=str(tmp_path / "empty"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DatasetError, match="no readable image"), pytest.warns(UserWarning):
+        registry.build("dataset", "folder", path=str(tmp_path / "bad"))
+
+
+def test_embedded_sets(registry):
+    train = registry.build("dataset", "embedded", split="train")
+    ev = registry.build("dataset", "embedded", split="eval")
+    assert len(train) >= 3 and len(ev) >= 3
+    assert not set(train.names) & set(ev.names)
+    assert all(x.shape[0] == 3 for x in ev)
+
+
+def test_odd_size_evaluates_by_pad_and_crop(registry, odd_folder):
+    from qbench.evaluate import evaluate_image
+
+    torch.manual_seed(0)
+    m = registry.build("backbone", "bmshj2018-hyperprior", N=16, M=16)
+    m.set_quantizers({k: registry.build("quantizer", "noise") for k in m.latents})
+    m.eval()
+    m.update(force=True)
+    x = load_image(odd_folder / "rgb.png")
+    assert x.shape[-2:] == (498, 621)
+    ev = evaluate_image(m, x, "rgb.png")
+    assert ev.x_hat.shape == ev.x_dec.shape == (1, 3, 498, 621)
+    assert ev.x_padded.shape[-2:] == (512, 640)
+    assert ev.bitexact and ev.num_pixels == 498 * 621
+
+
+def test_kodak_download_verifies_checksums(tmp_path, monkeypatch):
+    import qbench_plugins.datasets as dsmod
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    files = {}
+    for i in range(2):
+        data = bytes([i]) * 100
+        (mirror / f"kodim0{i + 1}.png").write_bytes(data)
+        files[f"kodim0{i + 1}.png"] = hashlib.sha256(data).hexdigest()
+    monkeypatch.setattr(dsmod, "KODAK_SHA256", files)
+    dest = dsmod.download_kodak(tmp_path / "kodak", base_url=mirror.as_uri())
+    assert sorted(p.name for p in dest.iterdir()) == sorted(files)
+    # a corrupted mirror file is rejected and not kept
+    (tmp_path / "kodak" / "kodim02.png").unlink()
+    (mirror / "kodim02.png").write_bytes(b"tampered")
+    with pytest.raises(DatasetError, match="checksum mismatch"):
+        dsmod.download_kodak(tmp_path / "kodak", base_url=mirror.as_uri())
+    assert not (tmp_path / "kodak" / "kodim02.png").exists()
+
+
+@needs_kodak
+def test_kodak_from_local_folder(registry):
+    import qbench_plugins.datasets as dsmod
+
+    ds = registry.build("dataset", "kodak", path=str(KODAK))
+    assert len(ds) == 24 and ds.names[0] == "kodim01.png"
+    assert {tuple(x.shape[-2:]) for x in ds} == {(512, 768), (768, 512)}
+    # the shared copy is the published one: checksums verify without a download
+    for name, digest in list(dsmod.KODAK_SHA256.items())[:3]:
+        assert hashlib.sha256((KODAK / name).read_bytes()).hexdigest() == digest

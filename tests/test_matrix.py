@@ -1,0 +1,107 @@
+"""Matrix validation: every bad input names the file and the key."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from qbench.matrix import MatrixError, load_matrix
+
+BASE = """
+name = "t"
+[matrix]
+backbones = [{ name = "bmshj2018-factorized", N = 16, M = 16 }]
+quantizers = ["noise", "ste", { name = "sua", label = "sua-plain", zero_center = false }]
+lambdas = [0.001, 0.01]
+datasets = ["embedded"]
+seeds = [0, 1]
+[train]
+steps = 3
+"""
+
+
+def write(tmp_path, text, name="m.toml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def error(tmp_path, registry, text) -> str:
+    p = write(tmp_path, text)
+    with pytest.raises(MatrixError) as info:
+        load_matrix(p, registry)
+    msg = str(info.value)
+    assert str(p) in msg
+    return msg
+
+
+def test_expansion_and_stable_ids(tmp_path, registry):
+    m = load_matrix(write(tmp_path, BASE), registry)
+    assert len(m.jobs) == 1 * 3 * 2 * 1 * 2
+    ids = [j.job_id for j in m.jobs]
+    assert len(set(ids)) == len(ids)
+    again = load_matrix(write(tmp_path, BASE, "copy.toml"), registry)
+    assert ids == [j.job_id for j in again.jobs]
+    changed = load_matrix(write(tmp_path, BASE.replace("steps = 3", "steps = 4"), "c.toml"),
+                          registry)
+    assert not set(ids) & {j.job_id for j in changed.jobs}
+    assert m.jobs[0].train["lr"] == 1e-4 and m.report["anchor"] == "noise"
+    assert {j.quantizer.label for j in m.jobs} == {"noise", "ste", "sua-plain"}
+
+
+def test_malformed_toml_gives_line_and_column(tmp_path, registry):
+    msg = error(tmp_path, registry, "[matrix]\nbackbones = [\"a\"\nquantizers = 3\n")
+    assert "malformed TOML" in msg and "line" in msg and "column" in msg
+
+
+def test_unknown_quantizer_suggests(tmp_path, registry):
+    msg = error(tmp_path, registry, BASE.replace('"ste"', '"stee"'))
+    assert "matrix.quantizers[1]" in msg and "'ste'" in msg
+
+
+def test_unknown_parameter_names_key_path(tmp_path, registry):
+    msg = error(tmp_path, registry, BASE.replace("zero_center = false", "zero_centre = false"))
+    assert "matrix.quantizers[2].zero_centre" in msg and "zero_center" in msg
+
+
+def test_wrong_type_names_key_path(tmp_path, registry):
+    msg = error(tmp_path, registry, BASE.replace("zero_center = false", 'zero_center = "no"'))
+    assert "matrix.quantizers[2].zero_center" in msg and "boolean" in msg
+    msg = error(tmp_path, registry, BASE.replace("steps = 3", 'steps = "many"'))
+    assert "train.steps" in msg and "integer" in msg
+
+
+@pytest.mark.parametrize(
+    "old,new,key",
+    [
+        ("lambdas = [0.001, 0.01]", "lambdas = [0.001, -0.01]", "matrix.lambdas[1]"),
+        ("lambdas = [0.001, 0.01]", "lambdas = []", "matrix.lambdas"),
+        ('datasets = ["embedded"]', "datasets = []", "matrix.datasets"),
+        ('quantizers = ["noise", "ste",', 'quantizers = ["noise", "noise",', "matrix.quantizers[1]"),
+        ("seeds = [0, 1]", "seeds = [0, 1]\ncolor = 1", "matrix.color"),
+        ("[train]", "[train]\nstep = 3", "train.step"),
+        ('datasets = ["embedded"]', 'datasets = ["kodac"]', "matrix.datasets[0]"),
+    ],
+)
+def test_bad_values(tmp_path, registry, old, new, key):
+    assert old in BASE
+    msg = error(tmp_path, registry, BASE.replace(old, new))
+    assert key in msg
+
+
+def test_anchor_must_be_a_label(tmp_path, registry):
+    msg = error(tmp_path, registry, BASE + '[report]\nanchor = "sua-plane"\n')
+    assert "report.anchor" in msg and "sua-plain" in msg
+
+
+def test_missing_file(tmp_path, registry):
+    with pytest.raises(MatrixError, match="nope.toml"):
+        load_matrix(tmp_path / "nope.toml", registry)
+
+
+def test_embedded_quick_matrix_is_valid(registry):
+    m = load_matrix(None, registry)
+    assert m.name == "quick"
+    assert {j.quantizer.label for j in m.jobs} >= {"noise", "ste", "sua"}
+    assert len({j.lmbda for j in m.jobs}) >= 3

@@ -1,0 +1,199 @@
+"""End to end: real tiny matrices trained, evaluated, killed, resumed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import qbench.plugins
+from qbench.matrix import load_matrix
+from qbench.runner import run_matrix
+
+from .conftest import make_distribution
+
+FAULTY = '''
+import os, signal
+import torch
+import qbench
+
+class NaNQ(qbench.Quantizer):
+    """Diverges: NaN in training."""
+    def forward(self, y, means=None):
+        if not self.training:
+            return super().forward(y, means)
+        y = y * float("nan")
+        return qbench.Quantized(rate=y, dist=y)
+
+class RaiseQ(qbench.Quantizer):
+    """A plugin bug."""
+    def forward(self, y, means=None):
+        raise RuntimeError("plugin bug in forward")
+
+class CrashQ(qbench.Quantizer):
+    """Takes its worker process down, as a segfault or the OOM killer would."""
+    def forward(self, y, means=None):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+@qbench.hookimpl
+def qbench_register_quantizers(register):
+    register("nanq", NaNQ)
+    register("raiseq", RaiseQ)
+    register("crashq", CrashQ)
+'''
+
+TINY = """
+name = "tiny"
+[matrix]
+backbones = [{{ name = "bmshj2018-factorized", N = 16, M = 16 }}]
+quantizers = {quantizers}
+lambdas = {lambdas}
+datasets = [{{ name = "embedded", split = "eval" }}]
+seeds = [0]
+[train]
+steps = {steps}
+batch_size = 2
+crop = 64
+lr = 1e-3
+[eval]
+metrics = ["bpp", "bpp_bitstream", "psnr"]
+max_images = 1
+"""
+
+
+def tiny(tmp_path, quantizers='["noise"]', lambdas="[0.01]", steps=3, name="m.toml"):
+    p = tmp_path / name
+    p.write_text(TINY.format(quantizers=quantizers, lambdas=lambdas, steps=steps))
+    return p
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def faulty_plugin(tmp_path, monkeypatch, on_path):
+    root = make_distribution(tmp_path / "site", "qbench-faulty", {"faulty_plugin": FAULTY},
+                             {"faulty": "faulty_plugin"})
+    on_path(root)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    qbench.plugins.reset()
+    yield root
+    qbench.plugins.reset()
+
+
+def test_faults_are_isolated_and_resume_skips(tmp_path, faulty_plugin):
+    plugins = qbench.plugins.get_plugins()
+    m = load_matrix(tiny(tmp_path, '["noise", "nanq", "raiseq", "crashq"]'), plugins.registry)
+    out = tmp_path / "run"
+    s = run_matrix(m, out, workers=2, device="cpu", show_progress=False, echo=lambda *_: None)
+    assert s.total == 4 and s.ran == 4
+    rows = {r["quantizer"]: r for r in read_csv(out / "results.csv")}
+    assert rows["noise"]["status"] == "ok" and float(rows["noise"]["bpp"]) > 0
+    assert rows["noise"]["bitexact"] == "1.0"
+    assert rows["nanq"]["status"] == "diverged" and "step 0" in rows["nanq"]["reason"]
+    assert rows["raiseq"]["status"] == "failed" and "plugin bug" in rows["raiseq"]["reason"]
+    assert rows["crashq"]["status"] == "failed" and "SIGKILL" in rows["crashq"]["reason"]
+    assert (out / "logs" / f"{rows['raiseq']['job_id']}.log").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["statuses"] == {"ok": 1, "diverged": 1, "failed": 2}
+    assert "loss" in manifest and manifest["torch"] and manifest["compressai"]
+    # resume: nothing to do
+    s2 = run_matrix(m, out, workers=2, device="cpu", show_progress=False, echo=lambda *_: None)
+    assert s2.ran == 0 and len(read_csv(out / "results.csv")) == 4
+    # --rerun-failed reruns the three that did not finish, and keeps the good row
+    before = (out / "rows" / f"{rows['noise']['job_id']}.json").read_text()
+    s3 = run_matrix(m, out, workers=1, device="cpu", rerun_failed=True, show_progress=False,
+                    echo=lambda *_: None)
+    assert s3.ran == 3
+    assert (out / "rows" / f"{rows['noise']['job_id']}.json").read_text() == before
+    assert len(read_csv(out / "results.csv")) == 4
+
+
+def test_report_after_run(tmp_path):
+    from qbench.report import write_report
+
+    qbench.plugins.reset()
+    plugins = qbench.plugins.get_plugins()
+    m = load_matrix(tiny(tmp_path, '["noise", "ste"]', "[0.001, 0.1]", steps=2), plugins.registry)
+    out = tmp_path / "run"
+    run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
+    rep = write_report(out, anchor="noise")
+    text = (out / "report.md").read_text()
+    assert "Rate-distortion points" in text and "at least 4 points" in text
+    assert any(p.name.startswith("rd_") for p in rep.plots)
+    per_image = read_csv(out / "per_image.csv")
+    assert len(per_image) == 4 and {"image", "psnr", "bpp"} <= set(per_image[0])
+
+
+def test_sigkill_whole_run_then_resume(tmp_path):
+    """Kill the run (parent and workers) mid-way; rows stand, none is duplicated."""
+    matrix = tiny(tmp_path, '["noise", "ste", "mixed"]', "[0.001, 0.01]", steps=25)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "qbench.cli", "run", str(matrix), "--out", str(out),
+           "--no-progress", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    rows_dir = out / "rows"
+    while time.time() < deadline:
+        if rows_dir.is_dir() and len(list(rows_dir.glob("*.json"))) >= 2:
+            break
+        if proc.poll() is not None:
+            pytest.fail("the run finished before it could be killed")
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.read_text() for p in rows_dir.glob("*.json")}
+    assert 2 <= len(before) < 6
+    for text in before.values():
+        json.loads(text)  # every row file is whole
+    if (out / "results.csv").exists():
+        read_csv(out / "results.csv")  # never partial
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(before)} already finished" in done.stdout
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 6 and len({r["job_id"] for r in rows}) == 6
+    for name, text in before.items():
+        assert (rows_dir / name).read_text() == text
+
+
+@pytest.mark.slow
+def test_rd_ordering_on_embedded_images(tmp_path):
+    """Trained long enough, bpp falls and PSNR rises with lambda (a real RD trade-off)."""
+    text = textwrap.dedent("""
+        [matrix]
+        backbones = [{ name = "bmshj2018-factorized", N = 48, M = 64 }]
+        quantizers = ["noise"]
+        lambdas = [0.001, 0.01, 0.1]
+        datasets = [{ name = "embedded", split = "eval" }]
+        [train]
+        steps = 1000
+        batch_size = 8
+        crop = 64
+        lr = 1e-3
+        [eval]
+        metrics = ["bpp", "bpp_bitstream", "psnr"]
+    """)
+    p = tmp_path / "order.toml"
+    p.write_text(text)
+    qbench.plugins.reset()
+    m = load_matrix(p, qbench.plugins.get_plugins().registry)
+    run_matrix(m, tmp_path / "run", device="cpu", show_progress=False, echo=lambda *_: None)
+    rows = sorted(read_csv(tmp_path / "run" / "results.csv"), key=lambda r: float(r["lambda"]))
+    assert all(r["status"] == "ok" for r in rows)
+    bpp = [float(r["bpp"]) for r in rows]
+    psnr = [float(r["psnr"]) for r in rows]
+    assert bpp[0] < bpp[1] < bpp[2], bpp
+    assert psnr[0] < psnr[1] < psnr[2], psnr
+    for r in rows:  # the real bitstream agrees with the likelihoods
+        assert abs(float(r["bpp_bitstream"]) - float(r["bpp"])) / float(r["bpp"]) < 0.1
