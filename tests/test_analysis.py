@@ -9,9 +9,8 @@ from qbench.analysis import gradient_statistics, mismatch, model_gradient_statis
 
 
 def toy_losses(registry, name, theta, n=200_000):
-    """y = theta * x, x ~ U(0, 1); loss = mean(q(y)^2). Hard loss: round(y)."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(n, generator=gen, dtype=torch.float64)
+    """y = theta * x, x ~ U(0, 1) (a midpoint grid); loss = mean(q(y)^2); hard: round(y)."""
+    x = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     q = registry.build("quantizer", name).train()
 
     def surrogate():
@@ -32,11 +31,11 @@ def test_toy_gradients_match_closed_form(registry):
     for name, expected in (("noise", 2 / 3), ("ste", 0.75)):
         theta = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
         surrogate, hard = toy_losses(registry, name, theta)
-        stats = gradient_statistics(surrogate, hard, [theta], draws=16, directions=2, step=0.02)
+        stats = gradient_statistics(surrogate, hard, [theta], draws=16, directions=2, step=0.05)
         g = float(torch.autograd.grad(surrogate(), theta)[0])
         assert g == pytest.approx(expected, rel=0.02)
         # the relative bias against the finite-difference reference of the hard loss
-        assert stats["grad_bias"] == pytest.approx(abs(expected - 0.5) / 0.5, rel=0.05)
+        assert stats["grad_bias"] == pytest.approx(abs(expected - 0.5) / 0.5, rel=0.03)
         results[name] = stats
     assert results["noise"]["grad_bias"] < results["ste"]["grad_bias"]
     assert results["ste"]["grad_var"] == pytest.approx(0.0, abs=1e-20)  # deterministic

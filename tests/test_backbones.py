@@ -79,7 +79,7 @@ def test_checkpoint_round_trip_and_mismatch(registry, tmp_path):
     with pytest.raises(CheckpointError) as info:
         registry.build("backbone", "bmshj2018-hyperprior", N=16, M=32, checkpoint=str(path))
     msg = str(info.value)
-    assert str(path) in msg and "g_a.0.weight" in msg
+    assert str(path) in msg and "'g_a.6.weight'" in msg and "(24, 16, 5, 5)" in msg
     with pytest.raises(CheckpointError) as info:
         registry.build("backbone", "mbt2018-mean", N=16, M=24, checkpoint=str(path))
     assert str(path) in str(info.value)

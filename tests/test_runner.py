@@ -174,7 +174,7 @@ def test_rd_ordering_on_embedded_images(tmp_path):
         [matrix]
         backbones = [{ name = "bmshj2018-factorized", N = 48, M = 64 }]
         quantizers = ["noise"]
-        lambdas = [0.001, 0.01, 0.1]
+        lambdas = [0.0003, 0.001, 0.01]
         datasets = [{ name = "embedded", split = "eval" }]
         [train]
         steps = 1000
