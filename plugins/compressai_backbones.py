@@ -40,7 +40,9 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})")
+        raise CheckpointError(
+            f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -129,9 +131,7 @@ class _CompressAIBackbone(qbench.Backbone):
         lik = bottleneck_likelihood(self.net.entropy_bottleneck, *q.bins(out.rate, med))
         return out.dist, lik
 
-    def _gaussian(
-        self, y: Tensor, scales: Tensor, means: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    def _gaussian(self, y: Tensor, scales: Tensor, means: Tensor | None) -> tuple[Tensor, Tensor]:
         q = self.quantizers["y"]
         out = q(y, means)
         lik = gaussian_likelihood(

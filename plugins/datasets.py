@@ -74,9 +74,9 @@ def download_kodak(dest: str | Path, base_url: str = KODAK_URL) -> Path:
         if target.exists() and _sha256(target) == digest:
             continue
         tmp = target.with_suffix(".part")
-        with urllib.request.urlopen(base_url.rstrip("/") + "/" + name, timeout=60) as r:
-            with open(tmp, "wb") as f:
-                shutil.copyfileobj(r, f)
+        url = base_url.rstrip("/") + "/" + name
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f)
         got = _sha256(tmp)
         if got != digest:
             tmp.unlink()

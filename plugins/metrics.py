@@ -111,7 +111,11 @@ class Gradients(qbench.Metric):
     def per_job(self, ev: qbench.JobEval) -> dict[str, float]:
         torch.manual_seed(ev.seed)
         return model_gradient_statistics(
-            ev.model, ev.batch, ev.lmbda, draws=self.draws, directions=self.directions,
+            ev.model,
+            ev.batch,
+            ev.lmbda,
+            draws=self.draws,
+            directions=self.directions,
             seed=ev.seed,
         )
 

@@ -106,10 +106,7 @@ class SUA(qbench.Quantizer):
         if not self.training:
             return super().forward(y, means)
         centre = means if (self.zero_center and means is not None) else None
-        if centre is not None:
-            v = y - (centre.detach() if self.stop_gradient else centre)
-        else:
-            v = y
+        v = y - (centre.detach() if self.stop_gradient else centre) if centre is not None else y
         temp = self.temperature
         with torch.no_grad():
             noisy = uniform_noise(v)

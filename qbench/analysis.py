@@ -65,8 +65,9 @@ def mismatch(model, x: Tensor, draws: int = 4) -> dict[str, float]:
         out = model(x)
         bpp_s += float(_bpp(out, n_pix)) / draws
         mse_s += float(torch.mean((out["x_hat"].clamp(0, 1) - x) ** 2)) / draws
-        sq = sum(float(((out["latents"][k] - hard["latents"][k]) ** 2).sum())
-                 for k in hard["latents"])
+        sq = sum(
+            float(((out["latents"][k] - hard["latents"][k]) ** 2).sum()) for k in hard["latents"]
+        )
         n = sum(hard["latents"][k].numel() for k in hard["latents"])
         lat += sq / n / draws
     model.train(was_training)
@@ -79,9 +80,9 @@ def mismatch(model, x: Tensor, draws: int = 4) -> dict[str, float]:
 
 def _flat_grad(loss: Tensor, params: Sequence[Tensor]) -> Tensor:
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([
-        (g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)
-    ])
+    return torch.cat(
+        [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
+    )
 
 
 def surrogate_gradients(
@@ -202,8 +203,13 @@ def model_gradient_statistics(
 
     try:
         stats = gradient_statistics(
-            surrogate, hard, params, draws=draws, directions=directions,
-            step=latent_step(model, x, params), seed=seed,
+            surrogate,
+            hard,
+            params,
+            draws=draws,
+            directions=directions,
+            step=latent_step(model, x, params),
+            seed=seed,
         )
     finally:
         for p, r in zip(params, saved):

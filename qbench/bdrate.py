@@ -76,8 +76,9 @@ def bd_rate(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(
-            bjontegaard.bd_rate(ra, qa, rt, qt, method=method, require_matching_points=False,
-                                min_overlap=0)
+            bjontegaard.bd_rate(
+                ra, qa, rt, qt, method=method, require_matching_points=False, min_overlap=0
+            )
         )
 
 
@@ -99,6 +100,7 @@ def bd_psnr(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(
-            bjontegaard.bd_psnr(ra, qa, rt, qt, method=method, require_matching_points=False,
-                                min_overlap=0)
+            bjontegaard.bd_psnr(
+                ra, qa, rt, qt, method=method, require_matching_points=False, min_overlap=0
+            )
         )

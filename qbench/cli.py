@@ -42,15 +42,28 @@ def cmd_validate(args) -> int:
 
     matrix = load_matrix(args.matrix, _plugins(args).registry)
     rows = [
-        [j.job_id, j.backbone.label, j.quantizer.label, j.lmbda, j.dataset.label, j.seed,
-         j.train_id]
+        [
+            j.job_id,
+            j.backbone.label,
+            j.quantizer.label,
+            j.lmbda,
+            j.dataset.label,
+            j.seed,
+            j.train_id,
+        ]
         for j in matrix.jobs
     ]
-    print(tabulate(rows, headers=["job_id", "backbone", "quantizer", "lambda", "dataset",
-                                  "seed", "train_id"]))
+    print(
+        tabulate(
+            rows,
+            headers=["job_id", "backbone", "quantizer", "lambda", "dataset", "seed", "train_id"],
+        )
+    )
     groups = len({j.train_id for j in matrix.jobs})
-    print(f"\n{matrix.source}: {len(matrix.jobs)} jobs ({groups} trainings of "
-          f"{matrix.train['steps']} steps); anchor {matrix.report['anchor']!r}")
+    print(
+        f"\n{matrix.source}: {len(matrix.jobs)} jobs ({groups} trainings of "
+        f"{matrix.train['steps']} steps); anchor {matrix.report['anchor']!r}"
+    )
     return 0
 
 
@@ -76,8 +89,10 @@ def cmd_run(args) -> int:
     print()
     print(report.summary)
     status = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
-    print(f"\n{summary.total} jobs ({status}); results in {out}/results.csv, "
-          f"report in {out}/report.md")
+    print(
+        f"\n{summary.total} jobs ({status}); results in {out}/results.csv, "
+        f"report in {out}/report.md"
+    )
     return 0 if summary.statuses.get("ok", 0) == summary.total else 1
 
 
@@ -100,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"qbench {__version__}")
     p.add_argument(
-        "--disable-plugin", action="append", default=[], metavar="NAME",
+        "--disable-plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="skip the plugin with this entry-point name (repeatable; "
         "also QBENCH_DISABLE_PLUGINS=a,b)",
     )
@@ -109,12 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run (or resume) a benchmark matrix")
     r.add_argument("matrix", nargs="?", help="matrix TOML file (default: the embedded quick one)")
     r.add_argument("--out", help="run directory (default: runs/<matrix name>)")
-    r.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: one per GPU, else 1)")
+    r.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: one per GPU, else 1)"
+    )
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--force", action="store_true", help="re-run finished jobs too")
-    r.add_argument("--rerun-failed", action="store_true",
-                   help="re-run failed and diverged jobs (finished ones are kept)")
+    r.add_argument(
+        "--rerun-failed",
+        action="store_true",
+        help="re-run failed and diverged jobs (finished ones are kept)",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
@@ -128,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild tables and plots of a run directory")
     rep.add_argument("run_dir")
     rep.add_argument("--anchor", help="BD-rate reference (a quantizer label)")
-    rep.add_argument("--format", choices=["md", "csv", "json"], default="md",
-                     help="md writes report.md; csv/json print the BD-rate table")
+    rep.add_argument(
+        "--format",
+        choices=["md", "csv", "json"],
+        default="md",
+        help="md writes report.md; csv/json print the BD-rate table",
+    )
     rep.set_defaults(func=cmd_report)
     return p
 
@@ -150,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nqbench: interrupted; finished jobs are kept, run the same command to resume",
-              file=sys.stderr)
+        print(
+            "\nqbench: interrupted; finished jobs are kept, run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -20,8 +20,12 @@ from collections.abc import Callable
 import pytest
 import torch
 
-RULES: dict[str, dict[str, Callable]] = {"quantizer": {}, "backbone": {}, "dataset": {},
-                                         "metric": {}}
+RULES: dict[str, dict[str, Callable]] = {
+    "quantizer": {},
+    "backbone": {},
+    "dataset": {},
+    "metric": {},
+}
 
 
 class ConformanceFailure(AssertionError):
@@ -83,8 +87,11 @@ def q_shape_dtype(entry, env):
             for field in ("rate", "dist"):
                 t = getattr(out, field)
                 if t.shape != y.shape or t.dtype != y.dtype:
-                    _fail("shape_dtype", f"{'train' if mode else 'eval'} {field}: input "
-                          f"{tuple(y.shape)} {y.dtype} -> output {tuple(t.shape)} {t.dtype}")
+                    _fail(
+                        "shape_dtype",
+                        f"{'train' if mode else 'eval'} {field}: input "
+                        f"{tuple(y.shape)} {y.dtype} -> output {tuple(t.shape)} {t.dtype}",
+                    )
 
 
 @rule("quantizer", "eval_is_hard")
@@ -100,14 +107,20 @@ def q_eval_is_hard(entry, env):
             t = getattr(out, field)
             if not torch.equal(t, hard):
                 bad = (t != hard).nonzero()[0].tolist()
-                _fail("eval_is_hard", f"eval {field} differs from quantize() "
-                      f"{'with' if means is not None else 'without'} means at {bad}: "
-                      f"{float(t[tuple(bad)])} != {float(hard[tuple(bad)])}")
+                _fail(
+                    "eval_is_hard",
+                    f"eval {field} differs from quantize() "
+                    f"{'with' if means is not None else 'without'} means at {bad}: "
+                    f"{float(t[tuple(bad)])} != {float(hard[tuple(bad)])}",
+                )
         if q.uniform:
             ref = torch.round(y) if means is None else torch.round(y - means) + means
             if not torch.equal(hard, ref):
-                _fail("eval_is_hard", "a uniform quantizer's quantize() must be "
-                      f"round(y - means) + means; got {_show(hard)} for {_show(ref)}")
+                _fail(
+                    "eval_is_hard",
+                    "a uniform quantizer's quantize() must be "
+                    f"round(y - means) + means; got {_show(hard)} for {_show(ref)}",
+                )
 
 
 @rule("quantizer", "bins_contain_values")
@@ -120,22 +133,30 @@ def q_bins(entry, env):
         lo, hi = q.bins(y_hat, means)
         if not (lo < hi).all():
             i = (lo >= hi).nonzero()[0].tolist()
-            _fail("bins_contain_values", f"empty or reversed bin at {i}: "
-                  f"[{float(lo[tuple(i)])}, {float(hi[tuple(i)])}]")
+            _fail(
+                "bins_contain_values",
+                f"empty or reversed bin at {i}: [{float(lo[tuple(i)])}, {float(hi[tuple(i)])}]",
+            )
         inside = (lo <= y_hat) & (y_hat <= hi)
         if not inside.all():
             i = (~inside).nonzero()[0].tolist()
-            _fail("bins_contain_values", f"value {float(y_hat[tuple(i)])} outside its bin "
-                  f"[{float(lo[tuple(i)])}, {float(hi[tuple(i)])}] at {i}")
+            _fail(
+                "bins_contain_values",
+                f"value {float(y_hat[tuple(i)])} outside its bin "
+                f"[{float(lo[tuple(i)])}, {float(hi[tuple(i)])}] at {i}",
+            )
         if q.uniform:
             if not torch.allclose(hi - lo, torch.ones_like(lo)):
-                _fail("bins_contain_values", f"uniform bins must have width 1, got "
-                      f"{_show(hi - lo)}")
+                _fail(
+                    "bins_contain_values", f"uniform bins must have width 1, got {_show(hi - lo)}"
+                )
             k = torch.arange(-5.0, 6.0)
             lo_k, hi_k = q.bins(k)
             if not torch.equal(hi_k[:-1], lo_k[1:]):
-                _fail("bins_contain_values", f"bins do not tile: uppers {_show(hi_k[:-1])} "
-                      f"vs next lowers {_show(lo_k[1:])}")
+                _fail(
+                    "bins_contain_values",
+                    f"bins do not tile: uppers {_show(hi_k[:-1])} vs next lowers {_show(lo_k[1:])}",
+                )
 
 
 @rule("quantizer", "train_gradients")
@@ -150,10 +171,12 @@ def q_gradients(entry, env):
         q.set_progress(t)
         y = (_sample() + 0.3).requires_grad_()
         out = q(y, _sample(seed=1))
-        loss = (out.rate ** 2).sum() + (out.dist ** 2).sum()
+        loss = (out.rate**2).sum() + (out.dist**2).sum()
         if not loss.requires_grad:
-            _fail("train_gradients", f"at progress {t} the outputs do not depend on y "
-                  "(gradient detached)")
+            _fail(
+                "train_gradients",
+                f"at progress {t} the outputs do not depend on y (gradient detached)",
+            )
         (g,) = torch.autograd.grad(loss, y)
         if not torch.isfinite(g).all():
             _fail("train_gradients", f"non-finite gradient at progress {t}: {_show(g)}")
@@ -190,8 +213,10 @@ def q_deterministic(entry, env):
         outs.append((out.rate.detach(), out.dist.detach()))
     for a, b, f in zip(outs[0], outs[1], ("rate", "dist")):
         if not torch.equal(a, b):
-            _fail("deterministic", f"two runs under manual_seed(123) differ in {f}: "
-                  f"{_show(a)} vs {_show(b)}")
+            _fail(
+                "deterministic",
+                f"two runs under manual_seed(123) differ in {f}: {_show(a)} vs {_show(b)}",
+            )
 
 
 @rule("quantizer", "state_dict_roundtrip")
@@ -208,8 +233,10 @@ def q_state_dict(entry, env):
     b.eval()
     y = _sample()
     if not torch.equal(a(y).dist, b(y).dist):
-        _fail("state_dict_roundtrip", "a quantizer loaded from another's state_dict quantizes "
-              "differently")
+        _fail(
+            "state_dict_roundtrip",
+            "a quantizer loaded from another's state_dict quantizes differently",
+        )
 
 
 def _tiny_backbone(name: str, quantizer_entry):
@@ -243,8 +270,10 @@ def q_backbone(entry, env):
         for k in m.latents:
             if not torch.equal(enc["latents"][k], dec["latents"][k]):
                 diff = (enc["latents"][k] != dec["latents"][k]).sum().item()
-                _fail("backbone_roundtrip", f"{name}: latent {k!r} decoded differently in "
-                      f"{diff} positions")
+                _fail(
+                    "backbone_roundtrip",
+                    f"{name}: latent {k!r} decoded differently in {diff} positions",
+                )
 
 
 @rule("quantizer", "cuda")
@@ -287,11 +316,14 @@ def b_roundtrip(entry, env):
     x = torch.rand(1, 3, m.multiple, m.multiple)
     out = m.train()(x)
     if out["x_hat"].shape != x.shape:
-        _fail("forward_and_roundtrip", f"x_hat shape {tuple(out['x_hat'].shape)} != "
-              f"{tuple(x.shape)}")
+        _fail(
+            "forward_and_roundtrip", f"x_hat shape {tuple(out['x_hat'].shape)} != {tuple(x.shape)}"
+        )
     if set(out["likelihoods"]) != set(m.latents):
-        _fail("forward_and_roundtrip", f"likelihoods for {sorted(out['likelihoods'])}, "
-              f"latents {list(m.latents)}")
+        _fail(
+            "forward_and_roundtrip",
+            f"likelihoods for {sorted(out['likelihoods'])}, latents {list(m.latents)}",
+        )
     for k, p in out["likelihoods"].items():
         if not ((p > 0) & (p <= 1)).all():
             _fail("forward_and_roundtrip", f"likelihood of {k!r} outside (0, 1]: {_show(p)}")
@@ -321,8 +353,7 @@ def d_rgb(entry, env):
         if x.dim() != 3 or x.shape[0] != 3 or not x.is_floating_point():
             _fail("rgb_in_unit_range", f"item {i}: shape {tuple(x.shape)} dtype {x.dtype}")
         if float(x.min()) < 0 or float(x.max()) > 1:
-            _fail("rgb_in_unit_range", f"item {i}: values in [{float(x.min())}, "
-                  f"{float(x.max())}]")
+            _fail("rgb_in_unit_range", f"item {i}: values in [{float(x.min())}, {float(x.max())}]")
 
 
 @rule("dataset", "reports_bad_files")
@@ -350,8 +381,9 @@ def d_bad(entry, env, tmp_path=None):
                 raise
         skipped = " ".join(str(s) for s in getattr(ds, "skipped", []))
         if "broken.png" not in skipped:
-            _fail("reports_bad_files", "an unreadable file was neither skipped by name nor "
-                  "reported")
+            _fail(
+                "reports_bad_files", "an unreadable file was neither skipped by name nor reported"
+            )
 
 
 @rule("metric", "finite_declared_columns")
@@ -370,8 +402,7 @@ def m_columns(entry, env):
     m = reg.build("backbone", "bmshj2018-factorized", N=8, M=8)
     m.set_quantizers({"y": reg.build("quantizer", "noise")})
     x = torch.rand(3, 64, 64)
-    avg, _ = evaluate(m, [x], ["x"], [metric], lmbda=0.01,
-                      job_eval=JobEval(m, x[None], 0.01, 0))
+    avg, _ = evaluate(m, [x], ["x"], [metric], lmbda=0.01, job_eval=JobEval(m, x[None], 0.01, 0))
     values = {k: v for k, v in avg.items() if k != "eval_seconds"}
     extra = set(values) - set(cols)
     if extra:
@@ -388,10 +419,19 @@ def m_columns(entry, env):
 
 def pytest_addoption(parser):
     group = parser.getgroup("qbench", "qbench plugin conformance")
-    group.addoption("--qbench-conformance", action="store_true", default=False,
-                    help="check registered qbench plugins against the contract")
-    group.addoption("--qbench-quantizer", action="append", default=[], metavar="NAME",
-                    help="only check this quantizer (repeatable)")
+    group.addoption(
+        "--qbench-conformance",
+        action="store_true",
+        default=False,
+        help="check registered qbench plugins against the contract",
+    )
+    group.addoption(
+        "--qbench-quantizer",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only check this quantizer (repeatable)",
+    )
 
 
 class ConformanceItem(pytest.Item):
@@ -407,8 +447,10 @@ class ConformanceItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ConformanceFailure):
             e = self.entry
-            return (f"{e.kind} {e.name!r} (plugin {e.plugin!r}, {e.distribution} {e.version}): "
-                    f"{excinfo.value}")
+            return (
+                f"{e.kind} {e.name!r} (plugin {e.plugin!r}, {e.distribution} {e.version}): "
+                f"{excinfo.value}"
+            )
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
@@ -421,8 +463,10 @@ class ImportFailureItem(pytest.Item):
         self.problem = problem
 
     def runtest(self):
-        raise ConformanceFailure(f"plugin {self.problem.plugin!r} ({self.problem.distribution}) "
-                                 f"did not load: {self.problem.reason}")
+        raise ConformanceFailure(
+            f"plugin {self.problem.plugin!r} ({self.problem.distribution}) "
+            f"did not load: {self.problem.reason}"
+        )
 
     def repr_failure(self, excinfo, style=None):
         return str(excinfo.value)
@@ -445,8 +489,11 @@ def pytest_collection_modifyitems(session, config, items):
     new = []
     for problem in plugins.problems:
         if "import failed" in problem.reason or "rejected" in problem.reason:
-            new.append(ImportFailureItem.from_parent(
-                session, name=f"conformance[{problem.plugin}-plugin_loads]", problem=problem))
+            new.append(
+                ImportFailureItem.from_parent(
+                    session, name=f"conformance[{problem.plugin}-plugin_loads]", problem=problem
+                )
+            )
     for kind, rules in RULES.items():
         if wanted and kind != "quantizer":
             continue
@@ -455,13 +502,22 @@ def pytest_collection_modifyitems(session, config, items):
                 continue
             prefix = entry.name if kind == "quantizer" else f"{kind}:{entry.name}"
             for rule_name, check in rules.items():
-                new.append(ConformanceItem.from_parent(
-                    session, name=f"conformance[{prefix}-{rule_name}]", check=check,
-                    entry=entry, rule_name=rule_name))
+                new.append(
+                    ConformanceItem.from_parent(
+                        session,
+                        name=f"conformance[{prefix}-{rule_name}]",
+                        check=check,
+                        entry=entry,
+                        rule_name=rule_name,
+                    )
+                )
     missing = set(wanted) - set(plugins.registry.names("quantizer"))
     if missing:
         from qbench.registry import unknown_name_message
 
-        raise pytest.UsageError(unknown_name_message(
-            "quantizer", sorted(missing)[0], plugins.registry.names("quantizer")))
+        raise pytest.UsageError(
+            unknown_name_message(
+                "quantizer", sorted(missing)[0], plugins.registry.names("quantizer")
+            )
+        )
     items.extend(new)

@@ -203,8 +203,10 @@ class _Checker:
             self.fail(path, f"an inline table needs 'name' (a registered {kind} name)")
         name = entry["name"]
         if (kind, name) not in self.registry:
-            self.fail(f"{path}.name" if len(entry) > 1 else path,
-                      unknown_name_message(kind, name, self.registry.names(kind)))
+            self.fail(
+                f"{path}.name" if len(entry) > 1 else path,
+                unknown_name_message(kind, name, self.registry.names(kind)),
+            )
         reg = self.registry.get(kind, name)
         label = entry.get("label", name)
         if not isinstance(label, str) or not label:
@@ -214,7 +216,9 @@ class _Checker:
         if kind == "quantizer" and "latents" in entry:
             lat = entry["latents"]
             if not isinstance(lat, list) or not lat or not all(isinstance(s, str) for s in lat):
-                self.fail(f"{path}.latents", f"expected a non-empty list of latent names, got {lat!r}")
+                self.fail(
+                    f"{path}.latents", f"expected a non-empty list of latent names, got {lat!r}"
+                )
             latents = tuple(lat)
         accepted = reg.parameters()
         params = {}
@@ -321,8 +325,10 @@ def parse_matrix(
         if not isinstance(metric, str):
             ck.fail(f"eval.metrics[{i}]", f"expected a metric name, got {metric!r}")
         if ("metric", metric) not in registry:
-            ck.fail(f"eval.metrics[{i}]", unknown_name_message("metric", metric,
-                                                               registry.names("metric")))
+            ck.fail(
+                f"eval.metrics[{i}]",
+                unknown_name_message("metric", metric, registry.names("metric")),
+            )
     report = _section(ck, raw, "report", REPORT_DEFAULTS)
     labels = [q.label for q in quantizers]
     if report["anchor"] and report["anchor"] not in labels:

@@ -22,8 +22,15 @@ def plot_rd(rd: pd.DataFrame, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
         for q, qg in grp.groupby("quantizer", sort=False):
             qg = qg.sort_values("bpp")
-            ax.errorbar(qg["bpp"], qg["psnr"], xerr=qg.get("bpp_std"), yerr=qg.get("psnr_std"),
-                        marker="o", capsize=3, label=q)
+            ax.errorbar(
+                qg["bpp"],
+                qg["psnr"],
+                xerr=qg.get("bpp_std"),
+                yerr=qg.get("psnr_std"),
+                marker="o",
+                capsize=3,
+                label=q,
+            )
         ax.set_xlabel("rate [bpp]")
         ax.set_ylabel("PSNR [dB]")
         ax.set_title(f"{bb} on {ds}")

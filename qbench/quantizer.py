@@ -48,7 +48,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Quantized", "Quantizer", "round_around", "ste_round", "straight_through", "uniform_noise"]
+__all__ = [
+    "Quantized",
+    "Quantizer",
+    "round_around",
+    "ste_round",
+    "straight_through",
+    "uniform_noise",
+]
 
 
 @dataclass

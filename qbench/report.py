@@ -69,8 +69,9 @@ def bd_table(ok: pd.DataFrame, anchor: str, notes: list[str]) -> list[dict]:
                     ag = grp[grp["quantizer"] == anchor]
                 try:
                     per_seed.append(
-                        bd_rate(ag[["bpp", "psnr"]].values.tolist(),
-                                sg[["bpp", "psnr"]].values.tolist())
+                        bd_rate(
+                            ag[["bpp", "psnr"]].values.tolist(), sg[["bpp", "psnr"]].values.tolist()
+                        )
                     )
                 except BDRateError as exc:
                     notes.append(f"BD-rate ({bb}, {ds}, {q}, seed {seed}): {exc}")
@@ -79,8 +80,16 @@ def bd_table(ok: pd.DataFrame, anchor: str, notes: list[str]) -> list[dict]:
             mean = float(np.mean(per_seed))
             n = len(per_seed)
             half = _t95(n) * float(np.std(per_seed, ddof=1)) / math.sqrt(n) if n > 1 else math.nan
-            rows.append({"backbone": bb, "dataset": ds, "quantizer": q, "bd_rate_%": mean,
-                         "ci95_%": half, "seeds": n})
+            rows.append(
+                {
+                    "backbone": bb,
+                    "dataset": ds,
+                    "quantizer": q,
+                    "bd_rate_%": mean,
+                    "ci95_%": half,
+                    "seeds": n,
+                }
+            )
     return rows
 
 
@@ -99,22 +108,31 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
     if not anchor:
         manifest = run_dir / "manifest.json"
         if manifest.exists():
-            anchor = json.loads(manifest.read_text()).get("matrix", {}).get("report", {}).get(
-                "anchor")
+            anchor = (
+                json.loads(manifest.read_text()).get("matrix", {}).get("report", {}).get("anchor")
+            )
         anchor = anchor or (labels[0] if labels else "")
     if anchor not in labels:
         close = difflib.get_close_matches(anchor, labels, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise QbenchError(f"anchor {anchor!r} is not a quantizer label in this run{hint} "
-                          f"(labels: {', '.join(labels)})")
+        raise QbenchError(
+            f"anchor {anchor!r} is not a quantizer label in this run{hint} "
+            f"(labels: {', '.join(labels)})"
+        )
     bad = df[df["status"] != "ok"]
     ok = df[df["status"] == "ok"].copy()
     for _, r in bad.iterrows():
-        notes.append(f"job {r.get('job_id', '?')} ({r['quantizer']}, lambda={r['lambda']}, "
-                     f"seed={r['seed']}): {r['status']}: {r.get('reason', '')}")
-    sections = [f"# qbench report: {run_dir.name}", "",
-                f"{len(df)} jobs: {len(ok)} ok, {len(bad)} failed or diverged. "
-                f"BD-rate anchor: `{anchor}` (PCHIP, negative = fewer bits than the anchor).", ""]
+        notes.append(
+            f"job {r.get('job_id', '?')} ({r['quantizer']}, lambda={r['lambda']}, "
+            f"seed={r['seed']}): {r['status']}: {r.get('reason', '')}"
+        )
+    sections = [
+        f"# qbench report: {run_dir.name}",
+        "",
+        f"{len(df)} jobs: {len(ok)} ok, {len(bad)} failed or diverged. "
+        f"BD-rate anchor: `{anchor}` (PCHIP, negative = fewer bits than the anchor).",
+        "",
+    ]
 
     metric_cols = [c for c in ("bpp", "bpp_bitstream", "psnr", "ms_ssim") if c in ok.columns]
     keys = ["backbone", "dataset", "quantizer", "lambda"]
@@ -126,17 +144,22 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
         rd["seeds"] = g.size().values
         for c in metric_cols:
             rd[c + "_std"] = std[c].fillna(0.0)
-        sections += ["## Rate-distortion points (mean over seeds)", "",
-                     _md(rd[keys + metric_cols + ["seeds"]]), ""]
+        sections += [
+            "## Rate-distortion points (mean over seeds)",
+            "",
+            _md(rd[keys + metric_cols + ["seeds"]]),
+            "",
+        ]
     summary_table = _md(rd[keys + metric_cols]) if not rd.empty else "(no finished job)"
 
     bd_rows = bd_table(ok, anchor, notes)
     if bd_rows:
         sections += ["## BD-rate against the anchor", "", _md(pd.DataFrame(bd_rows), ".2f"), ""]
 
-    for title, cols in (("Train-test mismatch", ["mismatch_rate", "mismatch_dist",
-                                                 "mismatch_latent"]),
-                        ("Gradient estimation", ["grad_var", "grad_bias"])):
+    for title, cols in (
+        ("Train-test mismatch", ["mismatch_rate", "mismatch_dist", "mismatch_latent"]),
+        ("Gradient estimation", ["grad_var", "grad_bias"]),
+    ):
         present = [c for c in cols if c in ok.columns]
         if present and not ok.empty:
             t = ok.groupby(keys, sort=False)[present].mean().reset_index()

@@ -99,9 +99,7 @@ class RunDir:
 
     def finished(self, rerun_failed: bool = False) -> set[str]:
         """Job ids that a resumed run skips (all rows; only ``ok`` ones with ``rerun_failed``)."""
-        return {
-            r["job_id"] for r in self.rows() if not rerun_failed or r.get("status") == "ok"
-        }
+        return {r["job_id"] for r in self.rows() if not rerun_failed or r.get("status") == "ok"}
 
     # -- checkpoints -----------------------------------------------------------
     def checkpoint_path(self, train_id: str) -> Path:
@@ -137,15 +135,29 @@ class RunDir:
         rows.sort(key=lambda r: r.get("order", 0))
         atomic_write_text(self.root / "results.csv", _csv(rows, [c for c in cols if c != "order"]))
         per_image = [
-            {"job_id": r["job_id"], "quantizer": r["quantizer"], "lambda": r["lambda"],
-             "dataset": r["dataset"], "seed": r["seed"], **img}
-            for r in rows for img in r.get("per_image", [])
+            {
+                "job_id": r["job_id"],
+                "quantizer": r["quantizer"],
+                "lambda": r["lambda"],
+                "dataset": r["dataset"],
+                "seed": r["seed"],
+                **img,
+            }
+            for r in rows
+            for img in r.get("per_image", [])
         ]
         atomic_write_text(self.root / "per_image.csv", _csv(per_image))
         history = [
-            {"job_id": r["job_id"], "backbone": r["backbone"], "quantizer": r["quantizer"],
-             "lambda": r["lambda"], "seed": r["seed"], **h}
-            for r in rows for h in r.get("history", [])
+            {
+                "job_id": r["job_id"],
+                "backbone": r["backbone"],
+                "quantizer": r["quantizer"],
+                "lambda": r["lambda"],
+                "seed": r["seed"],
+                **h,
+            }
+            for r in rows
+            for h in r.get("history", [])
         ]
         atomic_write_text(self.root / "history.csv", _csv(history))
         return self.root / "results.csv"

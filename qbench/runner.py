@@ -11,6 +11,7 @@ marked ``failed`` with the exit reason, is replaced, and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -164,15 +165,22 @@ def run_group(
         if meta["status"] != "ok":
             for order, job in jobs:
                 rows[job.job_id] = _failure_row(
-                    job, meta["status"], meta["reason"], order,
-                    steps=meta["steps"], train_seconds=meta["train_seconds"],
+                    job,
+                    meta["status"],
+                    meta["reason"],
+                    order,
+                    steps=meta["steps"],
+                    train_seconds=meta["train_seconds"],
                 )
         else:
             model.to(device)
             batch_gen = training.CropSampler(
-                [datasets.get(first.train_dataset).uint8(i)
-                 for i in range(len(datasets.get(first.train_dataset)))],
-                first.train["crop"], first.seed + 1,
+                [
+                    datasets.get(first.train_dataset).uint8(i)
+                    for i in range(len(datasets.get(first.train_dataset)))
+                ],
+                first.train["crop"],
+                first.seed + 1,
             )
             fixed_batch = batch_gen.batch(min(4, first.train["batch_size"])).to(device)
             for order, job in jobs:
@@ -208,7 +216,7 @@ def run_group(
             if job.job_id not in rows:
                 rows[job.job_id] = _failure_row(job, "failed", _reason(exc), order)
                 _log_exception(run_dir, job, exc)
-    for order, job in jobs:
+    for _, job in jobs:
         row = rows[job.job_id]
         run_dir.write_row(row)
         plugins.hook.qbench_job_finished(job=job, result=row)
@@ -233,10 +241,8 @@ def _reason(exc: BaseException) -> str:
 
 def _log_exception(run_dir: RunDir, job: Job, exc: BaseException) -> None:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
+    with contextlib.suppress(OSError):
         (run_dir.logs_dir / f"{job.job_id}.log").write_text(text)
-    except OSError:  # pragma: no cover
-        pass
 
 
 def _progress(job: Job, position: int, show: bool):
@@ -360,8 +366,9 @@ def run_matrix(
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     manifest["statuses"] = statuses
     run_dir.write_manifest(manifest)
-    return RunSummary(Path(out), len(matrix.jobs), len(matrix.jobs) - len(pending),
-                      len(pending), statuses)
+    return RunSummary(
+        Path(out), len(matrix.jobs), len(matrix.jobs) - len(pending), len(pending), statuses
+    )
 
 
 def _preflight(matrix: Matrix, plugins: PluginSet) -> None:
@@ -392,8 +399,9 @@ def _metric_columns(matrix: Matrix, plugins: PluginSet) -> list[str]:
 def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo) -> None:
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // len(plan))
-    env_disable = ",".join(sorted(set(disable) | set(
-        n for n in os.environ.get(DISABLE_ENV, "").split(",") if n)))
+    env_disable = ",".join(
+        sorted(set(disable) | set(n for n in os.environ.get(DISABLE_ENV, "").split(",") if n))
+    )
     queue = list(groups)
     total = len(queue)
     workers = [_Worker(i, dev, vis) for i, (dev, vis) in enumerate(plan)]
@@ -427,8 +435,10 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo) -> None:
             return
         w.group = queue.pop(0)
         names = ", ".join(j.describe() for _, j in w.group[:1])
-        echo(f"[worker {w.index}] start {names}" + (
-            f" (+{len(w.group) - 1} eval sets)" if len(w.group) > 1 else ""))
+        echo(
+            f"[worker {w.index}] start {names}"
+            + (f" (+{len(w.group) - 1} eval sets)" if len(w.group) > 1 else "")
+        )
         w.conn.send([(o, j.to_dict()) for o, j in w.group])
 
     try:
@@ -437,8 +447,9 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo) -> None:
             assign(w)
         while any(w.group is not None for w in workers):
             busy = [w for w in workers if w.group is not None]
-            ready = mp.connection.wait([w.conn for w in busy] + [w.proc.sentinel for w in busy],
-                                       timeout=1.0)
+            ready = mp.connection.wait(
+                [w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=1.0
+            )
             for w in busy:
                 if w.conn in ready:
                     try:
@@ -466,10 +477,8 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo) -> None:
     finally:
         for w in workers:
             if w.proc is not None and w.proc.is_alive():
-                try:
+                with contextlib.suppress(OSError, BrokenPipeError):
                     w.conn.send(None)
-                except (OSError, BrokenPipeError):
-                    pass
         deadline = time.time() + 5
         for w in workers:
             if w.proc is not None:
@@ -513,7 +522,10 @@ def _git_commit() -> str:
         root = Path(__file__).resolve().parent.parent
         out = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):

@@ -125,7 +125,10 @@ def train(
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             return TrainResult(
-                "diverged", step, time.perf_counter() - start, f"loss became {loss_value} at step {step}"
+                "diverged",
+                step,
+                time.perf_counter() - start,
+                f"loss became {loss_value} at step {step}",
             )
         loss.backward()
         if clip_max_norm > 0:

@@ -31,8 +31,13 @@ def registry(plugins):
     return plugins.registry
 
 
-def make_distribution(root: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str],
-                      version: str = "0.1.0") -> Path:
+def make_distribution(
+    root: Path,
+    dist: str,
+    modules: dict[str, str],
+    entry_points: dict[str, str],
+    version: str = "0.1.0",
+) -> Path:
     """Write an importable module set plus a real ``.dist-info`` under ``root``.
 
     ``importlib.metadata`` finds it once ``root`` is on ``sys.path`` (or PYTHONPATH),

@@ -80,8 +80,7 @@ def test_model_gradient_statistics(registry):
     torch.manual_seed(0)
     x = torch.rand(2, 3, 64, 64)
     ste = model_gradient_statistics(model_with(registry, "ste"), x, 0.01, draws=3, directions=2)
-    noise = model_gradient_statistics(model_with(registry, "noise"), x, 0.01, draws=3,
-                                      directions=2)
+    noise = model_gradient_statistics(model_with(registry, "noise"), x, 0.01, draws=3, directions=2)
     assert ste["grad_var"] == pytest.approx(0.0, abs=1e-12)
     assert noise["grad_var"] > 0
     for s in (ste, noise):

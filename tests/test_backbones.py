@@ -32,8 +32,9 @@ def test_likelihoods_equal_compressai_in_eval(registry, name):
         ref = m.net(x)
     assert set(ours["likelihoods"]) == set(ref["likelihoods"]) == set(m.latents)
     for k in m.latents:
-        torch.testing.assert_close(ours["likelihoods"][k], ref["likelihoods"][k],
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            ours["likelihoods"][k], ref["likelihoods"][k], rtol=1e-5, atol=1e-6
+        )
     torch.testing.assert_close(ours["x_hat"], ref["x_hat"])
 
 
@@ -91,8 +92,8 @@ def test_checkpoint_round_trip_and_mismatch(registry, tmp_path):
 
 def test_zoo_path_loads_from_local_cache(registry, tmp_path, monkeypatch):
     """The real CompressAI zoo loader, served from torch hub's cache (no download)."""
-    from compressai.zoo.image import model_urls
     from compressai.models import FactorizedPrior
+    from compressai.zoo.image import model_urls
 
     url = model_urls["bmshj2018-factorized"]["mse"][1]
     cache = tmp_path / "hub" / "checkpoints"

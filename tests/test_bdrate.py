@@ -18,7 +18,9 @@ def vceg_m33_bd_rate(anchor, test):
     pa, pt = np.polyfit(qa, ra, 3), np.polyfit(qt, rt, 3)
     lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
     ia, it = np.polyint(pa), np.polyint(pt)
-    avg = ((np.polyval(it, hi) - np.polyval(it, lo)) - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo)
+    avg = (
+        (np.polyval(it, hi) - np.polyval(it, lo)) - (np.polyval(ia, hi) - np.polyval(ia, lo))
+    ) / (hi - lo)
     return (np.exp(avg) - 1) * 100
 
 

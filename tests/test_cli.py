@@ -9,8 +9,13 @@ from qbench import __version__
 
 
 def qbench(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "qbench.cli", *args], capture_output=True,
-                          text=True, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "qbench.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
 
 
 def test_version_and_help():
@@ -30,8 +35,10 @@ def test_validate_prints_jobs_of_embedded_matrix():
 
 def test_validate_reports_bad_matrix(tmp_path):
     p = tmp_path / "bad.toml"
-    p.write_text('[matrix]\nbackbones = ["bmshj2018-factorised"]\nquantizers = ["noise"]\n'
-                 'lambdas = [0.01]\ndatasets = ["embedded"]\n')
+    p.write_text(
+        '[matrix]\nbackbones = ["bmshj2018-factorised"]\nquantizers = ["noise"]\n'
+        'lambdas = [0.01]\ndatasets = ["embedded"]\n'
+    )
     out = qbench("validate", str(p))
     assert out.returncode == 2
     assert str(p) in out.stderr and "bmshj2018-factorized" in out.stderr
@@ -41,7 +48,8 @@ def test_validate_reports_bad_matrix(tmp_path):
 def test_report_unknown_anchor(tmp_path):
     (tmp_path / "results.csv").write_text(
         "backbone,quantizer,lambda,dataset,seed,job_id,status,bpp,psnr\n"
-        "b,noise,0.01,d,0,a,ok,0.5,30\nb,ste,0.01,d,0,b,ok,0.5,30\n")
+        "b,noise,0.01,d,0,a,ok,0.5,30\nb,ste,0.01,d,0,b,ok,0.5,30\n"
+    )
     out = qbench("report", str(tmp_path), "--anchor", "nois")
     assert out.returncode == 2 and "'noise'" in out.stderr
     out = qbench("report", str(tmp_path), "--anchor", "noise")

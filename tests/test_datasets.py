@@ -33,7 +33,8 @@ def odd_folder(tmp_path):
     rgba = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
     save(d / "rgba.png", rgba)
     Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).convert("CMYK").save(
-        d / "cmyk.jpg")
+        d / "cmyk.jpg"
+    )
     Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(d / "x.webp")
     good = (d / "rgb.png").read_bytes()
     (d / "truncated.png").write_bytes(good[: len(good) // 3])
@@ -45,7 +46,7 @@ def test_modes_become_rgb_floats(odd_folder):
     for name in ("gray.png", "sub/g16.png", "palette.png", "rgba.png", "cmyk.jpg", "x.webp"):
         x = load_image(odd_folder / name)
         assert x.dtype == torch.float32 and x.shape[0] == 3
-        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+        assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     g = load_image(odd_folder / "gray.png")
     assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
     g16 = load_image(odd_folder / "sub" / "g16.png")

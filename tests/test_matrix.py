@@ -43,15 +43,16 @@ def test_expansion_and_stable_ids(tmp_path, registry):
     assert len(set(ids)) == len(ids)
     again = load_matrix(write(tmp_path, BASE, "copy.toml"), registry)
     assert ids == [j.job_id for j in again.jobs]
-    changed = load_matrix(write(tmp_path, BASE.replace("steps = 3", "steps = 4"), "c.toml"),
-                          registry)
+    changed = load_matrix(
+        write(tmp_path, BASE.replace("steps = 3", "steps = 4"), "c.toml"), registry
+    )
     assert not set(ids) & {j.job_id for j in changed.jobs}
     assert m.jobs[0].train["lr"] == 1e-4 and m.report["anchor"] == "noise"
     assert {j.quantizer.label for j in m.jobs} == {"noise", "ste", "sua-plain"}
 
 
 def test_malformed_toml_gives_line_and_column(tmp_path, registry):
-    msg = error(tmp_path, registry, "[matrix]\nbackbones = [\"a\"\nquantizers = 3\n")
+    msg = error(tmp_path, registry, '[matrix]\nbackbones = ["a"\nquantizers = 3\n')
     assert "malformed TOML" in msg and "line" in msg and "column" in msg
 
 
@@ -78,7 +79,11 @@ def test_wrong_type_names_key_path(tmp_path, registry):
         ("lambdas = [0.001, 0.01]", "lambdas = [0.001, -0.01]", "matrix.lambdas[1]"),
         ("lambdas = [0.001, 0.01]", "lambdas = []", "matrix.lambdas"),
         ('datasets = ["embedded"]', "datasets = []", "matrix.datasets"),
-        ('quantizers = ["noise", "ste",', 'quantizers = ["noise", "noise",', "matrix.quantizers[1]"),
+        (
+            'quantizers = ["noise", "ste",',
+            'quantizers = ["noise", "noise",',
+            "matrix.quantizers[1]",
+        ),
         ("seeds = [0, 1]", "seeds = [0, 1]\ncolor = 1", "matrix.color"),
         ("[train]", "[train]\nstep = 3", "train.step"),
         ('datasets = ["embedded"]', 'datasets = ["kodac"]', "matrix.datasets[0]"),

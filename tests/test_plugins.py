@@ -30,36 +30,46 @@ def qbench_register_quantizers(register):
     register("halfnoise", HalfNoise, description="half-width uniform noise")
 '''
 
-CLASH = '''
+CLASH = """
 import qbench
 
 @qbench.hookimpl
 def qbench_register_quantizers(register):
     register("noise", qbench.Quantizer, description="an impostor")
     register("clashfree", qbench.Quantizer, description="fine")
-'''
+"""
 
-BROKEN = '''
+BROKEN = """
 raise RuntimeError("this plugin is broken on purpose")
-'''
+"""
 
-UNKNOWN_HOOK = '''
+UNKNOWN_HOOK = """
 import qbench
 
 @qbench.hookimpl
 def qbench_register_quantisers(register):
     pass
-'''
+"""
 
 
 @pytest.fixture
 def third_party(tmp_path, on_path):
     root = tmp_path / "site"
-    make_distribution(root, "qbench-halfnoise", {"halfnoise_plugin": GOOD},
-                      {"halfnoise": "halfnoise_plugin"}, version="1.2.3")
+    make_distribution(
+        root,
+        "qbench-halfnoise",
+        {"halfnoise_plugin": GOOD},
+        {"halfnoise": "halfnoise_plugin"},
+        version="1.2.3",
+    )
     make_distribution(root, "qbench-clash", {"clash_plugin": CLASH}, {"clash": "clash_plugin"})
-    make_distribution(root, "qbench-broken", {"broken_plugin": BROKEN},
-                      {"broken": "broken_plugin"}, version="0.0.1")
+    make_distribution(
+        root,
+        "qbench-broken",
+        {"broken_plugin": BROKEN},
+        {"broken": "broken_plugin"},
+        version="0.0.1",
+    )
     make_distribution(root, "qbench-typo", {"typo_plugin": UNKNOWN_HOOK}, {"typo": "typo_plugin"})
     on_path(root)
     return root
@@ -69,7 +79,10 @@ def test_third_party_quantizer_is_registered(third_party):
     ps = load_plugins()
     entry = ps.registry.get("quantizer", "halfnoise")
     assert (entry.plugin, entry.distribution, entry.version) == (
-        "halfnoise", "qbench-halfnoise", "1.2.3")
+        "halfnoise",
+        "qbench-halfnoise",
+        "1.2.3",
+    )
     q = entry.build()
     assert q.uniform and q.training
 
@@ -124,11 +137,29 @@ def test_wrong_factory_parameter_names_plugin_and_lists_accepted(registry):
 
 def test_qbench_list_cli_shows_third_party_and_problems(third_party):
     env = {**os.environ, "PYTHONPATH": str(third_party)}
-    out = subprocess.run([sys.executable, "-m", "qbench.cli", "list"], capture_output=True,
-                         text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "qbench.cli", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "halfnoise" in out.stdout and "qbench-halfnoise 1.2.3" in out.stdout
     assert "Plugin problems" in out.stdout and "qbench-broken" in out.stdout
-    for name in ("round", "noise", "ste", "mixed", "sga", "sua", "bmshj2018-factorized",
-                 "bmshj2018-hyperprior", "mbt2018-mean", "folder", "kodak", "embedded", "psnr"):
+    for name in (
+        "round",
+        "noise",
+        "ste",
+        "mixed",
+        "sga",
+        "sua",
+        "bmshj2018-factorized",
+        "bmshj2018-hyperprior",
+        "mbt2018-mean",
+        "folder",
+        "kodak",
+        "embedded",
+        "psnr",
+    ):
         assert name in out.stdout

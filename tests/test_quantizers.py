@@ -127,8 +127,11 @@ def test_sua_schedule_is_monotone(registry, schedule):
     assert temps[0] == pytest.approx(1.0) and temps[-1] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(temps, temps[1:]))
     q.set_progress(0.5)
-    expected = {"linear": 0.5, "cosine": 0.5,
-                "exp": (np.exp(-2.5) - np.exp(-5)) / (1 - np.exp(-5))}[schedule]
+    expected = {
+        "linear": 0.5,
+        "cosine": 0.5,
+        "exp": (np.exp(-2.5) - np.exp(-5)) / (1 - np.exp(-5)),
+    }[schedule]
     assert q.temperature == pytest.approx(expected)
 
 

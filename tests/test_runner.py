@@ -81,8 +81,9 @@ def read_csv(path):
 
 @pytest.fixture
 def faulty_plugin(tmp_path, monkeypatch, on_path):
-    root = make_distribution(tmp_path / "site", "qbench-faulty", {"faulty_plugin": FAULTY},
-                             {"faulty": "faulty_plugin"})
+    root = make_distribution(
+        tmp_path / "site", "qbench-faulty", {"faulty_plugin": FAULTY}, {"faulty": "faulty_plugin"}
+    )
     on_path(root)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     qbench.plugins.reset()
@@ -111,8 +112,15 @@ def test_faults_are_isolated_and_resume_skips(tmp_path, faulty_plugin):
     assert s2.ran == 0 and len(read_csv(out / "results.csv")) == 4
     # --rerun-failed reruns the three that did not finish, and keeps the good row
     before = (out / "rows" / f"{rows['noise']['job_id']}.json").read_text()
-    s3 = run_matrix(m, out, workers=1, device="cpu", rerun_failed=True, show_progress=False,
-                    echo=lambda *_: None)
+    s3 = run_matrix(
+        m,
+        out,
+        workers=1,
+        device="cpu",
+        rerun_failed=True,
+        show_progress=False,
+        echo=lambda *_: None,
+    )
     assert s3.ran == 3
     assert (out / "rows" / f"{rows['noise']['job_id']}.json").read_text() == before
     assert len(read_csv(out / "results.csv")) == 4
@@ -138,10 +146,21 @@ def test_sigkill_whole_run_then_resume(tmp_path):
     """Kill the run (parent and workers) mid-way; rows stand, none is duplicated."""
     matrix = tiny(tmp_path, '["noise", "ste", "mixed"]', "[0.001, 0.01]", steps=25)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "qbench.cli", "run", str(matrix), "--out", str(out),
-           "--no-progress", "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "qbench.cli",
+        "run",
+        str(matrix),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 240
     rows_dir = out / "rows"
     while time.time() < deadline:
