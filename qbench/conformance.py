@@ -479,6 +479,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "qbench_conformance: a qbench plugin conformance check")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
     if not config.getoption("--qbench-conformance"):
         return

@@ -68,3 +68,6 @@ def on_path(monkeypatch):
         f = getattr(sys.modules[mod], "__file__", None) or ""
         if any(f.startswith(a) for a in added):
             del sys.modules[mod]
+
+
+pytest_plugins = ["pytester"]

@@ -1,0 +1,138 @@
+"""The conformance suite catches broken quantizers, names the rule, and runs plugins."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import make_distribution
+
+BROKEN = '''
+import torch
+import qbench
+
+class Detached(qbench.Quantizer):
+    """Training output detached from y."""
+    def forward(self, y, means=None):
+        if not self.training:
+            return super().forward(y, means)
+        y = (y + torch.empty_like(y).uniform_(-0.5, 0.5)).detach()
+        return qbench.Quantized(rate=y, dist=y)
+
+class Unrounded(qbench.Quantizer):
+    """Returns y unrounded in eval mode."""
+    def forward(self, y, means=None):
+        return qbench.Quantized(rate=y, dist=y)
+
+class BadBins(qbench.Quantizer):
+    """Bins shifted off their values."""
+    def bins(self, y_hat, means=None):
+        return y_hat + 0.6, y_hat + 1.6
+
+@qbench.hookimpl
+def qbench_register_quantizers(register):
+    register("detached", Detached)
+    register("unrounded", Unrounded)
+    register("badbins", BadBins)
+'''
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "qbench-example-quantizer"
+
+
+@pytest.fixture
+def broken_site(tmp_path):
+    root = make_distribution(tmp_path / "site", "qbench-broken-quantizers",
+                             {"broken_quantizers": BROKEN}, {"brokenq": "broken_quantizers"})
+    make_distribution(root, "qbench-unimportable", {"unimportable": "import no_such_module\n"},
+                      {"unimportable": "unimportable"})
+    return root
+
+
+def run_conformance(pytester, site, *args):
+    pytester.makeini("[pytest]\naddopts =\n")
+    env_path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    pytester._monkeypatch.setenv("PYTHONPATH", env_path)
+    return pytester.runpytest_subprocess("--qbench-conformance", "-p", "no:cacheprovider",
+                                         "-p", "no:randomly", *args)
+
+
+@pytest.mark.parametrize(
+    "name,rule",
+    [("detached", "train_gradients"), ("unrounded", "eval_is_hard"),
+     ("badbins", "bins_contain_values")],
+)
+def test_broken_quantizer_fails_the_rule(pytester, broken_site, name, rule):
+    result = run_conformance(pytester, broken_site, "--qbench-quantizer", name)
+    out = result.stdout.str()
+    assert f"FAILED ::conformance[{name}-{rule}]" in out, out
+    assert f"rule {rule!r} broken" in out
+    assert "qbench-broken-quantizers" in out  # the failure names the distribution
+    assert result.ret == 1
+
+
+def test_unimportable_plugin_is_one_failing_item(pytester, broken_site):
+    result = run_conformance(pytester, broken_site, "--qbench-quantizer", "noise")
+    out = result.stdout.str()
+    assert "conformance[unimportable-plugin_loads]" in out
+    assert "No module named 'no_such_module'" in out
+    result.assert_outcomes(failed=1, passed=9, skipped=1)  # noise passes; cuda skipped on CPU
+
+
+def test_unknown_quantizer_option(pytester, broken_site):
+    result = run_conformance(pytester, broken_site, "--qbench-quantizer", "nosie")
+    assert "'noise'" in result.stderr.str() + result.stdout.str()
+    assert result.ret != 0
+
+
+def test_conformance_is_inert_without_option(pytester):
+    pytester.makeini("[pytest]\naddopts =\n")
+    pytester.makepyfile("def test_one():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+@pytest.fixture(scope="module")
+def example_installed(tmp_path_factory):
+    """pip-install the example plugin (a real wheel build) into a private target folder."""
+    target = tmp_path_factory.mktemp("example-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(EXAMPLE)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    return target
+
+
+def _env(target):
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(target),
+                                                         os.environ.get("PYTHONPATH", "")])}
+
+
+def test_example_plugin_passes_conformance_and_runs(example_installed, tmp_path):
+    env = _env(example_installed)
+    listing = subprocess.run([sys.executable, "-m", "qbench.cli", "list"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert "softround" in listing.stdout and "qbench-example-quantizer 0.1.0" in listing.stdout
+    conf = subprocess.run(
+        [sys.executable, "-m", "pytest", "--qbench-conformance", "--qbench-quantizer",
+         "softround", "-p", "no:cacheprovider", "-q", "-o", "addopts=", str(EXAMPLE / "tests")],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert conf.returncode == 0, conf.stdout + conf.stderr
+    assert "11 passed, 1 skipped" in conf.stdout, conf.stdout  # 2 own tests + 10 rules
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(
+        (EXAMPLE / "matrix.toml").read_text()
+        .replace("steps = 1000", "steps = 3")
+        .replace("lambdas    = [0.0003, 0.001, 0.003, 0.01]", "lambdas = [0.01]")
+        + '\n[eval]\nmetrics = ["bpp", "bpp_bitstream", "psnr"]\nmax_images = 1\n'
+    )
+    run = subprocess.run([sys.executable, "-m", "qbench.cli", "run", str(matrix), "--out",
+                          str(tmp_path / "run"), "--no-progress"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "softround" in (tmp_path / "run" / "results.csv").read_text()
