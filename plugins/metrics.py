@@ -11,9 +11,6 @@ from pytorch_msssim import ms_ssim as _ms_ssim
 import qbench
 from qbench.analysis import mismatch, model_gradient_statistics
 
-#: MS-SSIM's standard scale weights (Wang, Simoncelli, Bovik 2003).
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
 
 class Bpp(qbench.Metric):
     """Bits per pixel from the likelihoods: ``sum(-log2 P) / (H * W)`` over all latents.
@@ -55,20 +52,16 @@ class PSNR(qbench.Metric):
 
 
 def ms_ssim(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """MS-SSIM (pytorch-msssim, data range 1, 11x11 Gaussian window).
+    """MS-SSIM (pytorch-msssim: 5 scales, 11x11 Gaussian window, data range 1).
 
-    Images whose short side is too small for 5 scales (<= 160 px) use as many
-    scales as fit, with the standard weights renormalised, and warn.
+    Five scales need a short side above 160 px; smaller images get NaN (and a
+    warning), which the average over a dataset skips.
     """
     side = min(x.shape[-2:])
-    scales = 5
-    while scales > 1 and side <= 10 * 2 ** (scales - 1):
-        scales -= 1
-    if scales < 5:
-        warnings.warn(f"image {side}px: MS-SSIM uses {scales} scales", stacklevel=2)
-    w = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype)
-    w = w / w.sum()
-    return float(_ms_ssim(x.clamp(0, 1), x_hat.clamp(0, 1), data_range=1.0, weights=w.tolist()))
+    if side <= 160:
+        warnings.warn(f"image of {side}px is too small for 5-scale MS-SSIM: NaN", stacklevel=2)
+        return float("nan")
+    return float(_ms_ssim(x.clamp(0, 1), x_hat.clamp(0, 1), data_range=1.0))
 
 
 class MSSSIM(qbench.Metric):

@@ -45,10 +45,18 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "qbench-example-qua
 
 @pytest.fixture
 def broken_site(tmp_path):
-    root = make_distribution(tmp_path / "site", "qbench-broken-quantizers",
-                             {"broken_quantizers": BROKEN}, {"brokenq": "broken_quantizers"})
-    make_distribution(root, "qbench-unimportable", {"unimportable": "import no_such_module\n"},
-                      {"unimportable": "unimportable"})
+    root = make_distribution(
+        tmp_path / "site",
+        "qbench-broken-quantizers",
+        {"broken_quantizers": BROKEN},
+        {"brokenq": "broken_quantizers"},
+    )
+    make_distribution(
+        root,
+        "qbench-unimportable",
+        {"unimportable": "import no_such_module\n"},
+        {"unimportable": "unimportable"},
+    )
     return root
 
 
@@ -56,14 +64,18 @@ def run_conformance(pytester, site, *args):
     pytester.makeini("[pytest]\naddopts =\n")
     env_path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
     pytester._monkeypatch.setenv("PYTHONPATH", env_path)
-    return pytester.runpytest_subprocess("--qbench-conformance", "-p", "no:cacheprovider",
-                                         "-p", "no:randomly", *args)
+    return pytester.runpytest_subprocess(
+        "--qbench-conformance", "-p", "no:cacheprovider", "-p", "no:randomly", *args
+    )
 
 
 @pytest.mark.parametrize(
     "name,rule",
-    [("detached", "train_gradients"), ("unrounded", "eval_is_hard"),
-     ("badbins", "bins_contain_values")],
+    [
+        ("detached", "train_gradients"),
+        ("unrounded", "eval_is_hard"),
+        ("badbins", "bins_contain_values"),
+    ],
 )
 def test_broken_quantizer_fails_the_rule(pytester, broken_site, name, rule):
     result = run_conformance(pytester, broken_site, "--qbench-quantizer", name)
@@ -100,39 +112,90 @@ def example_installed(tmp_path_factory):
     """pip-install the example plugin (a real wheel build) into a private target folder."""
     target = tmp_path_factory.mktemp("example-site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(EXAMPLE)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     return target
 
 
 def _env(target):
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(target),
-                                                         os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def test_example_plugin_passes_conformance_and_runs(example_installed, tmp_path):
     env = _env(example_installed)
-    listing = subprocess.run([sys.executable, "-m", "qbench.cli", "list"], env=env,
-                             capture_output=True, text=True, timeout=120)
+    listing = subprocess.run(
+        [sys.executable, "-m", "qbench.cli", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "softround" in listing.stdout and "qbench-example-quantizer 0.1.0" in listing.stdout
     conf = subprocess.run(
-        [sys.executable, "-m", "pytest", "--qbench-conformance", "--qbench-quantizer",
-         "softround", "-p", "no:cacheprovider", "-q", "-o", "addopts=", str(EXAMPLE / "tests")],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--qbench-conformance",
+            "--qbench-quantizer",
+            "softround",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-o",
+            "addopts=",
+            str(EXAMPLE / "tests"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert conf.returncode == 0, conf.stdout + conf.stderr
     assert "11 passed, 1 skipped" in conf.stdout, conf.stdout  # 2 own tests + 10 rules
     matrix = tmp_path / "m.toml"
     matrix.write_text(
-        (EXAMPLE / "matrix.toml").read_text()
+        (EXAMPLE / "matrix.toml")
+        .read_text()
         .replace("steps = 1000", "steps = 3")
         .replace("lambdas    = [0.0003, 0.001, 0.003, 0.01]", "lambdas = [0.01]")
         + '\n[eval]\nmetrics = ["bpp", "bpp_bitstream", "psnr"]\nmax_images = 1\n'
     )
-    run = subprocess.run([sys.executable, "-m", "qbench.cli", "run", str(matrix), "--out",
-                          str(tmp_path / "run"), "--no-progress"], env=env, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qbench.cli",
+            "run",
+            str(matrix),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "softround" in (tmp_path / "run" / "results.csv").read_text()

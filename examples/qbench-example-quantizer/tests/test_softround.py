@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from qbench_example_quantizer import SoftRound, soft_round
 
 
