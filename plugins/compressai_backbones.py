@@ -22,6 +22,7 @@ from compressai.ops import LowerBound
 from torch import Tensor
 
 import qbench
+from qbench import coding
 from qbench.likelihoods import bottleneck_likelihood, gaussian_likelihood
 from qbench.registry import QbenchError
 
@@ -139,17 +140,68 @@ class _CompressAIBackbone(qbench.Backbone):
         )
         return out.dist, lik
 
-    def _require_uniform(self) -> None:
-        for name, q in self.quantizers.items():
-            if not q.uniform:
-                raise NotImplementedError(
-                    f"quantizer {type(q).__name__} on latent {name!r} is non-uniform; "
-                    "it must provide its own coding (see STanH)"
-                )
-
+    # -- real entropy coding of one latent --------------------------------------
     def _code_bottleneck(self, name: str, z: Tensor) -> tuple[list[bytes], Tensor]:
+        """Code ``z`` with the factorized model; return the strings and the encoder's values."""
         q = self.quantizers[name]
-        return self.net.entropy_bottleneck.compress(z), q.quantize(z, self._medians(z))
+        med = self._medians(z)
+        if q.uniform:
+            return self.net.entropy_bottleneck.compress(z), q.quantize(z, med)
+        idx = q.symbols(z, med)
+        tables = self._bottleneck_tables(q, z.shape[1])
+        channel = torch.arange(z.shape[1], device=z.device).view(1, -1, *([1] * (z.dim() - 2)))
+        strings = coding.encode(idx, channel.expand_as(idx), tables)
+        return strings, q.from_symbols(idx, med).to(z.dtype)
+
+    def _decode_bottleneck(self, name: str, strings: list[bytes], shape) -> Tensor:
+        q = self.quantizers[name]
+        eb = self.net.entropy_bottleneck
+        if q.uniform:
+            return eb.decompress(strings, shape)
+        channels = eb._get_medians().shape[0]
+        size = (len(strings), channels, *shape)
+        channel = torch.arange(channels).view(1, -1, 1, 1).expand(size)
+        idx = coding.decode(strings, channel, self._bottleneck_tables(q, channels))
+        med = eb._get_medians().detach().reshape(1, -1, 1, 1)
+        return q.from_symbols(idx, med).float()
+
+    @torch.no_grad()
+    def _bottleneck_tables(self, q, channels: int) -> coding.CdfTables:
+        lower, upper = q.cell_bounds()
+        med = self.net.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1)
+        lo = lower.view(1, 1, -1).expand(1, channels, -1) + med
+        hi = upper.view(1, 1, -1).expand(1, channels, -1) + med
+        pmf = bottleneck_likelihood(self.net.entropy_bottleneck, lo, hi)[0]
+        return coding.build_tables(pmf)
+
+    @torch.no_grad()
+    def _gaussian_tables(self, q) -> coding.CdfTables:
+        gc = self.net.gaussian_conditional
+        lower, upper = q.cell_bounds()
+        scales = gc.lower_bound_scale(gc.scale_table).view(-1, 1)
+        pmf = gc._standardized_cumulative(upper.view(1, -1) / scales) - gc._standardized_cumulative(
+            lower.view(1, -1) / scales
+        )
+        return coding.build_tables(pmf)
+
+    def _code_gaussian(self, y: Tensor, scales: Tensor, means: Tensor | None):
+        gc = self.net.gaussian_conditional
+        q = self.quantizers["y"]
+        indexes = gc.build_indexes(scales)
+        if q.uniform:
+            return gc.compress(y, indexes, means=means), q.quantize(y, means)
+        idx = q.symbols(y, means)
+        strings = coding.encode(idx, indexes, self._gaussian_tables(q))
+        return strings, q.from_symbols(idx, means).to(y.dtype)
+
+    def _decode_gaussian(self, strings, scales: Tensor, means: Tensor | None) -> Tensor:
+        gc = self.net.gaussian_conditional
+        q = self.quantizers["y"]
+        indexes = gc.build_indexes(scales)
+        if q.uniform:
+            return gc.decompress(strings, indexes, scales.dtype, means)
+        idx = coding.decode(strings, indexes, self._gaussian_tables(q))
+        return q.from_symbols(idx, means).to(scales.dtype)
 
 
 class Factorized(_CompressAIBackbone):
@@ -170,13 +222,12 @@ class Factorized(_CompressAIBackbone):
         }
 
     def compress(self, x: Tensor) -> dict[str, Any]:
-        self._require_uniform()
         y = self.net.g_a(x)
         strings, y_hat = self._code_bottleneck("y", y)
         return {"strings": [strings], "shape": y.shape[-2:], "latents": {"y": y_hat}}
 
     def decompress(self, strings: list, shape) -> dict[str, Any]:
-        y_hat = self.net.entropy_bottleneck.decompress(strings[0], shape)
+        y_hat = self._decode_bottleneck("y", strings[0], shape)
         return {"x_hat": self.net.g_s(y_hat).clamp_(0, 1), "latents": {"y": y_hat}}
 
 
@@ -208,16 +259,12 @@ class Hyperprior(_CompressAIBackbone):
         }
 
     def compress(self, x: Tensor) -> dict[str, Any]:
-        self._require_uniform()
         y = self.net.g_a(x)
         z = self.net.h_a(self._hyper_input(y))
         z_strings, z_enc = self._code_bottleneck("z", z)
-        z_hat = self.net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        z_hat = self._decode_bottleneck("z", z_strings, z.shape[-2:])
         scales, means = self._params(z_hat)
-        gc = self.net.gaussian_conditional
-        indexes = gc.build_indexes(scales)
-        y_strings = gc.compress(y, indexes, means=means)
-        y_enc = self.quantizers["y"].quantize(y, means)
+        y_strings, y_enc = self._code_gaussian(y, scales, means)
         return {
             "strings": [y_strings, z_strings],
             "shape": z.shape[-2:],
@@ -225,11 +272,9 @@ class Hyperprior(_CompressAIBackbone):
         }
 
     def decompress(self, strings: list, shape) -> dict[str, Any]:
-        z_hat = self.net.entropy_bottleneck.decompress(strings[1], shape)
+        z_hat = self._decode_bottleneck("z", strings[1], shape)
         scales, means = self._params(z_hat)
-        gc = self.net.gaussian_conditional
-        indexes = gc.build_indexes(scales)
-        y_hat = gc.decompress(strings[0], indexes, z_hat.dtype, means)
+        y_hat = self._decode_gaussian(strings[0], scales, means)
         return {"x_hat": self.net.g_s(y_hat).clamp_(0, 1), "latents": {"y": y_hat, "z": z_hat}}
 
 
