@@ -49,7 +49,7 @@ TOP_KEYS = {"name", "matrix", "train", "eval", "report"}
 MATRIX_KEYS = {"backbones", "quantizers", "lambdas", "datasets", "seeds"}
 # keys of a matrix entry that qbench reads itself rather than passing to the factory
 RESERVED = {"name", "label"}
-QUANTIZER_RESERVED = RESERVED | {"latents"}
+QUANTIZER_RESERVED = RESERVED | {"latents", "from_anchor", "refine_steps", "interpolate"}
 
 
 class MatrixError(QbenchError):
@@ -66,11 +66,15 @@ class Spec:
     params: dict[str, Any] = field(default_factory=dict)
     latents: tuple[str, ...] | None = None  # quantizers only: which latents it quantizes
     provider: str = ""  # "distribution version" of the plugin that registered it
+    # quantizers only: qbench-level options (from_anchor, refine_steps, interpolate)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def key(self) -> dict[str, Any]:
         d = {"name": self.name, "params": self.params, "provider": self.provider}
         if self.latents is not None:
             d["latents"] = list(self.latents)
+        if self.options:
+            d["options"] = self.options
         return d
 
 
@@ -88,10 +92,18 @@ class Job:
     eval: dict[str, Any]
     job_id: str
     train_id: str  # jobs differing only in the evaluation dataset share a trained model
+    # "train" (from scratch), "refine" (only the quantizer, from an anchor's checkpoint)
+    # or "interpolate" (no training: blend the quantizers of two refined models)
+    mode: str = "train"
+    sources: tuple[str, ...] = ()  # train_ids this job starts from (must finish first)
+    refine_steps: int = 0
+    interp_weight: float | None = None
+    origin: str = ""  # derived: "<anchor label>@<lambda>"; blend: "<label>@<l1>-<l2>"
 
     def describe(self) -> str:
+        extra = f" a={self.interp_weight:g}" if self.interp_weight is not None else ""
         return (
-            f"{self.backbone.label} / {self.quantizer.label} / lambda={self.lmbda:g} / "
+            f"{self.backbone.label} / {self.quantizer.label} / lambda={self.lmbda:g}{extra} / "
             f"{self.dataset.label} / seed={self.seed}"
         )
 
@@ -107,6 +119,7 @@ class Job:
         return cls(
             **{
                 **d,
+                "sources": tuple(d.get("sources", ())),
                 "backbone": spec(d["backbone"]),
                 "quantizer": spec(d["quantizer"]),
                 "dataset": spec(d["dataset"]),
@@ -238,7 +251,55 @@ class _Checker:
                 self.check_type(value, default, f"{path}.{key}")
             params[key] = value
         provider = f"{reg.distribution} {reg.version}".strip()
-        return Spec(kind, name, label, params, latents, provider)
+        options = {}
+        if kind == "quantizer":
+            options = self.quantizer_options(entry, path)
+        return Spec(kind, name, label, params, latents, provider, options)
+
+    def quantizer_options(self, entry: dict, path: str) -> dict[str, Any]:
+        """``from_anchor``/``refine_steps`` (derived models), ``interpolate`` (blends)."""
+        opts: dict[str, Any] = {}
+        if "from_anchor" in entry:
+            lam = entry["from_anchor"]
+            if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam <= 0:
+                self.fail(f"{path}.from_anchor", f"expected the anchor's lambda, got {lam!r}")
+            opts["from_anchor"] = float(lam)
+            steps = entry.get("refine_steps", 500)
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+                self.fail(f"{path}.refine_steps", f"expected a positive integer, got {steps!r}")
+            opts["refine_steps"] = steps
+        elif "refine_steps" in entry:
+            self.fail(f"{path}.refine_steps", "only meaningful with from_anchor")
+        if "interpolate" in entry:
+            if "from_anchor" in entry:
+                self.fail(f"{path}.interpolate", "cannot be combined with from_anchor")
+            it = entry["interpolate"]
+            if not isinstance(it, dict):
+                self.fail(
+                    f"{path}.interpolate", "expected { of = LABEL, between = [l1, l2], points = N }"
+                )
+            self.check_keys(it, {"of", "between", "points"}, f"{path}.interpolate")
+            of, between, points = it.get("of"), it.get("between"), it.get("points", 5)
+            if not isinstance(of, str):
+                self.fail(f"{path}.interpolate.of", f"expected a quantizer label, got {of!r}")
+            if (
+                not isinstance(between, list)
+                or len(between) != 2
+                or not all(isinstance(v, (int, float)) for v in between)
+                or not 0 < between[0] < between[1]
+            ):
+                self.fail(
+                    f"{path}.interpolate.between",
+                    f"expected two increasing positive lambdas, got {between!r}",
+                )
+            if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+                self.fail(f"{path}.interpolate.points", f"expected an integer >= 2, got {points!r}")
+            opts["interpolate"] = {
+                "of": of,
+                "between": [float(v) for v in between],
+                "points": points,
+            }
+        return opts
 
     def spec_list(self, kind: str, value: Any, path: str) -> list[Spec]:
         if not isinstance(value, list):
@@ -340,21 +401,136 @@ def parse_matrix(
 
     train_key = {k: v for k, v in train.items() if k not in ("dataset", "log_every")}
     train_key["dataset"] = train_dataset.key()
+    ctx = _Expansion(ck, train, train_key, train_dataset, evaluation)
     jobs = []
-    for bb, q, lam, ds, seed in itertools.product(backbones, quantizers, lambdas, datasets, seeds):
+    plain = [q for q in quantizers if not q.options]
+    derived = [q for q in quantizers if "from_anchor" in q.options]
+    blends = [q for q in quantizers if "interpolate" in q.options]
+    trained: dict[tuple, Job] = {}  # (backbone label, quantizer label, lambda, seed) -> job
+    for bb, q, lam, ds, seed in itertools.product(backbones, plain, lambdas, datasets, seeds):
+        job = ctx.job(bb, q, float(lam), ds, seed, {})
+        jobs.append(job)
+        trained[(bb.label, q.label, float(lam), seed)] = job
+    for q in derived:
+        i = quantizers.index(q)
+        anchor_lam = q.options["from_anchor"]
+        anchors = [
+            a for a in plain if a.name == q.name and a.params == q.params and a.latents == q.latents
+        ]
+        if not anchors:
+            ck.fail(
+                f"matrix.quantizers[{i}].from_anchor",
+                f"no plain {q.name!r} entry with the same parameters in this matrix to start from",
+            )
+        if anchor_lam not in [float(v) for v in lambdas]:
+            ck.fail(
+                f"matrix.quantizers[{i}].from_anchor",
+                f"anchor lambda {anchor_lam:g} is not in matrix.lambdas {lambdas}",
+            )
+        for bb, lam, ds, seed in itertools.product(backbones, lambdas, datasets, seeds):
+            anchor = trained[(bb.label, anchors[0].label, anchor_lam, seed)]
+            job = ctx.job(
+                bb,
+                q,
+                float(lam),
+                ds,
+                seed,
+                {"sources": (anchor.train_id,)},
+                mode="refine",
+                refine_steps=q.options["refine_steps"],
+                origin=f"{anchors[0].label}@{anchor_lam:g}",
+            )
+            jobs.append(job)
+            trained[(bb.label, q.label, float(lam), seed)] = job
+    labels = {q.label for q in quantizers}
+    for q in blends:
+        i = quantizers.index(q)
+        it = q.options["interpolate"]
+        if it["of"] not in labels:
+            ck.fail(
+                f"matrix.quantizers[{i}].interpolate.of",
+                unknown_name_message("quantizer label", it["of"], sorted(labels)),
+            )
+        l1, l2 = it["between"]
+        for lam in (l1, l2):
+            if lam not in [float(v) for v in lambdas]:
+                ck.fail(
+                    f"matrix.quantizers[{i}].interpolate.between",
+                    f"lambda {lam:g} is not in matrix.lambdas {lambdas}",
+                )
+        for bb, ds, seed in itertools.product(backbones, datasets, seeds):
+            a_job = trained[(bb.label, it["of"], l1, seed)]
+            b_job = trained[(bb.label, it["of"], l2, seed)]
+            for k in range(it["points"]):
+                a = k / (it["points"] - 1)
+                nominal = l1 ** (1 - a) * l2**a
+                job = ctx.job(
+                    bb,
+                    a_job.quantizer,
+                    nominal,
+                    ds,
+                    seed,
+                    {"sources": (a_job.train_id, b_job.train_id), "a": a},
+                    mode="interpolate",
+                    interp_weight=a,
+                    label=q.label,
+                    origin=f"{it['of']}@{l1:g}-{l2:g}",
+                )
+                jobs.append(job)
+    return Matrix(name, source, raw, jobs, train, evaluation, report)
+
+
+class _Expansion:
+    """Builds jobs with stable ids (a hash of everything that determines the result)."""
+
+    def __init__(self, ck, train, train_key, train_dataset, evaluation) -> None:
+        self.ck, self.train, self.train_key = ck, train, train_key
+        self.train_dataset, self.evaluation = train_dataset, evaluation
+
+    def job(
+        self,
+        bb,
+        q,
+        lam,
+        ds,
+        seed,
+        extra,
+        mode="train",
+        refine_steps=0,
+        interp_weight=None,
+        label=None,
+        origin="",
+    ) -> Job:
+        if label is not None:  # an interpolated job reports under the blend's own label
+            q = Spec(q.kind, q.name, label, q.params, q.latents, q.provider, q.options)
         tkey = {
             "backbone": bb.key(),
             "quantizer": q.key(),
-            "lambda": float(lam),
+            "lambda": lam,
             "seed": seed,
-            "train": train_key,
+            "train": self.train_key,
+            "mode": mode,
+            **extra,
         }
         train_id = _stable_hash(tkey)
-        job_id = _stable_hash({**tkey, "dataset": ds.key(), "eval": evaluation})
-        jobs.append(
-            Job(bb, q, float(lam), ds, seed, train, train_dataset, evaluation, job_id, train_id)
+        job_id = _stable_hash({**tkey, "dataset": ds.key(), "eval": self.evaluation})
+        return Job(
+            bb,
+            q,
+            lam,
+            ds,
+            seed,
+            self.train,
+            self.train_dataset,
+            self.evaluation,
+            job_id,
+            train_id,
+            mode,
+            tuple(extra.get("sources", ())),
+            refine_steps,
+            interp_weight,
+            origin,
         )
-    return Matrix(name, source, raw, jobs, train, evaluation, report)
 
 
 def _section(ck: _Checker, raw: dict, key: str, defaults: dict[str, Any]) -> dict[str, Any]:

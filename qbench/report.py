@@ -93,6 +93,65 @@ def bd_table(ok: pd.DataFrame, anchor: str, notes: list[str]) -> list[dict]:
     return rows
 
 
+def _variable_rate_section(ok: pd.DataFrame, notes: list[str]) -> list[str]:
+    """Derived (refined from an anchor) and interpolated models against trained ones."""
+    if "mode" not in ok.columns or not ok["mode"].isin(["refine", "interpolate"]).any():
+        return []
+    rows = []
+    for (bb, ds, q), g in ok.groupby(["backbone", "dataset", "quantizer"], sort=False):
+        mode = g["mode"].iloc[0]
+        if mode not in ("refine", "interpolate"):
+            continue
+        origin = str(g["origin"].iloc[0]) if "origin" in g.columns else ""
+        base = origin.split("@")[0]
+        ref = ok[(ok["backbone"] == bb) & (ok["dataset"] == ds) & (ok["quantizer"] == base)]
+        trained = ok[
+            (ok["backbone"] == bb)
+            & (ok["dataset"] == ds)
+            & (ok["mode"] == "train")
+            & ok["quantizer"].isin(ref["quantizer"])
+        ]
+        bd = float("nan")
+        if mode == "refine":
+            try:
+                bd = bd_rate(
+                    trained[["bpp", "psnr"]].values.tolist(), g[["bpp", "psnr"]].values.tolist()
+                )
+            except BDRateError as exc:
+                notes.append(f"BD-rate of derived {q!r} vs trained {base!r} ({bb}, {ds}): {exc}")
+        rows.append(
+            {
+                "backbone": bb,
+                "dataset": ds,
+                "quantizer": q,
+                "kind": "derived" if mode == "refine" else "interpolated",
+                "origin": origin,
+                "points": len(g),
+                "bd_rate_vs_trained_%": bd,
+                "trained_parameters": float(g["trained_parameters"].mean()),
+                "train_seconds": float(g["train_seconds"].mean()),
+                "trained_model_parameters": float(trained["trained_parameters"].mean())
+                if len(trained)
+                else float("nan"),
+                "trained_model_seconds": float(trained["train_seconds"].mean())
+                if len(trained)
+                else float("nan"),
+            }
+        )
+    if not rows:
+        return []
+    return [
+        "## Variable rate: derived and interpolated models",
+        "",
+        "Derived models start from an anchor's checkpoint and train only the quantizer; "
+        "interpolated ones blend two derived quantizers without training. Costs are per "
+        "point (mean), beside a separately trained model's.",
+        "",
+        _md(pd.DataFrame(rows), ".2f"),
+        "",
+    ]
+
+
 def bd_table_text(rows: list[dict], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2, default=lambda v: None)
@@ -136,12 +195,19 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
 
     metric_cols = [c for c in ("bpp", "bpp_bitstream", "psnr", "ms_ssim") if c in ok.columns]
     keys = ["backbone", "dataset", "quantizer", "lambda"]
+    if "interp_weight" in ok.columns and ok["interp_weight"].notna().any():
+        keys.append("interp_weight")
+        ok["interp_weight"] = ok["interp_weight"].fillna(-1.0)
     rd = pd.DataFrame()
     if metric_cols and not ok.empty:
         g = ok.groupby(keys, sort=False)[metric_cols]
         rd = g.mean().reset_index()
         std = g.std().reset_index()
         rd["seeds"] = g.size().values
+        if "interp_weight" in rd.columns:
+            rd["interp_weight"] = (
+                rd["interp_weight"].astype(object).where(rd["interp_weight"] >= 0, None)
+            )
         for c in metric_cols:
             rd[c + "_std"] = std[c].fillna(0.0)
         sections += [
@@ -152,10 +218,12 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
         ]
     summary_table = _md(rd[keys + metric_cols]) if not rd.empty else "(no finished job)"
 
+    variable = _variable_rate_section(ok, notes)
     bd_rows = bd_table(ok, anchor, notes)
     if bd_rows:
         sections += ["## BD-rate against the anchor", "", _md(pd.DataFrame(bd_rows), ".2f"), ""]
 
+    sections += variable
     for title, cols in (
         ("Train-test mismatch", ["mismatch_rate", "mismatch_dist", "mismatch_latent"]),
         ("Gradient estimation", ["grad_var", "grad_bias"]),

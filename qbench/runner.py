@@ -129,36 +129,52 @@ def run_group(
         if cached is not None:
             state, meta = cached
             model.load_state_dict(state)
+        elif first.mode == "interpolate":
+            meta = _interpolate(model, first, plugins, run_dir)
+            run_dir.save_checkpoint(first.train_id, model.state_dict(), meta)
         else:
+            params, steps = None, first.train["steps"]
+            if first.mode == "refine":
+                model.load_state_dict(_source_state(run_dir, first, 0))
+                params = list(model.quantizer_parameters())
+                if not params:
+                    raise QbenchError(
+                        f"quantizer {first.quantizer.label!r} has no trainable parameters to "
+                        "refine from an anchor"
+                    )
+                steps = first.refine_steps
             training.seed_everything(first.seed)
             train_ds = datasets.get(first.train_dataset)
             images = [train_ds.uint8(i) for i in range(len(train_ds))]
             sampler = training.CropSampler(images, first.train["crop"], first.seed)
-            bar = _progress(first, position, show_progress)
-            history_fn = _history_logger(model, sampler, first, device, history)
+            bar = _progress(first, steps, position, show_progress)
+            history_fn = _history_logger(model, sampler, first, steps, device, history)
             result = training.train(
                 model,
                 sampler,
                 lmbda=first.lmbda,
-                steps=first.train["steps"],
+                steps=steps,
                 batch_size=first.train["batch_size"],
                 lr=first.train["lr"],
                 aux_lr=first.train["aux_lr"],
                 clip_max_norm=first.train["clip_max_norm"],
                 device=device,
+                parameters=params,
+                train_aux=params is None,
                 on_step=bar.update if bar else None,
                 on_log=history_fn,
                 log_every=first.train["log_every"],
             )
             if bar:
                 bar.close()
+            trained = params if params is not None else list(model.main_parameters())
             meta = {
                 "status": result.status,
                 "reason": result.reason,
                 "steps": result.steps,
                 "train_seconds": result.seconds,
                 "history": history,
-                "trained_parameters": sum(p.numel() for p in model.main_parameters()),
+                "trained_parameters": sum(p.numel() for p in trained),
             }
             if result.status == "ok":
                 run_dir.save_checkpoint(first.train_id, model.state_dict(), meta)
@@ -205,6 +221,9 @@ def run_group(
                         "steps": meta["steps"],
                         "train_seconds": meta["train_seconds"],
                         "trained_parameters": meta.get("trained_parameters"),
+                        "mode": job.mode,
+                        "interp_weight": job.interp_weight,
+                        "origin": job.origin,
                         "per_image": per_image,
                         "history": meta.get("history", []),
                     }
@@ -222,7 +241,50 @@ def run_group(
         plugins.hook.qbench_job_finished(job=job, result=row)
 
 
-def _history_logger(model, sampler, job: Job, device, history: list) -> Callable[[int], None]:
+def _source_state(run_dir: RunDir, job: Job, i: int) -> dict[str, Any]:
+    cached = run_dir.load_checkpoint(job.sources[i])
+    if cached is None:
+        raise QbenchError(
+            f"{job.mode} job needs the checkpoint of train group {job.sources[i]}, which did "
+            "not finish (see its row)"
+        )
+    return cached[0]
+
+
+def _interpolate(model, job: Job, plugins: PluginSet, run_dir: RunDir) -> dict[str, Any]:
+    """Blend the quantizers of two refined models: ``(1 - a) * q1 + a * q2``.
+
+    The backbone weights are the first source's (both derive from one anchor).
+    A quantizer may define ``interpolate(other, a)``; otherwise its floating
+    state is interpolated linearly.
+    """
+    a = float(job.interp_weight)
+    model.load_state_dict(_source_state(run_dir, job, 0))
+    other = build_model(job, plugins)
+    other.load_state_dict(_source_state(run_dir, job, 1))
+    for name, q in model.quantizers.items():
+        q2 = other.quantizers[name]
+        if hasattr(q, "interpolate"):
+            q.interpolate(q2, a)
+            continue
+        state, state2 = q.state_dict(), q2.state_dict()
+        q.load_state_dict(
+            {
+                k: (1 - a) * v + a * state2[k] if v.is_floating_point() else v
+                for k, v in state.items()
+            }
+        )
+    return {
+        "status": "ok",
+        "reason": "",
+        "steps": 0,
+        "train_seconds": 0.0,
+        "history": [],
+        "trained_parameters": 0,
+    }
+
+
+def _history_logger(model, sampler, job: Job, steps: int, device, history: list):
     """Every ``log_every`` steps: mismatch and gradient variance on a fixed batch."""
     from qbench.analysis import training_statistics
 
@@ -230,7 +292,7 @@ def _history_logger(model, sampler, job: Job, device, history: list) -> Callable
 
     def log(step: int) -> None:
         stats = training_statistics(model, probe.to(device), job.lmbda)
-        history.append({"step": step, "progress": step / job.train["steps"], **stats})
+        history.append({"step": step, "progress": step / steps, **stats})
 
     return log
 
@@ -245,13 +307,13 @@ def _log_exception(run_dir: RunDir, job: Job, exc: BaseException) -> None:
         (run_dir.logs_dir / f"{job.job_id}.log").write_text(text)
 
 
-def _progress(job: Job, position: int, show: bool):
+def _progress(job: Job, steps: int, position: int, show: bool):
     if not show:
         return None
     from tqdm import tqdm
 
     bar = tqdm(
-        total=job.train["steps"],
+        total=steps,
         desc=f"{job.quantizer.label} l={job.lmbda:g} s={job.seed}",
         position=position,
         leave=False,
@@ -429,11 +491,19 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo) -> None:
         child.close()
         w.conn = parent
 
+    def unfinished() -> set[str]:
+        ids = {g[0][1].train_id for g in queue}
+        return ids | {w.group[0][1].train_id for w in workers if w.group is not None}
+
     def assign(w: _Worker) -> None:
-        if not queue:
-            w.group = None
+        w.group = None
+        blocked = unfinished()
+        for k, group in enumerate(queue):
+            if not set(group[0][1].sources) & blocked:
+                w.group = queue.pop(k)
+                break
+        if w.group is None:
             return
-        w.group = queue.pop(0)
         names = ", ".join(j.describe() for _, j in w.group[:1])
         echo(
             f"[worker {w.index}] start {names}"
@@ -446,6 +516,9 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo) -> None:
             start(w)
             assign(w)
         while any(w.group is not None for w in workers):
+            for w in workers:
+                if w.group is None and queue:
+                    assign(w)
             busy = [w for w in workers if w.group is not None]
             ready = mp.connection.wait(
                 [w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=1.0

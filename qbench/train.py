@@ -95,6 +95,7 @@ def train(
     clip_max_norm: float = 1.0,
     device: torch.device | str = "cpu",
     parameters: Sequence[torch.nn.Parameter] | None = None,
+    train_aux: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_log: Callable[[int], None] | None = None,
     log_every: int = 0,
@@ -102,14 +103,15 @@ def train(
     """Train ``model`` in place for ``steps`` steps; see the module docstring.
 
     ``parameters`` restricts the main optimizer (e.g. STanH refinement trains
-    only the quantizer); by default every main parameter trains.
+    only the quantizer) and ``train_aux=False`` freezes the auxiliary
+    parameters too; by default every parameter trains.
     """
     model.to(device).train()
     params = list(parameters) if parameters is not None else list(model.main_parameters())
     trainable = {id(p) for p in params}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
-    aux = [p for p in model.aux_parameters() if id(p) not in trainable]
+    aux = [p for p in model.aux_parameters() if id(p) not in trainable] if train_aux else []
     for p in aux:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
