@@ -235,6 +235,40 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
         elif not ok.empty:
             notes.append(f"{title}: results.csv has no {', '.join(cols)} columns")
 
+    known = {
+        "backbone",
+        "quantizer",
+        "lambda",
+        "dataset",
+        "seed",
+        "job_id",
+        "status",
+        "reason",
+        "train_seconds",
+        "eval_seconds",
+        "steps",
+        "trained_parameters",
+        "train_id",
+        "mode",
+        "interp_weight",
+        "origin",
+        "bitexact",
+        "bpp",
+        "bpp_bitstream",
+        "psnr",
+        "ms_ssim",
+        "mismatch_rate",
+        "mismatch_dist",
+        "mismatch_latent",
+        "grad_var",
+        "grad_bias",
+        "order",
+    }
+    other = [c for c in ok.columns if c not in known and pd.api.types.is_numeric_dtype(ok[c])]
+    if other and not ok.empty:
+        t = ok.groupby(keys, sort=False)[other].mean().reset_index()
+        sections += ["## Other metrics", "", _md(t), ""]
+
     from qbench.plots import plot_bd, plot_history, plot_rd
 
     plots = plot_rd(rd, run_dir) if not rd.empty else []

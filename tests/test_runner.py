@@ -216,3 +216,47 @@ def test_rd_ordering_on_embedded_images(tmp_path):
     assert psnr[0] < psnr[1] < psnr[2], psnr
     for r in rows:  # the real bitstream agrees with the likelihoods
         assert abs(float(r["bpp_bitstream"]) - float(r["bpp"])) / float(r["bpp"]) < 0.1
+
+
+MAXERR = '''
+import qbench
+
+class MaxError(qbench.Metric):
+    """Largest absolute pixel error on the 0-255 scale."""
+    columns = ("max_error",)
+
+    def per_image(self, ev):
+        return {"max_error": float((ev.x - ev.x_hat).abs().max() * 255)}
+
+@qbench.hookimpl
+def qbench_register_metrics(register):
+    register("max_error", MaxError, description="largest absolute pixel error")
+'''
+
+
+def test_metric_plugin_adds_columns_to_results_and_report(tmp_path, monkeypatch, on_path):
+    from qbench.report import write_report
+
+    root = make_distribution(
+        tmp_path / "site", "qbench-maxerr", {"maxerr_plugin": MAXERR}, {"maxerr": "maxerr_plugin"}
+    )
+    on_path(root)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    qbench.plugins.reset()
+    try:
+        p = tiny(tmp_path)
+        p.write_text(
+            p.read_text().replace(
+                'metrics = ["bpp", "bpp_bitstream", "psnr"]',
+                'metrics = ["bpp", "psnr", "max_error"]',
+            )
+        )
+        m = load_matrix(p, qbench.plugins.get_plugins().registry)
+        out = tmp_path / "run"
+        run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
+        rows = read_csv(out / "results.csv")
+        assert float(rows[0]["max_error"]) > 0
+        write_report(out)
+        assert "max_error" in (out / "report.md").read_text()
+    finally:
+        qbench.plugins.reset()

@@ -1,0 +1,233 @@
+"""Speed benchmarks of the runner, printed as ratios against baselines measured in the same run.
+
+    python benchmarks/bench_runner.py [--quick] [--kodak PATH]
+
+1. training step: qbench's loop (plugin quantizer, bins-based likelihoods) vs a
+   hand-written CompressAI step on the same model and batch   (target <= 1.05x)
+2. evaluation: qbench's per-image evaluation (forward + real bitstream, PSNR,
+   MS-SSIM) vs a compressai.utils.eval_model-style loop        (target <= 1.1x)
+3. 2 workers vs 1 on a CPU matrix of 4 jobs                    (target >= 1.7x speed-up)
+4. resume of a finished 100-job run                            (target < 2 s)
+
+No timing is asserted anywhere; these numbers go into notes and issues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore")
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_train_step(reg, steps: int) -> tuple[float, float]:
+    from qbench.train import rd_loss
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 128, 128)
+    ours = reg.build("backbone", "bmshj2018-factorized", N=64, M=96)
+    ours.set_quantizers({"y": reg.build("quantizer", "noise")})
+    ours.train()
+    net = ours.net  # the same CompressAI model, called directly
+    opt_a = torch.optim.Adam(list(ours.main_parameters()), lr=1e-4)
+    opt_b = torch.optim.Adam([p for n, p in net.named_parameters() if "quantiles" not in n], 1e-4)
+
+    def qbench_steps():
+        for i in range(steps):
+            ours.set_progress(i / steps)
+            opt_a.zero_grad()
+            loss = rd_loss(ours(x), x, 0.01)[0]
+            loss.backward()
+            opt_a.step()
+
+    def plain_steps():
+        for _ in range(steps):
+            opt_b.zero_grad()
+            out = net(x)
+            bpp = sum(torch.log(p).sum() for p in out["likelihoods"].values()) / (
+                -math.log(2) * x.shape[0] * x.shape[2] * x.shape[3]
+            )
+            loss = 0.01 * 255**2 * F.mse_loss(out["x_hat"], x) + bpp
+            loss.backward()
+            opt_b.step()
+
+    plain_steps()
+    qbench_steps()  # warm-up
+    return best_of(qbench_steps, 3) / steps, best_of(plain_steps, 3) / steps
+
+
+def bench_eval(reg, images) -> tuple[float, float]:
+    from pytorch_msssim import ms_ssim
+
+    from qbench.evaluate import crop_back, evaluate, pad_to
+
+    torch.manual_seed(0)
+    m = reg.build("backbone", "bmshj2018-factorized", N=64, M=96)
+    m.set_quantizers({"y": reg.build("quantizer", "noise")})
+    m.eval()
+    m.update(force=True)
+    metrics = [reg.build("metric", n) for n in ("bpp", "bpp_bitstream", "psnr", "ms_ssim")]
+    net = m.net
+
+    def qbench_eval():
+        evaluate(m, images, [str(i) for i in range(len(images))], metrics)
+
+    @torch.no_grad()
+    def plain_eval():  # the shape of compressai.utils.eval_model's entropy-coding path
+        for img in images:
+            x = img[None]
+            xp, pad = pad_to(x, 64)
+            enc = net.compress(xp)
+            out = net.decompress(enc["strings"], enc["shape"])
+            x_hat = crop_back(out["x_hat"], pad).clamp(0, 1)
+            sum(len(s[0]) for s in enc["strings"]) * 8.0 / (x.shape[2] * x.shape[3])
+            -10 * math.log10(F.mse_loss(x, x_hat).item())
+            ms_ssim(x, x_hat, data_range=1.0).item()
+            net(xp)  # eval_model also reports likelihood bpp in its forward mode
+
+    plain_eval()
+    qbench_eval()
+    return best_of(qbench_eval, 2), best_of(plain_eval, 2)
+
+
+MATRIX = """
+[matrix]
+backbones = [{{ name = "bmshj2018-factorized", N = 32, M = 48 }}]
+quantizers = ["noise", "ste"]
+lambdas = {lambdas}
+datasets = [{{ name = "embedded", split = "eval" }}]
+[train]
+steps = {steps}
+batch_size = 8
+crop = 64
+lr = 1e-3
+[eval]
+metrics = ["bpp", "bpp_bitstream", "psnr"]
+"""
+
+
+def bench_workers(steps: int) -> tuple[float, float]:
+    import qbench.plugins
+    from qbench.matrix import load_matrix
+    from qbench.runner import run_matrix
+
+    times = {}
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.toml"
+        p.write_text(MATRIX.format(lambdas="[0.001, 0.01]", steps=steps))
+        m = load_matrix(p, qbench.plugins.get_plugins().registry)
+        for workers in (1, 2):
+            t = time.perf_counter()
+            run_matrix(
+                m,
+                Path(d) / f"w{workers}",
+                workers=workers,
+                device="cpu",
+                show_progress=False,
+                echo=lambda *_: None,
+            )
+            times[workers] = time.perf_counter() - t
+    return times[1], times[2]
+
+
+def bench_resume() -> tuple[float, float]:
+    import qbench.plugins
+    from qbench.matrix import load_matrix
+    from qbench.results import RunDir
+    from qbench.runner import run_matrix
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.toml"
+        lambdas = [round(0.001 * (1.1**i), 6) for i in range(50)]
+        p.write_text(MATRIX.format(lambdas=lambdas, steps=10))
+        t = time.perf_counter()
+        m = load_matrix(p, qbench.plugins.get_plugins().registry)
+        load_time = time.perf_counter() - t
+        assert len(m.jobs) == 100
+        run = RunDir(Path(d) / "run")
+        run.ensure()
+        for j in m.jobs:  # synthetic finished rows: this measures bookkeeping only
+            run.write_row(
+                {
+                    "job_id": j.job_id,
+                    "backbone": j.backbone.label,
+                    "quantizer": j.quantizer.label,
+                    "lambda": j.lmbda,
+                    "dataset": j.dataset.label,
+                    "seed": j.seed,
+                    "status": "ok",
+                    "bpp": 0.1,
+                    "psnr": 30.0,
+                }
+            )
+        t = time.perf_counter()
+        s = run_matrix(m, run.root, device="cpu", show_progress=False, echo=lambda *_: None)
+        resume = time.perf_counter() - t
+        assert s.ran == 0
+    return resume, load_time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer steps (noisier figures)")
+    ap.add_argument("--kodak", default=os.environ.get("QBENCH_KODAK"))
+    args = ap.parse_args()
+    from qbench.plugins import get_plugins
+
+    reg = get_plugins().registry
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {sys.platform}")
+
+    ours, plain = bench_train_step(reg, 5 if args.quick else 20)
+    print(
+        f"1. train step   qbench {ours * 1e3:7.1f} ms  plain CompressAI {plain * 1e3:7.1f} ms"
+        f"  ratio {ours / plain:.3f}x (target <= 1.05)"
+    )
+
+    if args.kodak and Path(args.kodak).is_dir():
+        ds = reg.build("dataset", "kodak", path=args.kodak)
+        images = [ds[i] for i in range(4 if args.quick else len(ds))]
+        where = f"Kodak ({len(images)} images)"
+    else:
+        ds = reg.build("dataset", "embedded", split="eval")
+        images = [ds[i] for i in range(len(ds))]
+        where = f"embedded ({len(images)} images)"
+    ours, plain = bench_eval(reg, images)
+    print(
+        f"2. evaluation   qbench {ours:7.2f} s   eval_model-style {plain:7.2f} s"
+        f"  ratio {ours / plain:.3f}x (target <= 1.1) on {where}"
+    )
+
+    one, two = bench_workers(50 if args.quick else 300)
+    print(
+        f"3. workers      1 worker {one:6.1f} s  2 workers {two:6.1f} s"
+        f"  speed-up {one / two:.2f}x (target >= 1.7) on {os.cpu_count()} cores"
+    )
+
+    resume, load = bench_resume()
+    print(
+        f"4. resume       100 finished jobs {resume:5.2f} s (target < 2 s); "
+        f"matrix load alone {load:5.2f} s, ratio {resume / load:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
