@@ -210,10 +210,11 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
             )
         for c in metric_cols:
             rd[c + "_std"] = std[c].fillna(0.0)
+        std_cols = [c + "_std" for c in ("bpp", "psnr") if c in metric_cols]
         sections += [
-            "## Rate-distortion points (mean over seeds)",
+            "## Rate-distortion points (mean and standard deviation over seeds)",
             "",
-            _md(rd[keys + metric_cols + ["seeds"]]),
+            _md(rd[keys + metric_cols + std_cols + ["seeds"]]),
             "",
         ]
     summary_table = _md(rd[keys + metric_cols]) if not rd.empty else "(no finished job)"

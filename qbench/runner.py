@@ -404,6 +404,10 @@ def run_matrix(
     groups: dict[str, list[tuple[int, Job]]] = {}
     for o, j in pending:
         groups.setdefault(j.train_id, []).append((o, j))
+    if force:  # re-train too: forget the checkpoints of the jobs that will run again
+        for train_id in groups:
+            for suffix in (".pt", ".json"):
+                (run_dir.ckpt_dir / f"{train_id}{suffix}").unlink(missing_ok=True)
     plan = plan_devices(device, workers)
     if len(plan) > max(1, len(groups)):
         plan = plan[: max(1, len(groups))]

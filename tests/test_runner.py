@@ -260,3 +260,35 @@ def test_metric_plugin_adds_columns_to_results_and_report(tmp_path, monkeypatch,
         assert "max_error" in (out / "report.md").read_text()
     finally:
         qbench.plugins.reset()
+
+
+def test_missing_dataset_folder_is_reported_before_any_job(tmp_path):
+    from qbench.runner import RunError
+
+    p = tiny(tmp_path)
+    p.write_text(
+        p.read_text().replace(
+            'datasets = [{ name = "embedded", split = "eval" }]',
+            f'datasets = [{{ name = "folder", path = "{tmp_path}/nope" }}]',
+        )
+    )
+    qbench.plugins.reset()
+    m = load_matrix(p, qbench.plugins.get_plugins().registry)
+    with pytest.raises(RunError) as info:
+        run_matrix(m, tmp_path / "run", device="cpu", show_progress=False, echo=lambda *_: None)
+    msg = str(info.value)
+    assert str(p) in msg and "matrix.datasets" in msg and "does not exist" in msg
+    assert not list((tmp_path / "run" / "rows").glob("*.json"))
+
+
+def test_force_reruns_finished_jobs(tmp_path):
+    qbench.plugins.reset()
+    m = load_matrix(tiny(tmp_path, steps=1), qbench.plugins.get_plugins().registry)
+    out = tmp_path / "run"
+    run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
+    assert run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None).ran == 0
+    before = read_csv(out / "results.csv")[0]["train_seconds"]
+    s = run_matrix(m, out, device="cpu", force=True, show_progress=False, echo=lambda *_: None)
+    rows = read_csv(out / "results.csv")
+    assert s.ran == 1 and len(rows) == 1
+    assert rows[0]["train_seconds"] != before  # trained again, not loaded from the checkpoint
