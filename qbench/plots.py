@@ -67,18 +67,26 @@ def plot_history(h: pd.DataFrame, out: Path) -> list[Path]:
     cols = [c for c in ("mismatch_rate", "mismatch_dist", "grad_var") if c in h.columns]
     if not cols or h.empty:
         return []
-    fig, axes = plt.subplots(1, len(cols), figsize=(4.5 * len(cols), 3.5), dpi=120)
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.5 * len(cols), 3.6), dpi=120)
     axes = [axes] if len(cols) == 1 else list(axes)
+    quantizers = list(dict.fromkeys(h["quantizer"]))
+    lambdas = sorted(h["lambda"].unique())
+    colors = plt.get_cmap("tab10")
     for ax, col in zip(axes, cols):
         for (q, lam), g in h.groupby(["quantizer", "lambda"], sort=False):
             g = g.groupby("progress")[col].mean().reset_index()
-            ax.plot(g["progress"], g[col], label=f"{q} l={lam:g}")
+            shade = 0.35 + 0.65 * (lambdas.index(lam) + 1) / len(lambdas)
+            first = lam == lambdas[-1]
+            ax.plot(g["progress"], g[col], color=colors(quantizers.index(q) % 10), alpha=shade,
+                    label=q if first else None)
         ax.set_xlabel("training progress")
         ax.set_ylabel(col)
         if col == "grad_var":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=8, title="darker = larger lambda", title_fontsize=7)
+    fig.suptitle("mismatch and gradient variance over training (a zero variance is not drawn)",
+                 fontsize=9)
     fig.tight_layout()
     path = out / "history.png"
     fig.savefig(path)
