@@ -58,28 +58,31 @@ def _check(method: str) -> None:
         raise BDRateError(f"method must be one of {METHODS}, got {method!r}")
 
 
+def _bd(anchor, test, method: str, fn, axis: int, unit: str) -> float:
+    _check(method)
+    ra, qa = _curve(anchor, "anchor")
+    rt, qt = _curve(test, "test")
+    a, t = (ra, rt) if axis == 0 else (qa, qt)
+    if max(a.min(), t.min()) >= min(a.max(), t.max()):
+        what = "rate" if axis == 0 else "quality"
+        raise BDRateError(
+            f"the curves' {what} ranges do not overlap: anchor {a.min():.4g}-{a.max():.4g} "
+            f"{unit}, test {t.min():.4g}-{t.max():.4g} {unit}"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(
+            fn(ra, qa, rt, qt, method=method, require_matching_points=False, min_overlap=0)
+        )
+
+
 def bd_rate(
     anchor: Sequence[Sequence[float]],
     test: Sequence[Sequence[float]],
     method: str = "pchip",
 ) -> float:
     """BD-rate of ``test`` vs ``anchor`` in percent; each is a sequence of ``(bpp, psnr)``."""
-    _check(method)
-    ra, qa = _curve(anchor, "anchor")
-    rt, qt = _curve(test, "test")
-    lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
-    if lo >= hi:
-        raise BDRateError(
-            f"the curves' quality ranges do not overlap: anchor {qa.min():.4g}-{qa.max():.4g} dB, "
-            f"test {qt.min():.4g}-{qt.max():.4g} dB"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(
-            bjontegaard.bd_rate(
-                ra, qa, rt, qt, method=method, require_matching_points=False, min_overlap=0
-            )
-        )
+    return _bd(anchor, test, method, bjontegaard.bd_rate, axis=1, unit="dB")
 
 
 def bd_psnr(
@@ -88,19 +91,4 @@ def bd_psnr(
     method: str = "pchip",
 ) -> float:
     """BD-PSNR of ``test`` vs ``anchor`` in dB; each is a sequence of ``(bpp, psnr)``."""
-    _check(method)
-    ra, qa = _curve(anchor, "anchor")
-    rt, qt = _curve(test, "test")
-    lo, hi = max(ra.min(), rt.min()), min(ra.max(), rt.max())
-    if lo >= hi:
-        raise BDRateError(
-            f"the curves' rate ranges do not overlap: anchor {ra.min():.4g}-{ra.max():.4g} bpp, "
-            f"test {rt.min():.4g}-{rt.max():.4g} bpp"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(
-            bjontegaard.bd_psnr(
-                ra, qa, rt, qt, method=method, require_matching_points=False, min_overlap=0
-            )
-        )
+    return _bd(anchor, test, method, bjontegaard.bd_psnr, axis=0, unit="bpp")
