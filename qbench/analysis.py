@@ -219,16 +219,28 @@ def model_gradient_statistics(
 
 
 def training_statistics(model, x: Tensor, lmbda: float, draws: int = 4) -> dict[str, float]:
-    """Cheap per-step statistics for history.csv: mismatch and gradient variance."""
+    """Cheap per-step statistics for history.csv: mismatch and gradient variance.
+
+    The gradient is taken wrt the analysis transform even when it is frozen
+    (a derived model refines only its quantizer): the surrogate's gradient
+    noise is a property of the quantizer, not of what the optimizer updates.
+    """
     stats = mismatch(model, x, draws=draws)
     params = list(model.analysis_parameters())
     was_training = model.training
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
 
     def surrogate() -> Tensor:
         model.train()
         return rd_loss(model(x), x, lmbda)[0]
 
-    grads = surrogate_gradients(surrogate, params, draws)
-    model.train(was_training)
+    try:
+        grads = surrogate_gradients(surrogate, params, draws)
+    finally:
+        for p, r in zip(params, saved):
+            p.requires_grad_(r)
+        model.train(was_training)
     stats["grad_var"] = gradient_variance(grads)
     return stats

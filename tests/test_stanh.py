@@ -147,6 +147,7 @@ steps = 6
 batch_size = 2
 crop = 64
 lr = 1e-2
+log_every = 3
 [eval]
 metrics = ["bpp", "bpp_bitstream", "psnr"]
 max_images = 1
@@ -159,7 +160,7 @@ anchor = "stanh"
     run_matrix(m, out, workers=2, device="cpu", show_progress=False, echo=lambda *_: None)
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 + 4 + 3 and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == 4 + 4 + 3 and all(r["status"] == "ok" for r in rows), rows
     derived = {float(r["lambda"]): r for r in rows if r["quantizer"] == "stanh-derived"}
     interp = {float(r["interp_weight"]): r for r in rows if r["quantizer"] == "stanh-interp"}
     assert all(r["mode"] == "refine" and r["trained_parameters"] == "60" for r in derived.values())
