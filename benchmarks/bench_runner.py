@@ -216,7 +216,7 @@ def main() -> None:
         f"  ratio {ours / plain:.3f}x (target <= 1.1) on {where}"
     )
 
-    one, two = bench_workers(50 if args.quick else 300)
+    one, two = bench_workers(50 if args.quick else 1000)
     print(
         f"3. workers      1 worker {one:6.1f} s  2 workers {two:6.1f} s"
         f"  speed-up {one / two:.2f}x (target >= 1.7) on {os.cpu_count()} cores"
