@@ -77,16 +77,22 @@ def plot_history(h: pd.DataFrame, out: Path) -> list[Path]:
             g = g.groupby("progress")[col].mean().reset_index()
             shade = 0.35 + 0.65 * (lambdas.index(lam) + 1) / len(lambdas)
             first = lam == lambdas[-1]
-            ax.plot(g["progress"], g[col], color=colors(quantizers.index(q) % 10), alpha=shade,
-                    label=q if first else None)
+            ax.plot(
+                g["progress"],
+                g[col],
+                color=colors(quantizers.index(q) % 10),
+                alpha=shade,
+                label=q if first else None,
+            )
         ax.set_xlabel("training progress")
         ax.set_ylabel(col)
         if col == "grad_var":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, title="darker = larger lambda", title_fontsize=7)
-    fig.suptitle("mismatch and gradient variance over training (a zero variance is not drawn)",
-                 fontsize=9)
+    fig.suptitle(
+        "mismatch and gradient variance over training (a zero variance is not drawn)", fontsize=9
+    )
     fig.tight_layout()
     path = out / "history.png"
     fig.savefig(path)

@@ -33,8 +33,8 @@ class Report:
 def _md(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     if "interp_weight" in df.columns:  # -1 marks "not interpolated" for grouping only
         df = df.copy()
-        df["interp_weight"] = df["interp_weight"].astype(object).where(
-            df["interp_weight"].astype(float) >= 0, None
+        df["interp_weight"] = (
+            df["interp_weight"].astype(object).where(df["interp_weight"].astype(float) >= 0, None)
         )
     return tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=floatfmt)
 
