@@ -33,8 +33,9 @@ smoothed loss is locally linear.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -101,23 +102,24 @@ def gradient_variance(grads: Tensor) -> float:
 
 
 @torch.no_grad()
+def _move(params: Sequence[Tensor], direction: Tensor, step: float) -> None:
+    """``params += step * direction`` (``direction`` flat over all of ``params``)."""
+    offset = 0
+    for p in params:
+        p.add_(direction[offset : offset + p.numel()].view_as(p), alpha=step)
+        offset += p.numel()
+
+
+@torch.no_grad()
 def finite_difference(
     hard_loss: Callable[[], Tensor], params: Sequence[Tensor], direction: Tensor, step: float
 ) -> float:
     """Central difference of ``hard_loss`` along ``direction`` (flat, over ``params``)."""
-    chunks = []
-    offset = 0
-    for p in params:
-        chunks.append(direction[offset : offset + p.numel()].view_as(p))
-        offset += p.numel()
-    for p, d in zip(params, chunks):
-        p.add_(d, alpha=step)
+    _move(params, direction, step)
     plus = float(hard_loss())
-    for p, d in zip(params, chunks):
-        p.add_(d, alpha=-2 * step)
+    _move(params, direction, -2 * step)
     minus = float(hard_loss())
-    for p, d in zip(params, chunks):
-        p.add_(d, alpha=step)
+    _move(params, direction, step)
     return (plus - minus) / (2 * step)
 
 
@@ -167,55 +169,53 @@ def latent_step(model, x: Tensor, params: Sequence[Tensor], target_rms: float = 
     def step(direction: Tensor) -> float:
         eps = 1e-3
         y0 = model.analysis(x)
-        offset = 0
-        chunks = []
-        for p in params:
-            chunks.append(direction[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
-        for p, d in zip(params, chunks):
-            p.add_(d, alpha=eps)
+        _move(params, direction, eps)
         y1 = model.analysis(x)
-        for p, d in zip(params, chunks):
-            p.add_(d, alpha=-eps)
+        _move(params, direction, -eps)
         rms = float((y1 - y0).pow(2).mean().sqrt()) / eps
         return target_rms / rms if rms > 0 else 1e-3
 
     return step
 
 
-def model_gradient_statistics(
-    model, x: Tensor, lmbda: float, *, draws: int = 32, directions: int = 8, seed: int = 0
-) -> dict[str, float]:
-    """``grad_var``/``grad_bias`` of ``model``'s surrogate wrt its analysis transform."""
+@contextlib.contextmanager
+def _analysis_gradients(model) -> Iterator[list[Tensor]]:
+    """The analysis parameters with gradients on (also when frozen); modes restored after."""
     params = list(model.analysis_parameters())
     was_training = model.training
     saved = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
-
-    def surrogate() -> Tensor:
-        model.train()
-        return rd_loss(model(x), x, lmbda)[0]
-
-    def hard() -> Tensor:
-        model.eval()
-        return rd_loss(model(x), x, lmbda)[0]
-
     try:
-        stats = gradient_statistics(
-            surrogate,
-            hard,
+        yield params
+    finally:
+        for p, r in zip(params, saved):
+            p.requires_grad_(r)
+        model.train(was_training)
+
+
+def _rd_loss_in_mode(model, x: Tensor, lmbda: float, training: bool) -> Callable[[], Tensor]:
+    def loss() -> Tensor:
+        model.train(training)
+        return rd_loss(model(x), x, lmbda)[0]
+
+    return loss
+
+
+def model_gradient_statistics(
+    model, x: Tensor, lmbda: float, *, draws: int = 32, directions: int = 8, seed: int = 0
+) -> dict[str, float]:
+    """``grad_var``/``grad_bias`` of ``model``'s surrogate wrt its analysis transform."""
+    with _analysis_gradients(model) as params:
+        return gradient_statistics(
+            _rd_loss_in_mode(model, x, lmbda, training=True),
+            _rd_loss_in_mode(model, x, lmbda, training=False),
             params,
             draws=draws,
             directions=directions,
             step=latent_step(model, x, params),
             seed=seed,
         )
-    finally:
-        for p, r in zip(params, saved):
-            p.requires_grad_(r)
-        model.train(was_training)
-    return stats
 
 
 def training_statistics(model, x: Tensor, lmbda: float, draws: int = 4) -> dict[str, float]:
@@ -226,21 +226,7 @@ def training_statistics(model, x: Tensor, lmbda: float, draws: int = 4) -> dict[
     noise is a property of the quantizer, not of what the optimizer updates.
     """
     stats = mismatch(model, x, draws=draws)
-    params = list(model.analysis_parameters())
-    was_training = model.training
-    saved = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)
-
-    def surrogate() -> Tensor:
-        model.train()
-        return rd_loss(model(x), x, lmbda)[0]
-
-    try:
-        grads = surrogate_gradients(surrogate, params, draws)
-    finally:
-        for p, r in zip(params, saved):
-            p.requires_grad_(r)
-        model.train(was_training)
+    with _analysis_gradients(model) as params:
+        grads = surrogate_gradients(_rd_loss_in_mode(model, x, lmbda, True), params, draws)
     stats["grad_var"] = gradient_variance(grads)
     return stats
