@@ -5,8 +5,9 @@ Jobs that differ only in the evaluation dataset share one trained model
 ``spawn`` processes; each takes one group at a time. ``--device auto`` runs
 one worker per visible CUDA GPU (``CUDA_VISIBLE_DEVICES`` set per worker),
 else CPU workers with torch threads split so that they do not oversubscribe
-the cores. A worker that dies (segfault, OOM kill) gets its unfinished jobs
-marked ``failed`` with the exit reason, is replaced, and the run goes on.
+the cores (``QBENCH_THREADS`` sets the threads per worker instead). A worker
+that dies (segfault, OOM kill) gets its unfinished jobs marked ``failed`` with
+the exit reason, is replaced, and the run goes on.
 """
 
 from __future__ import annotations
@@ -176,7 +177,9 @@ def _metric_columns(matrix: Matrix, plugins: PluginSet) -> list[str]:
 
 def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo) -> None:
     ctx = mp.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // len(plan))
+    threads = int(os.environ.get("QBENCH_THREADS", "0") or 0) or max(
+        1, (os.cpu_count() or 1) // len(plan)
+    )
     env_disable = ",".join(
         sorted(set(disable) | set(n for n in os.environ.get(DISABLE_ENV, "").split(",") if n))
     )
