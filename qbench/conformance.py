@@ -357,7 +357,7 @@ def d_rgb(entry, env):
 
 
 @rule("dataset", "reports_bad_files")
-def d_bad(entry, env, tmp_path=None):
+def d_bad(entry, env):
     """A folder-based dataset (one taking ``path``) skips an unreadable file and names it."""
     import tempfile
     import warnings

@@ -48,6 +48,8 @@ def build_metrics(job: Job, plugins: PluginSet) -> list:
 
 
 class DatasetCache:
+    """Datasets built once per process, keyed by name and parameters."""
+
     def __init__(self, plugins: PluginSet) -> None:
         self.plugins = plugins
         self.cache: dict[str, Any] = {}
@@ -57,6 +59,11 @@ class DatasetCache:
         if key not in self.cache:
             self.cache[key] = self.plugins.registry.build("dataset", spec.name, **spec.params)
         return self.cache[key]
+
+    def uint8_images(self, spec) -> list:
+        """Every image of the dataset as uint8 (the form training crops are cut from)."""
+        ds = self.get(spec)
+        return [ds.uint8(i) for i in range(len(ds))]
 
 
 def failure_row(job: Job, status: str, reason: str, order: int, **extra: Any) -> dict[str, Any]:
@@ -116,8 +123,7 @@ def run_group(
                     )
                 steps = first.refine_steps
             training.seed_everything(first.seed)
-            train_ds = datasets.get(first.train_dataset)
-            images = [train_ds.uint8(i) for i in range(len(train_ds))]
+            images = datasets.uint8_images(first.train_dataset)
             sampler = training.CropSampler(images, first.train["crop"], first.seed)
             bar = _progress(first, steps, position, show_progress)
             history_fn = _history_logger(model, sampler, first, steps, device, history)
@@ -163,12 +169,7 @@ def run_group(
         else:
             model.to(device)
             batch_gen = training.CropSampler(
-                [
-                    datasets.get(first.train_dataset).uint8(i)
-                    for i in range(len(datasets.get(first.train_dataset)))
-                ],
-                first.train["crop"],
-                first.seed + 1,
+                datasets.uint8_images(first.train_dataset), first.train["crop"], first.seed + 1
             )
             fixed_batch = batch_gen.batch(min(4, first.train["batch_size"])).to(device)
             for order, job in jobs:

@@ -134,31 +134,11 @@ class RunDir:
         cols += TAIL_COLUMNS
         rows.sort(key=lambda r: r.get("order", 0))
         atomic_write_text(self.root / "results.csv", _csv(rows, [c for c in cols if c != "order"]))
-        per_image = [
-            {
-                "job_id": r["job_id"],
-                "quantizer": r["quantizer"],
-                "lambda": r["lambda"],
-                "dataset": r["dataset"],
-                "seed": r["seed"],
-                **img,
-            }
-            for r in rows
-            for img in r.get("per_image", [])
-        ]
+        per_image = _flatten(
+            rows, "per_image", ("job_id", "quantizer", "lambda", "dataset", "seed")
+        )
         atomic_write_text(self.root / "per_image.csv", _csv(per_image))
-        history = [
-            {
-                "job_id": r["job_id"],
-                "backbone": r["backbone"],
-                "quantizer": r["quantizer"],
-                "lambda": r["lambda"],
-                "seed": r["seed"],
-                **h,
-            }
-            for r in rows
-            for h in r.get("history", [])
-        ]
+        history = _flatten(rows, "history", ("job_id", "backbone", "quantizer", "lambda", "seed"))
         atomic_write_text(self.root / "history.csv", _csv(history))
         return self.root / "results.csv"
 
@@ -166,6 +146,11 @@ class RunDir:
         atomic_write_text(
             self.root / "manifest.json", json.dumps(manifest, indent=2, default=_json_default)
         )
+
+
+def _flatten(rows: list[dict[str, Any]], field: str, ids: tuple[str, ...]) -> list[dict]:
+    """One record per entry of each row's ``field`` list, prefixed with the row's ``ids``."""
+    return [{**{k: r[k] for k in ids}, **item} for r in rows for item in r.get(field, [])]
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:

@@ -135,7 +135,7 @@ def run_matrix(
     for p in plugins.problems:
         echo(f"warning: plugin {p.plugin} ({p.distribution}): {p.reason}")
     if groups:
-        _dispatch(list(groups.values()), plan, run_dir, show_progress, disable, echo)
+        _dispatch(list(groups.values()), plan, run_dir, show_progress, disable, echo, metric_cols)
     run_dir.write_tables(metric_cols)
     rows = {r["job_id"]: r for r in run_dir.rows()}
     statuses: dict[str, int] = {}
@@ -152,17 +152,13 @@ def run_matrix(
 
 def _preflight(matrix: Matrix, plugins: PluginSet) -> None:
     """Build every dataset once so that a missing folder is reported before any job runs."""
-    seen = set()
+    datasets = DatasetCache(plugins)
     specs = [("train.dataset", matrix.jobs[0].train_dataset)] + [
         ("matrix.datasets", j.dataset) for j in matrix.jobs
     ]
     for where, spec in specs:
-        key = repr((spec.name, sorted(spec.params.items())))
-        if key in seen:
-            continue
-        seen.add(key)
         try:
-            plugins.registry.build("dataset", spec.name, **spec.params)
+            datasets.get(spec)
         except QbenchError as exc:
             raise RunError(f"{matrix.source}: {where} ({spec.label}): {exc}") from exc
 
@@ -175,7 +171,7 @@ def _metric_columns(matrix: Matrix, plugins: PluginSet) -> list[str]:
     return cols
 
 
-def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo) -> None:
+def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo, metric_cols) -> None:
     ctx = mp.get_context("spawn")
     threads = int(os.environ.get("QBENCH_THREADS", "0") or 0) or max(
         1, (os.cpu_count() or 1) // len(plan)
@@ -251,7 +247,7 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo) -> None:
                     else:
                         finished_groups += 1
                         _echo_rows(run_dir, w.group, echo, finished_groups, total)
-                        run_dir.write_tables()
+                        run_dir.write_tables(metric_cols)
                         assign(w)
                         continue
                 if w.proc.sentinel in ready or not w.proc.is_alive():
@@ -263,7 +259,7 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo) -> None:
                             run_dir.write_row(failure_row(job, "failed", reason, order))
                     finished_groups += 1
                     echo(f"[worker {w.index}] {reason}; its unfinished jobs are marked failed")
-                    run_dir.write_tables()
+                    run_dir.write_tables(metric_cols)
                     start(w)
                     assign(w)
     finally:

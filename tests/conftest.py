@@ -54,6 +54,11 @@ def make_distribution(
     return root
 
 
+def pythonpath_with(root: Path) -> str:
+    """``PYTHONPATH`` with ``root`` in front, for subprocesses and spawned workers."""
+    return os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+
+
 @pytest.fixture
 def on_path(monkeypatch):
     """Put a folder on sys.path for this test only (and forget cached imports from it)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import make_distribution
+from .conftest import make_distribution, pythonpath_with
 
 BROKEN = '''
 import torch
@@ -62,8 +62,7 @@ def broken_site(tmp_path):
 
 def run_conformance(pytester, site, *args):
     pytester.makeini("[pytest]\naddopts =\n")
-    env_path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
-    pytester._monkeypatch.setenv("PYTHONPATH", env_path)
+    pytester._monkeypatch.setenv("PYTHONPATH", pythonpath_with(site))
     return pytester.runpytest_subprocess(
         "--qbench-conformance", "-p", "no:cacheprovider", "-p", "no:randomly", *args
     )
@@ -136,7 +135,7 @@ def example_installed(tmp_path_factory):
 def _env(target):
     return {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": pythonpath_with(target),
     }
 
 

@@ -17,7 +17,7 @@ import qbench.plugins
 from qbench.matrix import load_matrix
 from qbench.runner import run_matrix
 
-from .conftest import make_distribution
+from .conftest import make_distribution, pythonpath_with
 
 FAULTY = '''
 import os, signal
@@ -85,7 +85,7 @@ def faulty_plugin(tmp_path, monkeypatch, on_path):
         tmp_path / "site", "qbench-faulty", {"faulty_plugin": FAULTY}, {"faulty": "faulty_plugin"}
     )
     on_path(root)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", pythonpath_with(root))
     qbench.plugins.reset()
     yield root
     qbench.plugins.reset()
@@ -241,7 +241,7 @@ def test_metric_plugin_adds_columns_to_results_and_report(tmp_path, monkeypatch,
         tmp_path / "site", "qbench-maxerr", {"maxerr_plugin": MAXERR}, {"maxerr": "maxerr_plugin"}
     )
     on_path(root)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", pythonpath_with(root))
     qbench.plugins.reset()
     try:
         p = tiny(tmp_path)
