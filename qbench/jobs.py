@@ -102,6 +102,7 @@ def run_group(
         plugins.hook.qbench_job_started(job=job)
     rows: dict[str, dict[str, Any]] = {}
     try:
+        training.seed_everything(first.seed)  # before the weights are initialised
         model = build_model(first, plugins)
         cached = run_dir.load_checkpoint(first.train_id)
         history: list[dict[str, Any]] = []
@@ -122,7 +123,6 @@ def run_group(
                         "refine from an anchor"
                     )
                 steps = first.refine_steps
-            training.seed_everything(first.seed)
             images = datasets.uint8_images(first.train_dataset)
             sampler = training.CropSampler(images, first.train["crop"], first.seed)
             bar = _progress(first, steps, position, show_progress)

@@ -292,3 +292,17 @@ def test_force_reruns_finished_jobs(tmp_path):
     rows = read_csv(out / "results.csv")
     assert s.ran == 1 and len(rows) == 1
     assert rows[0]["train_seconds"] != before  # trained again, not loaded from the checkpoint
+
+
+def test_job_result_does_not_depend_on_its_place_in_the_worker(tmp_path):
+    """Weights are initialised after seeding: a job run alone or after another one agrees."""
+    qbench.plugins.reset()
+    reg = qbench.plugins.get_plugins().registry
+    alone = load_matrix(tiny(tmp_path, '["ste"]', steps=2, name="a.toml"), reg)
+    after = load_matrix(tiny(tmp_path, '["noise", "ste"]', steps=2, name="b.toml"), reg)
+    run_matrix(alone, tmp_path / "a", device="cpu", show_progress=False, echo=lambda *_: None)
+    run_matrix(after, tmp_path / "b", device="cpu", show_progress=False, echo=lambda *_: None)
+    a = {r["quantizer"]: r for r in read_csv(tmp_path / "a" / "results.csv")}
+    b = {r["quantizer"]: r for r in read_csv(tmp_path / "b" / "results.csv")}
+    assert a["ste"]["job_id"] == b["ste"]["job_id"]
+    assert a["ste"]["bpp"] == b["ste"]["bpp"] and a["ste"]["psnr"] == b["ste"]["psnr"]
