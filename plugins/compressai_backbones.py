@@ -13,6 +13,7 @@ the adapters pass the (detached) medians as the quantizer's ``means``.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,91 +118,50 @@ class _CompressAIBackbone(qbench.Backbone):
     def update(self, force: bool = True) -> None:
         self.net.update(force=force)
 
-    def state_dict_for_checkpoint(self) -> dict[str, Tensor]:
-        return self.net.state_dict()
-
     # -- one latent through the factorized entropy bottleneck ------------------
-    def _medians(self, z: Tensor) -> Tensor:
+    def _medians(self, channels: int, dims: int = 4) -> Tensor:
         eb = self.net.entropy_bottleneck
-        return eb._get_medians().detach().reshape(1, -1, *([1] * (z.dim() - 2)))
+        return eb._get_medians().detach().reshape(1, channels, *([1] * (dims - 2)))
+
+    def _channel_indexes(self, shape) -> Tensor:
+        channels = shape[1]
+        return torch.arange(channels).view(1, -1, *([1] * (len(shape) - 2))).expand(*shape)
 
     def _bottleneck(self, name: str, z: Tensor) -> tuple[Tensor, Tensor]:
-        q = self.quantizers[name]
-        med = self._medians(z)
-        out = q(z, med)
-        lik = bottleneck_likelihood(self.net.entropy_bottleneck, *q.bins(out.rate, med))
-        return out.dist, lik
-
-    def _gaussian(self, y: Tensor, scales: Tensor, means: Tensor | None) -> tuple[Tensor, Tensor]:
-        q = self.quantizers["y"]
-        out = q(y, means)
-        lik = gaussian_likelihood(
-            self.net.gaussian_conditional, *q.bins(out.rate, means), scales, means
+        eb = self.net.entropy_bottleneck
+        return self.quantize_latent(
+            name, z, self._medians(z.shape[1], z.dim()), partial(bottleneck_likelihood, eb)
         )
-        return out.dist, lik
 
-    # -- real entropy coding of one latent --------------------------------------
     def _code_bottleneck(self, name: str, z: Tensor) -> tuple[list[bytes], Tensor]:
-        """Code ``z`` with the factorized model; return the strings and the encoder's values."""
-        q = self.quantizers[name]
-        med = self._medians(z)
-        if q.uniform:
-            return self.net.entropy_bottleneck.compress(z), q.quantize(z, med)
-        idx = q.symbols(z, med)
-        tables = self._bottleneck_tables(q, z.shape[1])
-        channel = torch.arange(z.shape[1], device=z.device).view(1, -1, *([1] * (z.dim() - 2)))
-        strings = coding.encode(idx, channel.expand_as(idx), tables)
-        return strings, q.from_symbols(idx, med).to(z.dtype)
+        tables = coding.BottleneckTables(self.net.entropy_bottleneck)
+        med = self._medians(z.shape[1], z.dim())
+        return self.code_latent(name, z, med, tables, self._channel_indexes(z.shape))
 
     def _decode_bottleneck(self, name: str, strings: list[bytes], shape) -> Tensor:
-        q = self.quantizers[name]
         eb = self.net.entropy_bottleneck
-        if q.uniform:
-            return eb.decompress(strings, shape)
-        channels = eb._get_medians().shape[0]
-        size = (len(strings), channels, *shape)
-        channel = torch.arange(channels).view(1, -1, 1, 1).expand(size)
-        idx = coding.decode(strings, channel, self._bottleneck_tables(q, channels))
-        med = eb._get_medians().detach().reshape(1, -1, 1, 1)
-        return q.from_symbols(idx, med).float()
+        size = (len(strings), eb._get_medians().shape[0], *shape)
+        tables = coding.BottleneckTables(eb)
+        med = self._medians(size[1], len(size))
+        return self.decode_latent(name, strings, med, tables, self._channel_indexes(size))
 
-    @torch.no_grad()
-    def _bottleneck_tables(self, q, channels: int) -> coding.CdfTables:
-        lower, upper = q.cell_bounds()
-        med = self.net.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1)
-        lo = lower.view(1, 1, -1).expand(1, channels, -1) + med
-        hi = upper.view(1, 1, -1).expand(1, channels, -1) + med
-        pmf = bottleneck_likelihood(self.net.entropy_bottleneck, lo, hi)[0]
-        return coding.build_tables(pmf)
-
-    @torch.no_grad()
-    def _gaussian_tables(self, q) -> coding.CdfTables:
+    # -- y through the Gaussian conditional ------------------------------------
+    def _gaussian(self, y: Tensor, scales: Tensor, means: Tensor | None) -> tuple[Tensor, Tensor]:
         gc = self.net.gaussian_conditional
-        lower, upper = q.cell_bounds()
-        scales = gc.lower_bound_scale(gc.scale_table).view(-1, 1)
-        pmf = gc._standardized_cumulative(upper.view(1, -1) / scales) - gc._standardized_cumulative(
-            lower.view(1, -1) / scales
+        return self.quantize_latent(
+            "y", y, means, partial(gaussian_likelihood, gc, scales=scales, means=means)
         )
-        return coding.build_tables(pmf)
 
     def _code_gaussian(self, y: Tensor, scales: Tensor, means: Tensor | None):
         gc = self.net.gaussian_conditional
-        q = self.quantizers["y"]
-        indexes = gc.build_indexes(scales)
-        if q.uniform:
-            return gc.compress(y, indexes, means=means), q.quantize(y, means)
-        idx = q.symbols(y, means)
-        strings = coding.encode(idx, indexes, self._gaussian_tables(q))
-        return strings, q.from_symbols(idx, means).to(y.dtype)
+        tables = coding.GaussianTables(gc)
+        return self.code_latent("y", y, means, tables, gc.build_indexes(scales))
 
     def _decode_gaussian(self, strings, scales: Tensor, means: Tensor | None) -> Tensor:
         gc = self.net.gaussian_conditional
-        q = self.quantizers["y"]
-        indexes = gc.build_indexes(scales)
-        if q.uniform:
-            return gc.decompress(strings, indexes, scales.dtype, means)
-        idx = coding.decode(strings, indexes, self._gaussian_tables(q))
-        return q.from_symbols(idx, means).to(scales.dtype)
+        tables = coding.GaussianTables(gc)
+        y_hat = self.decode_latent("y", strings, means, tables, gc.build_indexes(scales))
+        return y_hat.to(scales.dtype)
 
 
 class Factorized(_CompressAIBackbone):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
 from pytorch_msssim import ms_ssim as _ms_ssim
 
 import qbench
+from qbench import rd
 from qbench.analysis import mismatch, model_gradient_statistics
 
 
@@ -21,8 +21,7 @@ class Bpp(qbench.Metric):
     columns = ("bpp",)
 
     def per_image(self, ev: qbench.ImageEval) -> dict[str, float]:
-        bits = sum(float((-torch.log2(p)).sum()) for p in ev.likelihoods.values())
-        return {"bpp": bits / ev.num_pixels}
+        return {"bpp": float(rd.bpp(ev.likelihoods, ev.num_pixels))}
 
 
 class BitstreamBpp(qbench.Metric):
@@ -36,19 +35,14 @@ class BitstreamBpp(qbench.Metric):
         return {"bpp_bitstream": 8.0 * ev.num_bytes / ev.num_pixels, "bitexact": float(ev.bitexact)}
 
 
-def psnr(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """PSNR in dB on the 0-255 scale after clamping to [0, 1] (``10 log10(1 / MSE)``)."""
-    mse = float(torch.mean((x.clamp(0, 1) - x_hat.clamp(0, 1)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-
 class PSNR(qbench.Metric):
-    """PSNR of the eval-mode reconstruction, per image, then averaged over images."""
+    """PSNR of the eval-mode reconstruction (:func:`qbench.rd.psnr`), per image, then
+    averaged over images."""
 
     columns = ("psnr",)
 
     def per_image(self, ev: qbench.ImageEval) -> dict[str, float]:
-        return {"psnr": psnr(ev.x, ev.x_hat)}
+        return {"psnr": rd.psnr(ev.x, ev.x_hat)}
 
 
 def ms_ssim(x: torch.Tensor, x_hat: torch.Tensor) -> float:

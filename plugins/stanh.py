@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 import qbench
+import qbench.coding
 
 #: Outer cell bound standing in for +-infinity (far outside any latent's range).
 FAR = 1e4
@@ -45,8 +46,6 @@ class STanH(qbench.Quantizer):
     Default ``levels = 61`` (``E = 30``, enough for the latents of small
     CompressAI models; the paper uses about 60 per latent): 120 parameters.
     """
-
-    uniform = False
 
     def __init__(
         self,
@@ -113,6 +112,10 @@ class STanH(qbench.Quantizer):
         c = self.levels().detach()
         out = c[idx.long()]
         return out if means is None else out.to(means.dtype) + means
+
+    def tables(self, entropy: qbench.coding.EntropyTables) -> qbench.coding.CdfTables:
+        """Tables over the ``L`` levels' cells (symbols are level indices)."""
+        return entropy.cell_tables(*(t.detach() for t in self.cell_bounds()))
 
     def quantize(self, y: Tensor, means: Tensor | None = None) -> Tensor:
         out = self.from_symbols(self.symbols(y, means), means)

@@ -40,15 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from qbench.train import rd_loss
-
-
-def _psnr(mse: float) -> float:
-    return float("inf") if mse <= 0 else 10.0 * math.log10(1.0 / mse)
-
-
-def _bpp(out, n_pixels: int) -> Tensor:
-    return sum((-torch.log2(p)).sum() for p in out["likelihoods"].values()) / n_pixels
+from qbench import rd
 
 
 @torch.no_grad()
@@ -58,14 +50,14 @@ def mismatch(model, x: Tensor, draws: int = 4) -> dict[str, float]:
     n_pix = x.shape[0] * x.shape[-2] * x.shape[-1]
     model.eval()
     hard = model(x)
-    bpp_h = float(_bpp(hard, n_pix))
-    mse_h = float(torch.mean((hard["x_hat"].clamp(0, 1) - x) ** 2))
+    bpp_h = float(rd.bpp(hard["likelihoods"], n_pix))
+    mse_h = float(rd.mse(x, hard["x_hat"], clamp=True))
     model.train()
     bpp_s = mse_s = lat = 0.0
     for _ in range(draws):
         out = model(x)
-        bpp_s += float(_bpp(out, n_pix)) / draws
-        mse_s += float(torch.mean((out["x_hat"].clamp(0, 1) - x) ** 2)) / draws
+        bpp_s += float(rd.bpp(out["likelihoods"], n_pix)) / draws
+        mse_s += float(rd.mse(x, out["x_hat"], clamp=True)) / draws
         sq = sum(
             float(((out["latents"][k] - hard["latents"][k]) ** 2).sum()) for k in hard["latents"]
         )
@@ -74,7 +66,7 @@ def mismatch(model, x: Tensor, draws: int = 4) -> dict[str, float]:
     model.train(was_training)
     return {
         "mismatch_rate": (bpp_s - bpp_h) / bpp_h if bpp_h > 0 else float("nan"),
-        "mismatch_dist": _psnr(mse_s) - _psnr(mse_h),
+        "mismatch_dist": rd.psnr_from_mse(mse_s) - rd.psnr_from_mse(mse_h),
         "mismatch_latent": lat,
     }
 
@@ -197,7 +189,7 @@ def _analysis_gradients(model) -> Iterator[list[Tensor]]:
 def _rd_loss_in_mode(model, x: Tensor, lmbda: float, training: bool) -> Callable[[], Tensor]:
     def loss() -> Tensor:
         model.train(training)
-        return rd_loss(model(x), x, lmbda)[0]
+        return rd.rd_loss(model(x), x, lmbda)[0]
 
     return loss
 

@@ -1,10 +1,18 @@
 """The backbone contract: a codec whose every quantization goes through a plugin quantizer.
 
 A backbone declares its quantized latents (``latents``, e.g. ``("y", "z")``)
-and the multiple its input sides must be padded to (``multiple``). The runner
+and the multiple its input sides must be padded to (``multiple``). qbench
 builds one :class:`qbench.Quantizer` per latent and hands them over with
-:meth:`Backbone.set_quantizers`. Every likelihood a backbone computes uses the
-quantizer's ``bins``: ``P = CDF(upper) - CDF(lower)``.
+:meth:`Backbone.set_quantizers`.
+
+**Where the quantizer is applied**: a backbone passes each latent through
+:meth:`Backbone.quantize_latent` in ``forward`` (the surrogate in training,
+hard values in eval; the likelihood is computed on the quantizer's ``bins``,
+``P = CDF(upper) - CDF(lower)``), and through :meth:`Backbone.code_latent` /
+:meth:`Backbone.decode_latent` in ``compress`` / ``decompress`` (the
+quantizer's symbols, coded with the tables it picks from the entropy model,
+:mod:`qbench.coding`). A backbone written with these three helpers supports
+every quantizer, uniform or not, without knowing which it has.
 
 Outputs (all tensors batched, ``N x C x H x W``):
 
@@ -18,19 +26,24 @@ Outputs (all tensors batched, ``N x C x H x W``):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
+from qbench import coding
 from qbench.quantizer import Quantizer
+
+#: ``likelihood(lower, upper) -> P``: the entropy model's probability of each cell.
+CellLikelihood = Callable[[Tensor, Tensor], Tensor]
 
 
 class Backbone(nn.Module):
     """Base class of codec backbones (see the module docstring for the contract).
 
-    Subclasses implement ``forward``, ``compress``, ``decompress``, and for
-    CompressAI-style models ``update`` and ``aux_loss``.
+    Subclasses implement ``forward``, ``compress``, ``decompress`` and
+    ``analysis``, and for CompressAI-style models ``update``, ``aux_loss`` and
+    ``aux_parameters``.
     """
 
     latents: tuple[str, ...] = ("y",)
@@ -55,11 +68,64 @@ class Backbone(nn.Module):
         self.quantizers = nn.ModuleDict(dict(quantizers))
 
     def set_progress(self, t: float) -> None:
-        """Forward the training progress to every quantizer."""
+        """Forward the training progress ``t`` in [0, 1] to every quantizer.
+
+        This is the call site of ``Quantizer.set_progress``: the range is
+        checked here, so a quantizer need not check it.
+        """
+        t = float(t)
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"training progress must lie in [0, 1], got {t}")
         for q in self.quantizers.values():
             q.set_progress(t)
 
+    # -- applying the quantizers -------------------------------------------------
+    def quantize_latent(
+        self, latent: str, y: Tensor, means: Tensor | None, likelihood: CellLikelihood
+    ) -> tuple[Tensor, Tensor]:
+        """``(value fed onwards, likelihoods)`` of latent ``latent`` in ``forward``.
+
+        ``quantizer(y, means)`` gives the surrogate (training) or the hard
+        values (eval); the likelihood of its ``rate`` value is
+        ``likelihood(*quantizer.bins(rate, means))``.
+        """
+        q = self.quantizers[latent]
+        out = q(y, means)
+        return out.dist, likelihood(*q.bins(out.rate, means))
+
+    def code_latent(
+        self,
+        latent: str,
+        y: Tensor,
+        means: Tensor | None,
+        entropy: coding.EntropyTables,
+        indexes: Tensor,
+    ) -> tuple[list[bytes], Tensor]:
+        """Entropy-code latent ``latent``: ``(one string per image, the encoder's hard values)``.
+
+        ``indexes`` pick each value's table (a scale index, a channel).
+        """
+        q = self.quantizers[latent]
+        symbols = q.symbols(y, means)
+        strings = coding.encode(symbols, indexes, q.tables(entropy))
+        return strings, q.from_symbols(symbols, means).to(y.dtype)
+
+    def decode_latent(
+        self,
+        latent: str,
+        strings: list[bytes],
+        means: Tensor | None,
+        entropy: coding.EntropyTables,
+        indexes: Tensor,
+    ) -> Tensor:
+        """Inverse of :meth:`code_latent`: the decoded hard values of latent ``latent``."""
+        q = self.quantizers[latent]
+        symbols = coding.decode(strings, indexes, q.tables(entropy))
+        return q.from_symbols(symbols, means)
+
+    # -- parameters ----------------------------------------------------------------
     def quantizer_parameters(self) -> Iterator[nn.Parameter]:
+        """The quantizers' own parameters (what a derived model refines)."""
         return self.quantizers.parameters()
 
     def aux_parameters(self) -> Iterator[nn.Parameter]:
@@ -67,6 +133,7 @@ class Backbone(nn.Module):
         return iter(())
 
     def main_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter the rate-distortion loss trains (all but the auxiliary ones)."""
         aux = {id(p) for p in self.aux_parameters()}
         return (p for p in self.parameters() if id(p) not in aux)
 
@@ -79,6 +146,7 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def aux_loss(self) -> Tensor | float:
+        """The auxiliary loss (CompressAI's quantile loss); 0 by default."""
         return 0.0
 
     def update(self, force: bool = True) -> None:

@@ -40,7 +40,7 @@ def cmd_validate(args) -> int:
 
     from qbench.matrix import load_matrix
 
-    matrix = load_matrix(args.matrix, _plugins(args).registry)
+    matrix = load_matrix(args.matrix, _plugins(args).registry, args.set)
     rows = [
         [
             j.job_id,
@@ -62,7 +62,7 @@ def cmd_validate(args) -> int:
     groups = len({j.train_id for j in matrix.jobs})
     print(
         f"\n{matrix.source}: {len(matrix.jobs)} jobs ({groups} trainings of "
-        f"{matrix.train['steps']} steps); anchor {matrix.report['anchor']!r}"
+        f"{matrix.train.steps} steps); anchor {matrix.report['anchor']!r}"
     )
     return 0
 
@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
     from qbench.runner import run_matrix
 
     plugins = _plugins(args)
-    matrix = load_matrix(args.matrix, plugins.registry)
+    matrix = load_matrix(args.matrix, plugins.registry, args.set)
     out = Path(args.out or Path("runs") / matrix.name)
     summary = run_matrix(
         matrix,
@@ -108,6 +108,26 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_new_plugin(args) -> int:
+    from qbench.scaffold import write_plugin
+
+    root = write_plugin(args.name, args.kind, args.out)
+    print(f"wrote {root}; install it with: pip install -e {root}")
+    print(f"then check it with: pytest {root}")
+    return 0
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a matrix key (train.steps=200, eval.max_images=4); repeatable; "
+        "validated like the file and part of the job ids",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qbench",
@@ -138,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-run failed and diverged jobs (finished ones are kept)",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_set(r)
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="plugins and what they registered")
@@ -145,7 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="expand and check a matrix; print the jobs")
     v.add_argument("matrix", nargs="?")
+    _add_set(v)
     v.set_defaults(func=cmd_validate)
+
+    n = sub.add_parser(
+        "new-plugin",
+        help="write a pip-installable plugin package that passes conformance",
+        description="Write a small pip-installable plugin package: pyproject.toml with the "
+        "qbench entry point, a documented module with a working example of the kind, a "
+        "matrix that uses it and a test that runs the conformance suite on it.",
+    )
+    n.add_argument("name", help="the name the plugin registers (e.g. halfnoise)")
+    n.add_argument(
+        "--kind", required=True, choices=["quantizer", "backbone", "dataset", "metric"]
+    )
+    n.add_argument("--out", help="folder to create (default: ./qbench-NAME)")
+    n.set_defaults(func=cmd_new_plugin)
 
     rep = sub.add_parser("report", help="rebuild tables and plots of a run directory")
     rep.add_argument("run_dir")

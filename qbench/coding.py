@@ -1,12 +1,26 @@
-"""Entropy coding of quantization-cell indices with CompressAI's rANS coder.
+"""Entropy coding of a quantizer's symbols with CompressAI's rANS coder: one path for all.
 
-For quantizers whose levels are not the integers (``Quantizer.uniform`` is
-False), a backbone codes the *index* ``j`` of each value's level instead of
-the integer symbol. The probability of index ``j`` under table ``k`` is the
-probability mass of level ``j``'s cell, ``pmf[k, j] = CDF_k(upper_j) -
-CDF_k(lower_j)``; each table becomes a 16-bit quantized CDF
-(``pmf_to_quantized_cdf``, with the leftover tail mass as CompressAI's escape
-symbol) and the indices are coded with ``RansEncoder.encode_with_indexes``.
+A backbone codes every latent the same way (:meth:`qbench.Backbone.code_latent`):
+the quantizer gives the integer ``symbols``, the entropy model and the
+quantizer together give the probability ``tables`` (one table per scale or
+channel, picked per symbol by ``indexes``), and :func:`encode` /
+:func:`decode` run CompressAI's ``RansEncoder.encode_with_indexes`` over them.
+
+An entropy model is seen through :class:`EntropyTables`, which offers two
+kinds of table:
+
+* ``integer_tables()``: the model's own tables for integer symbols with unit
+  cells, exactly those CompressAI's ``compress`` uses (uniform rounding,
+  bit-identical bitstreams);
+* ``cell_tables(lower, upper)``: tables over ``L`` levels whose cells
+  (relative to the mean) are given, ``pmf[k, j] = CDF_k(upper_j) -
+  CDF_k(lower_j)``, each made a 16-bit quantized CDF
+  (``pmf_to_quantized_cdf``, the leftover tail mass as CompressAI's escape
+  symbol); the symbols are then level indices ``0..L-1`` (non-uniform
+  quantizers such as STanH).
+
+The quantizer chooses which (``Quantizer.tables``), so no backbone branches
+on the kind of quantizer.
 """
 
 from __future__ import annotations
@@ -16,7 +30,10 @@ from dataclasses import dataclass
 import torch
 from compressai._CXX import pmf_to_quantized_cdf
 from compressai.ans import RansDecoder, RansEncoder
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor
+
+from qbench.likelihoods import bottleneck_likelihood
 
 PRECISION = 16
 
@@ -45,8 +62,72 @@ def build_tables(pmf: Tensor) -> CdfTables:
     return CdfTables(cdfs, lengths, [0] * len(cdfs))
 
 
+def _own_tables(model) -> CdfTables:
+    """A CompressAI entropy model's own tables (after ``update``), as its ``compress`` uses."""
+    return CdfTables(
+        model._quantized_cdf.tolist(),
+        model._cdf_length.reshape(-1).int().tolist(),
+        model._offset.reshape(-1).int().tolist(),
+    )
+
+
+class EntropyTables:
+    """The probability tables an entropy model offers a quantizer (see the module docstring)."""
+
+    def integer_tables(self) -> CdfTables:
+        """Tables for integer symbols with unit cells (CompressAI's own)."""
+        raise NotImplementedError
+
+    def cell_tables(self, lower: Tensor, upper: Tensor) -> CdfTables:
+        """Tables over ``L`` levels with cells ``[lower_j, upper_j]`` relative to the mean."""
+        raise NotImplementedError
+
+
+class GaussianTables(EntropyTables):
+    """Tables of a :class:`~compressai.entropy_models.GaussianConditional`: one per entry
+    of its ``scale_table`` (scale lower-bounded as in training), indexed by
+    ``build_indexes(scales)``."""
+
+    def __init__(self, gc: GaussianConditional) -> None:
+        self.gc = gc
+
+    def integer_tables(self) -> CdfTables:
+        return _own_tables(self.gc)
+
+    @torch.no_grad()
+    def cell_tables(self, lower: Tensor, upper: Tensor) -> CdfTables:
+        gc = self.gc
+        scales = gc.lower_bound_scale(gc.scale_table).view(-1, 1)
+        pmf = gc._standardized_cumulative(upper.view(1, -1) / scales) - gc._standardized_cumulative(
+            lower.view(1, -1) / scales
+        )
+        return build_tables(pmf)
+
+
+class BottleneckTables(EntropyTables):
+    """Tables of an :class:`~compressai.entropy_models.EntropyBottleneck`: one per channel,
+    cells relative to the channel's median."""
+
+    def __init__(self, eb: EntropyBottleneck) -> None:
+        self.eb = eb
+
+    def integer_tables(self) -> CdfTables:
+        return _own_tables(self.eb)
+
+    @torch.no_grad()
+    def cell_tables(self, lower: Tensor, upper: Tensor) -> CdfTables:
+        med = self.eb._get_medians().detach().reshape(1, -1, 1)
+        channels = med.shape[1]
+        lo = lower.view(1, 1, -1).expand(1, channels, -1) + med
+        hi = upper.view(1, 1, -1).expand(1, channels, -1) + med
+        return build_tables(bottleneck_likelihood(self.eb, lo, hi)[0])
+
+
 def encode(symbols: Tensor, indexes: Tensor, tables: CdfTables) -> list[bytes]:
-    """One byte string per batch element; ``symbols`` in ``[0, L)``, ``indexes`` in ``[0, K)``."""
+    """One byte string per batch element; ``indexes`` in ``[0, K)`` pick each symbol's table.
+
+    Symbols outside a table's range are escaped by the coder (as CompressAI does).
+    """
     enc = RansEncoder()
     out = []
     for s, i in zip(symbols, indexes):

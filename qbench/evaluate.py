@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +22,19 @@ from torch import Tensor
 
 from qbench.backbone import Backbone
 from qbench.metric import ImageEval, JobEval, Metric
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The ``[eval]`` section of a matrix.
+
+    Attributes:
+        metrics: registered metric names, in column order.
+        max_images: evaluate the first ``max_images`` images (0: all).
+    """
+
+    metrics: tuple[str, ...]
+    max_images: int
 
 
 def pad_to(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:
@@ -49,9 +63,10 @@ def count_bytes(strings: Any) -> int:
 
 
 def _aggregate(metrics: Sequence[Metric], rows: list[dict[str, float]]) -> dict[str, float]:
+    """Reduce each metric's per-image columns as it declares (``Metric.aggregate``)."""
     out: dict[str, float] = {}
     for metric in metrics:
-        how = getattr(metric, "aggregate", {})
+        how = metric.aggregate
         for col in metric.columns:
             values = [r[col] for r in rows if col in r]
             if not values:
@@ -65,7 +80,7 @@ def _aggregate(metrics: Sequence[Metric], rows: list[dict[str, float]]) -> dict[
 
 
 @torch.no_grad()
-def evaluate_image(model: Backbone, x: Tensor, name: str, lmbda: float = 0.0) -> ImageEval:
+def evaluate_image(model: Backbone, x: Tensor, name: str) -> ImageEval:
     """Forward pass and real bitstream round trip of one image (``3 x H x W`` or batched)."""
     if x.dim() == 3:
         x = x[None]
@@ -86,11 +101,9 @@ def evaluate_image(model: Backbone, x: Tensor, name: str, lmbda: float = 0.0) ->
         likelihoods=out["likelihoods"],
         num_pixels=x.shape[-2] * x.shape[-1],
         num_bytes=count_bytes(enc["strings"]),
-        x_dec=crop_back(dec["x_hat"], pad).clamp(0, 1),
         bitexact=bitexact,
         x_padded=xp,
         model=model,
-        lmbda=lmbda,
     )
 
 
@@ -100,7 +113,6 @@ def evaluate(
     names: Sequence[str],
     metrics: Sequence[Metric],
     *,
-    lmbda: float = 0.0,
     job_eval: JobEval | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Evaluate ``model`` on ``images``; return ``(averages, per-image rows)``."""
@@ -109,7 +121,7 @@ def evaluate(
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for x, name in zip(images, names):
-        ev = evaluate_image(model, x, name, lmbda)
+        ev = evaluate_image(model, x, name)
         row: dict[str, Any] = {"image": name}
         for metric in metrics:
             row.update(metric.per_image(ev))

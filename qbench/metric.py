@@ -1,17 +1,23 @@
 """The metric contract: columns of ``results.csv`` computed from an evaluation.
 
-A metric declares its ``columns`` and fills them per image (``per_image``,
-averaged over the evaluation set by qbench) and/or once per job
-(``per_job``). It receives an :class:`ImageEval` or :class:`JobEval` holding
-everything the evaluation computed; it must not write files.
+A metric declares its ``columns`` and fills them per image (``per_image``) and/or
+once per job (``per_job``). Per-image values are reduced over the evaluation
+set as the metric declares in ``aggregate`` (``"mean"`` over the finite values
+by default; ``"all"``: 1 when every image's value is true). A metric receives
+an :class:`ImageEval` or :class:`JobEval` holding everything the evaluation
+computed; it must not write files.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import Tensor
+
+#: The reductions a metric may declare for a per-image column.
+AGGREGATIONS = ("mean", "all")
 
 
 @dataclass
@@ -25,7 +31,6 @@ class ImageEval:
         likelihoods: ``{latent: P}`` of the eval-mode forward pass (padded area).
         num_pixels: ``H * W`` of the unpadded image (the bpp denominator).
         num_bytes: length of the real bitstream.
-        x_dec: reconstruction decoded from the bitstream, cropped.
         bitexact: decoded latents equal the encoder's.
         x_padded: the padded input the model saw.
         model: the backbone (eval mode); a metric that switches modes restores eval.
@@ -37,31 +42,37 @@ class ImageEval:
     likelihoods: dict[str, Tensor]
     num_pixels: int
     num_bytes: int
-    x_dec: Tensor
     bitexact: bool
     x_padded: Tensor
     model: Any
-    lmbda: float = 0.0
 
 
 @dataclass
 class JobEval:
-    """Once per job: the trained model and a fixed training batch."""
+    """Once per job: the trained model, a fixed training batch, the job's lambda and seed."""
 
     model: Any
     batch: Tensor
     lmbda: float
     seed: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Metric:
-    """Base class of metrics; subclasses set ``columns`` and override one method."""
+    """Base class of metrics; subclasses set ``columns`` and override one method.
 
-    columns: tuple[str, ...] = ()
+    Attributes:
+        columns: the ``results.csv`` columns this metric fills; the report
+            shows every one of them.
+        aggregate: ``{column: reduction}`` for per-image columns whose
+            reduction over the images is not the mean of the finite values
+            (one of :data:`AGGREGATIONS`).
+    """
+
+    columns: ClassVar[tuple[str, ...]] = ()
+    aggregate: ClassVar[Mapping[str, str]] = {}
 
     def per_image(self, ev: ImageEval) -> dict[str, float]:
-        """Values of (some of) ``columns`` for one image; averaged over the set."""
+        """Values of (some of) ``columns`` for one image; reduced over the set."""
         return {}
 
     def per_job(self, ev: JobEval) -> dict[str, float]:

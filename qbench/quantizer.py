@@ -18,7 +18,16 @@ quantized latent::
   reconstruction value; the likelihood is ``P = CDF(upper) - CDF(lower)``.
   The default is ``y_hat -+ 0.5``; a non-uniform quantizer returns its own.
 * ``set_progress(t)`` gives the training progress ``t`` in [0, 1] so that a
-  surrogate can anneal; values outside [0, 1] raise ``ValueError``.
+  surrogate can anneal (the caller guarantees the range).
+* The *index protocol* says how the hard values are entropy coded:
+  ``symbols(y, means)`` are the integers the coder writes, ``from_symbols``
+  maps them back to reconstruction values, and ``tables(entropy)`` picks the
+  coder's probability tables. The defaults are uniform rounding's (symbols
+  ``round(y - means)``, CompressAI's own integer tables), so one coding path
+  serves every quantizer; a non-uniform quantizer (STanH) overrides the three
+  together (symbols are level indices, tables built from its cells).
+* ``interpolate(other, a)`` blends two trained quantizers of one kind (the
+  variable-rate protocol); the default blends their floating state linearly.
 
 A minimal third-party quantizer overrides only the training branch::
 
@@ -44,9 +53,13 @@ and registers it from a plugin module::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from qbench.coding import CdfTables, EntropyTables
 
 __all__ = [
     "Quantized",
@@ -105,34 +118,36 @@ class Quantizer(nn.Module):
     """Base class of every quantization surrogate (the ``round`` control itself).
 
     The base class implements hard uniform rounding (around the means when
-    given) in both modes, its uniform bins and a no-op annealing schedule.
-    Subclasses override :meth:`forward`'s training branch, and a non-uniform
-    quantizer also overrides :meth:`quantize` and :meth:`bins` and sets
-    ``uniform = False``.
+    given) in both modes, its unit bins, the uniform index protocol, linear
+    interpolation of floating state and a no-op annealing schedule.
+    Subclasses override :meth:`forward`'s training branch; a non-uniform
+    quantizer also overrides :meth:`quantize`, :meth:`bins`, :meth:`symbols`,
+    :meth:`from_symbols` and :meth:`tables`.
 
-    Class attributes a backbone reads:
+    Attribute a backbone reads:
 
-    * ``uniform`` (bool): the reconstruction values are the integers (shifted by
-      the means), so CompressAI's own integer-symbol coder applies.
-    * ``scale_bound`` (float or None): a lower bound on the Gaussian
-      conditional's scale parameter that this quantizer asks the backbone to use
-      in training and test (SUA's trick); ``None`` keeps the backbone's own.
+    * ``scale_bound`` (float or None): a lower bound on a Gaussian
+      conditional's scale parameter that this quantizer asks the backbone to
+      use in training and coding; ``None`` keeps the backbone's own.
     """
 
-    uniform: bool = True
     scale_bound: float | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.progress = 0.0
 
+    # -- the surrogate ---------------------------------------------------------
     def forward(self, y: Tensor, means: Tensor | None = None) -> Quantized:
         """Hard quantization for both terms (training mode too, for the base class)."""
         y_hat = self.quantize(y, means)
         return Quantized(rate=y_hat, dist=y_hat)
 
     def quantize(self, y: Tensor, means: Tensor | None = None) -> Tensor:
-        """Hard test-time reconstruction values (what the decoder sees)."""
+        """Hard test-time reconstruction values (what the decoder sees).
+
+        Must equal ``from_symbols(symbols(y, means), means)``.
+        """
         return round_around(y, means)
 
     def bins(self, y_hat: Tensor, means: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -140,11 +155,59 @@ class Quantizer(nn.Module):
         return y_hat - 0.5, y_hat + 0.5
 
     def set_progress(self, t: float) -> None:
-        """Record the training progress ``t`` in [0, 1]; raise ``ValueError`` outside it."""
-        t = float(t)
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"training progress must lie in [0, 1], got {t}")
-        self.progress = t
+        """Record the training progress ``t`` in [0, 1] (the caller checks the range)."""
+        self.progress = float(t)
+
+    # -- the index protocol: what the entropy coder writes -------------------------
+    def symbols(self, y: Tensor, means: Tensor | None = None) -> Tensor:
+        """The integer symbols the entropy coder writes for ``y`` (int64).
+
+        Default: ``round(y - means)``, CompressAI's own symbols.
+        """
+        v = y if means is None else y - means
+        return torch.round(v).long()
+
+    def from_symbols(self, symbols: Tensor, means: Tensor | None = None) -> Tensor:
+        """Reconstruction values of decoded ``symbols`` (float; ``symbols + means`` by default)."""
+        dtype = means.dtype if means is not None else torch.get_default_dtype()
+        values = symbols.to(dtype)
+        return values if means is None else values + means
+
+    def tables(self, entropy: EntropyTables) -> CdfTables:
+        """The coder's probability tables for this quantizer's symbols under ``entropy``.
+
+        Default: the entropy model's own tables for integer symbols with unit
+        cells (bit-identical to CompressAI's ``compress``). A quantizer whose
+        cells differ returns ``entropy.cell_tables(lower, upper)`` for its
+        levels' cells.
+        """
+        return entropy.integer_tables()
+
+    # -- variable rate ---------------------------------------------------------
+    def interpolate(self, other: Quantizer, a: float) -> None:
+        """Become ``(1 - a) * self + a * other`` (in place), for ``a`` in [0, 1].
+
+        Default: every floating parameter and buffer is blended linearly;
+        integer state is kept from ``self``. Raises ``ValueError`` when
+        ``other`` is of another kind or its state has other names or shapes.
+        Override where the parameters do not blend linearly (STanH blends its
+        step heights, not their logarithms).
+        """
+        if type(other) is not type(self):
+            raise ValueError(
+                f"cannot interpolate a {type(self).__name__} with a {type(other).__name__}"
+            )
+        state, state2 = self.state_dict(), other.state_dict()
+        if set(state) != set(state2) or any(
+            state[k].shape != state2[k].shape for k in state
+        ):
+            raise ValueError(f"cannot interpolate two {type(self).__name__} of different shapes")
+        self.load_state_dict(
+            {
+                k: (1 - a) * v + a * state2[k] if v.is_floating_point() else v
+                for k, v in state.items()
+            }
+        )
 
     def extra_repr(self) -> str:
         return f"progress={self.progress:.3f}"

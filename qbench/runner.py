@@ -26,11 +26,13 @@ from typing import Any
 import torch
 
 from qbench import __version__
-from qbench.jobs import DatasetCache, failure_row, run_group
-from qbench.matrix import LOSS, Job, Matrix
+from qbench.jobs import Job
+from qbench.matrix import Matrix
 from qbench.plugins import DISABLE_ENV, PluginSet, get_plugins
+from qbench.rd import LOSS
 from qbench.registry import QbenchError
 from qbench.results import RunDir
+from qbench.worker import DatasetCache, failure_row, run_group
 
 
 class RunError(QbenchError):
@@ -60,13 +62,12 @@ def _worker_main(conn, index: int, device: str, threads: int, out: str, show: bo
     warnings.filterwarnings("ignore", category=FutureWarning)
     plugins = get_plugins()
     run_dir = RunDir(out)
-    datasets = DatasetCache(plugins)
+    datasets = DatasetCache(plugins.registry)
     dev = torch.device(device)
     while True:
-        msg = conn.recv()
-        if msg is None:
+        jobs = conn.recv()
+        if jobs is None:
             break
-        jobs = [(order, Job.from_dict(d)) for order, d in msg]
         run_group(jobs, run_dir, plugins, dev, datasets, position=index, show_progress=show)
         conn.send(("done", [j.job_id for _, j in jobs]))
 
@@ -126,7 +127,7 @@ def run_matrix(
         plan = plan[: max(1, len(groups))]
     manifest = _manifest(matrix, plugins, plan, disable)
     run_dir.write_manifest(manifest)
-    metric_cols = _metric_columns(matrix, plugins)
+    metric_cols = [c for cols in manifest["metric_columns"].values() for c in cols]
     echo(
         f"qbench {__version__}: {matrix.name}: {len(matrix.jobs)} jobs, "
         f"{len(matrix.jobs) - len(pending)} already finished, {len(pending)} to run on "
@@ -152,8 +153,8 @@ def run_matrix(
 
 def _preflight(matrix: Matrix, plugins: PluginSet) -> None:
     """Build every dataset once so that a missing folder is reported before any job runs."""
-    datasets = DatasetCache(plugins)
-    specs = [("train.dataset", matrix.jobs[0].train_dataset)] + [
+    datasets = DatasetCache(plugins.registry)
+    specs = [("train.dataset", matrix.train_dataset)] + [
         ("matrix.datasets", j.dataset) for j in matrix.jobs
     ]
     for where, spec in specs:
@@ -163,12 +164,11 @@ def _preflight(matrix: Matrix, plugins: PluginSet) -> None:
             raise RunError(f"{matrix.source}: {where} ({spec.label}): {exc}") from exc
 
 
-def _metric_columns(matrix: Matrix, plugins: PluginSet) -> list[str]:
-    cols: list[str] = []
-    for name in matrix.eval["metrics"]:
-        metric = plugins.registry.build("metric", name)
-        cols += [c for c in metric.columns if c not in cols]
-    return cols
+def _metric_columns(matrix: Matrix, plugins: PluginSet) -> dict[str, list[str]]:
+    """``{metric name: its declared columns}``, in the matrix's order."""
+    return {
+        name: list(plugins.registry.build("metric", name).columns) for name in matrix.eval.metrics
+    }
 
 
 def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo, metric_cols) -> None:
@@ -214,7 +214,7 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo, metric_c
         w.group = None
         blocked = unfinished()
         for k, group in enumerate(queue):
-            if not set(group[0][1].sources) & blocked:
+            if not set(group[0][1].recipe.sources) & blocked:
                 w.group = queue.pop(k)
                 break
         if w.group is None:
@@ -224,7 +224,7 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo, metric_c
             f"[worker {w.index}] start {names}"
             + (f" (+{len(w.group) - 1} eval sets)" if len(w.group) > 1 else "")
         )
-        w.conn.send([(o, j.to_dict()) for o, j in w.group])
+        w.conn.send(w.group)
 
     try:
         for w in workers:
@@ -340,6 +340,7 @@ def _manifest(matrix: Matrix, plugins: PluginSet, plan, disable) -> dict[str, An
         "loss": LOSS,
         "seeds": sorted({j.seed for j in matrix.jobs}),
         "matrix": matrix.resolved(),
+        "metric_columns": _metric_columns(matrix, plugins),
         "matrix_file": matrix.raw,
         "jobs": [
             {"job_id": j.job_id, "train_id": j.train_id, "describe": j.describe()}

@@ -1,9 +1,10 @@
 """One job's training loop: the standard learned-image-compression recipe.
 
 * random ``crop x crop`` patches of the training images (images smaller than
-  the crop are padded by reflection), ``batch_size`` per step, drawn from a
-  generator seeded by the job's seed;
-* loss ``lambda * 255^2 * MSE + bpp`` (CompressAI's ``RateDistortionLoss``),
+  the crop are padded by replicating their edge pixels), ``batch_size`` per
+  step, drawn from a generator seeded by the job's seed;
+* loss ``lambda * 255^2 * MSE + bpp`` (:func:`qbench.rd.rd_loss`, CompressAI's
+  ``RateDistortionLoss`` convention),
   Adam on the main parameters (quantizer parameters included) with ``lr``,
   a separate Adam on CompressAI's auxiliary (quantile) loss with ``aux_lr``;
 * gradient clipping to ``clip_max_norm`` (0 disables);
@@ -18,7 +19,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,28 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qbench.backbone import Backbone
+from qbench.rd import rd_loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``[train]`` section of a matrix, less its dataset (see DESIGN.md).
+
+    ``log_every`` sets how often the training statistics are recorded; it is a
+    probe setting, not part of a job's identity.
+    """
+
+    steps: int
+    batch_size: int
+    crop: int
+    lr: float
+    aux_lr: float
+    clip_max_norm: float
+    log_every: int
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the trained weights (everything but ``log_every``)."""
+        return {k: v for k, v in asdict(self).items() if k != "log_every"}
 
 
 def seed_everything(seed: int) -> None:
@@ -66,20 +89,28 @@ class CropSampler:
         return torch.stack(out).float().div_(255.0)
 
 
-def rd_loss(out: dict[str, Any], x: Tensor, lmbda: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(loss, bpp, mse)`` with ``loss = lambda * 255^2 * mse + bpp``."""
-    n, _, h, w = x.shape
-    bpp = sum((-torch.log2(p)).sum() for p in out["likelihoods"].values()) / (n * h * w)
-    mse = F.mse_loss(out["x_hat"], x)
-    return lmbda * 255.0**2 * mse + bpp, bpp, mse
-
-
 @dataclass
-class TrainResult:
-    status: str  # "ok" or "diverged"
+class Outcome:
+    """How a job's weights came to be: the one shape of a training outcome.
+
+    Saved beside every checkpoint and copied into the job's rows.
+
+    Attributes:
+        status: ``"ok"`` or ``"diverged"`` (a NaN or infinite loss).
+        reason: why, when not ok.
+        steps: optimisation steps taken.
+        seconds: wall time of those steps.
+        trained_parameters: how many parameters the optimizer updated.
+        history: the training statistics recorded every ``log_every`` steps.
+        final: the last step's loss, bpp and mse.
+    """
+
+    status: str
     steps: int
     seconds: float
     reason: str = ""
+    trained_parameters: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
 
 
@@ -99,7 +130,7 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_log: Callable[[int], None] | None = None,
     log_every: int = 0,
-) -> TrainResult:
+) -> Outcome:
     """Train ``model`` in place for ``steps`` steps; see the module docstring.
 
     ``parameters`` restricts the main optimizer (e.g. STanH refinement trains
@@ -114,6 +145,7 @@ def train(
     aux = [p for p in model.aux_parameters() if id(p) not in trainable] if train_aux else []
     for p in aux:
         p.requires_grad_(True)
+    n_trained = sum(p.numel() for p in params)
     opt = torch.optim.Adam(params, lr=lr)
     aux_opt = torch.optim.Adam(aux, lr=aux_lr) if aux else None
     start = time.perf_counter()
@@ -126,11 +158,12 @@ def train(
         loss, bpp, mse = rd_loss(out, x, lmbda)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
-            return TrainResult(
+            return Outcome(
                 "diverged",
                 step,
                 time.perf_counter() - start,
                 f"loss became {loss_value} at step {step}",
+                trained_parameters=n_trained,
             )
         loss.backward()
         if clip_max_norm > 0:
@@ -149,4 +182,6 @@ def train(
     model.set_progress(1.0)
     for p in model.parameters():
         p.requires_grad_(True)
-    return TrainResult("ok", steps, time.perf_counter() - start, final=stats)
+    return Outcome(
+        "ok", steps, time.perf_counter() - start, trained_parameters=n_trained, final=stats
+    )

@@ -1,0 +1,256 @@
+"""One worker's loop over a train group: build, produce weights, evaluate, write rows.
+
+A *train group* is the jobs of a matrix that share one trained model (they
+differ only in the evaluation dataset or label). :func:`run_group` builds the
+model, has the group's recipe produce its weights (or loads the group's
+checkpoint when a killed run already produced them), evaluates every job and
+writes one atomic row per job. Failures are captured here and nowhere else:
+an exception inside a plugin becomes a ``failed`` row with the reason (and a
+traceback in ``logs/``), a NaN loss a ``diverged`` row, and an exception in a
+lifecycle hook is reported with the plugin's name while the job goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from qbench.analysis import training_statistics
+from qbench.backbone import Backbone
+from qbench.evaluate import evaluate
+from qbench.jobs import Job, Spec
+from qbench.metric import JobEval
+from qbench.plugins import PluginSet
+from qbench.registry import QbenchError, Registry
+from qbench.results import RunDir
+from qbench.train import CropSampler, Outcome, seed_everything
+from qbench.weights import Context
+
+
+def build_model(job: Job, registry: Registry) -> Backbone:
+    """The job's backbone with one fresh quantizer per quantized latent.
+
+    The job's quantizer goes on the latents its entry lists (all by default);
+    every other latent gets the matrix's ``unlisted_latents`` quantizer.
+    """
+    model = registry.build("backbone", job.backbone.name, **job.backbone.params)
+    targets = job.quantizer.latents or model.latents
+    unknown = set(targets) - set(model.latents)
+    if unknown:
+        raise QbenchError(
+            f"quantizer {job.quantizer.label!r}: latents {sorted(unknown)} are not latents of "
+            f"backbone {job.backbone.label!r} ({list(model.latents)})"
+        )
+    quantizers = {}
+    for latent in model.latents:
+        spec = job.quantizer if latent in targets else job.unlisted
+        quantizers[latent] = registry.build("quantizer", spec.name, **spec.params)
+    model.set_quantizers(quantizers)
+    return model
+
+
+class DatasetCache:
+    """Datasets built once per process, keyed by name and parameters."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.cache: dict[str, Any] = {}
+
+    def get(self, spec: Spec) -> Any:
+        key = repr((spec.name, sorted(spec.params.items())))
+        if key not in self.cache:
+            self.cache[key] = self.registry.build("dataset", spec.name, **spec.params)
+        return self.cache[key]
+
+    def uint8_images(self, spec: Spec) -> list:
+        """Every image of the dataset as uint8 (the form training crops are cut from)."""
+        ds = self.get(spec)
+        return [ds.uint8(i) for i in range(len(ds))]
+
+
+def call_hook(plugins: PluginSet, name: str, echo=None, **kwargs: Any) -> None:
+    """Call lifecycle hook ``name`` on every plugin; a plugin that raises is reported, by name.
+
+    A logger or reporter must never fail a job: its exception is printed to
+    stderr with the plugin's name and the other plugins are still called.
+    """
+    echo = echo or (lambda msg: print(msg, file=sys.stderr))
+    for impl in getattr(plugins.hook, name).get_hookimpls():
+        try:
+            impl.function(**{k: kwargs[k] for k in impl.argnames})
+        except Exception as exc:
+            echo(f"qbench: warning: plugin {impl.plugin_name!r}: {name} raised {_reason(exc)}")
+
+
+def failure_row(job: Job, status: str, reason: str, order: int, **extra: Any) -> dict[str, Any]:
+    """The row of a job that did not finish ``ok``."""
+    return {**job.id_columns(), "order": order, "status": status, "reason": reason, **extra}
+
+
+def run_group(
+    jobs: list[tuple[int, Job]],
+    run_dir: RunDir,
+    plugins: PluginSet,
+    device: torch.device,
+    datasets: DatasetCache,
+    position: int = 0,
+    show_progress: bool = True,
+) -> None:
+    """Produce the weights once and evaluate every job of a train group; one row per job."""
+    first = jobs[0][1]
+    registry = plugins.registry
+    for _, job in jobs:
+        call_hook(plugins, "qbench_job_started", job=job)
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        seed_everything(first.seed)  # before the weights are initialised
+        model = build_model(first, registry)
+        cached = run_dir.load_checkpoint(first.train_id)
+        if cached is not None:
+            state, meta = cached
+            model.load_state_dict(state)
+            outcome = Outcome(**meta)
+        else:
+            bar = _progress(first, first.recipe.steps(first.train), position, show_progress)
+            ctx = Context(
+                build_model=lambda: build_model(first, registry),
+                source_weights=lambda train_id: _source_weights(run_dir, train_id),
+                train_images=lambda: datasets.uint8_images(first.train_dataset),
+                config=first.train,
+                lmbda=first.lmbda,
+                seed=first.seed,
+                device=device,
+                on_step=bar.update if bar else None,
+                on_log=_history_probe(first, device),
+            )
+            outcome = first.recipe.produce(model, ctx)
+            if bar:
+                bar.close()
+            if outcome.status == "ok":
+                run_dir.save_checkpoint(first.train_id, model.state_dict(), asdict(outcome))
+        if outcome.status != "ok":
+            for order, job in jobs:
+                rows[job.job_id] = failure_row(
+                    job,
+                    outcome.status,
+                    outcome.reason,
+                    order,
+                    steps=outcome.steps,
+                    train_seconds=outcome.seconds,
+                )
+        else:
+            _evaluate_group(jobs, model, outcome, run_dir, registry, device, datasets, rows)
+    except Exception as exc:
+        for order, job in jobs:
+            if job.job_id not in rows:
+                rows[job.job_id] = failure_row(job, "failed", _reason(exc), order)
+                _log_exception(run_dir, job, exc)
+    for _, job in jobs:
+        row = rows[job.job_id]
+        run_dir.write_row(row)
+        call_hook(plugins, "qbench_job_finished", job=job, result=row)
+
+
+def _evaluate_group(jobs, model, outcome: Outcome, run_dir, registry, device, datasets, rows):
+    """Evaluate the trained ``model`` on each job's dataset; one bad dataset fails one job."""
+    first = jobs[0][1]
+    model.to(device)
+    batch_gen = CropSampler(
+        datasets.uint8_images(first.train_dataset), first.train.crop, first.seed + 1
+    )
+    fixed_batch = batch_gen.batch(min(4, first.train.batch_size)).to(device)
+    for order, job in jobs:
+        try:
+            ds = datasets.get(job.dataset)
+            n = job.eval.max_images or len(ds)
+            idx = range(min(n, len(ds)))
+            metrics = [registry.build("metric", name) for name in job.eval.metrics]
+            averages, per_image = evaluate(
+                model,
+                [ds[i] for i in idx],
+                [ds.names[i] for i in idx],
+                metrics,
+                job_eval=JobEval(model, fixed_batch, job.lmbda, job.seed),
+            )
+            rows[job.job_id] = {
+                **job.id_columns(),
+                "order": order,
+                "status": "ok",
+                "reason": "",
+                **averages,
+                "steps": outcome.steps,
+                "train_seconds": outcome.seconds,
+                "trained_parameters": outcome.trained_parameters,
+                **job.recipe.columns(),
+                "per_image": per_image,
+                "history": outcome.history,
+            }
+        except Exception as exc:
+            rows[job.job_id] = failure_row(job, "failed", _reason(exc), order)
+            _log_exception(run_dir, job, exc)
+
+
+def _source_weights(run_dir: RunDir, train_id: str) -> dict[str, Any]:
+    cached = run_dir.load_checkpoint(train_id)
+    if cached is None:
+        raise QbenchError(
+            f"this job starts from the model of train group {train_id}, which did not finish "
+            "(see its row)"
+        )
+    return cached[0]
+
+
+def _history_probe(job: Job, device: torch.device):
+    """Every ``log_every`` steps: mismatch and gradient variance on a fixed batch."""
+
+    def start(model: Backbone, sampler: CropSampler, steps: int):
+        probe = sampler.batch(min(4, job.train.batch_size))
+
+        def log(step: int) -> dict[str, Any]:
+            stats = training_statistics(model, probe.to(device), job.lmbda)
+            return {"step": step, "progress": step / steps, **stats}
+
+        return log
+
+    return start
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+
+
+def _log_exception(run_dir: RunDir, job: Job, exc: BaseException) -> None:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    with contextlib.suppress(OSError):
+        (run_dir.logs_dir / f"{job.job_id}.log").write_text(text)
+
+
+def _progress(job: Job, steps: int, position: int, show: bool):
+    if not show or steps <= 0:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=steps,
+        desc=f"{job.quantizer.label} l={job.lmbda:g} s={job.seed}",
+        position=position,
+        leave=False,
+        mininterval=0.5,
+        dynamic_ncols=True,
+        disable=None,
+    )
+
+    class _Bar:
+        def update(self, step: int, stats: dict[str, float]) -> None:
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", bpp=f"{stats['bpp']:.3f}", refresh=False)
+            bar.update(1)
+
+        def close(self) -> None:
+            bar.close()
+
+    return _Bar()
