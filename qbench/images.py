@@ -100,6 +100,30 @@ class ImageDataset(Sequence):
             bad = f" ({len(self.skipped)} unreadable)" if self.skipped else ""
             raise DatasetError(f"no readable image in {description or 'dataset'}{bad}")
 
+    @classmethod
+    def from_tensors(
+        cls, images: Sequence[Tensor], names: Sequence[str], description: str = ""
+    ) -> ImageDataset:
+        """A dataset of images already in memory (``3 x H x W`` uint8 RGB tensors).
+
+        For dataset plugins that make or decode their images themselves.
+        """
+        if len(images) != len(names) or not images:
+            raise DatasetError(
+                f"{description or 'dataset'}: need one name per image and at least one image"
+            )
+        for name, img in zip(names, images):
+            if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != 3:
+                raise DatasetError(
+                    f"{description or 'dataset'}: image {name!r} is not a 3 x H x W uint8 "
+                    f"tensor ({tuple(img.shape)} {img.dtype})"
+                )
+        ds = cls.__new__(cls)
+        ds.description = description
+        ds.names, ds.paths, ds.skipped = list(names), [], []
+        ds._images = [img.contiguous() for img in images]
+        return ds
+
     def __len__(self) -> int:
         return len(self._images)
 

@@ -20,6 +20,7 @@ from tabulate import tabulate
 
 from qbench.bdrate import BDRateError, bd_rate
 from qbench.registry import QbenchError
+from qbench.results import ID_COLUMNS, TAIL_COLUMNS
 
 
 @dataclass
@@ -28,6 +29,31 @@ class Report:
     bd_rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
+
+
+#: The rate and distortion axes of every RD table, plot and BD-rate (DESIGN.md's columns).
+RD_COLUMNS = ("bpp", "psnr")
+#: Columns a qbench row carries besides metric values.
+BOOKKEEPING = set(ID_COLUMNS) | set(TAIL_COLUMNS) | {"mode", "interp_weight", "origin", "order"}
+
+
+def metric_columns(run_dir: Path, df: pd.DataFrame) -> dict[str, list[str]]:
+    """``{metric: its declared columns}`` from the manifest (what each metric plugin declared).
+
+    A run directory without that record (an older qbench) gets every numeric
+    column that is not bookkeeping, as one group ``other``.
+    """
+    path = Path(run_dir) / "manifest.json"
+    try:
+        declared = json.loads(path.read_text(encoding="utf-8")).get("metric_columns")
+    except (OSError, ValueError):
+        declared = None
+    if isinstance(declared, dict) and declared:
+        return {str(k): [str(c) for c in v] for k, v in declared.items()}
+    other = [
+        c for c in df.columns if c not in BOOKKEEPING and pd.api.types.is_numeric_dtype(df[c])
+    ]
+    return {"other": other} if other else {}
 
 
 def _md(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
@@ -198,14 +224,15 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
         "",
     ]
 
-    metric_cols = [c for c in ("bpp", "bpp_bitstream", "psnr", "ms_ssim") if c in ok.columns]
+    declared = metric_columns(run_dir, df)
+    rd_cols = [c for c in RD_COLUMNS if c in ok.columns]
     keys = ["backbone", "dataset", "quantizer", "lambda"]
     if "interp_weight" in ok.columns and ok["interp_weight"].notna().any():
         keys.append("interp_weight")
         ok["interp_weight"] = ok["interp_weight"].fillna(-1.0)
     rd = pd.DataFrame()
-    if metric_cols and not ok.empty:
-        g = ok.groupby(keys, sort=False)[metric_cols]
+    if rd_cols and not ok.empty:
+        g = ok.groupby(keys, sort=False)[rd_cols]
         rd = g.mean().reset_index()
         std = g.std().reset_index()
         rd["seeds"] = g.size().values
@@ -213,16 +240,15 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
             rd["interp_weight"] = (
                 rd["interp_weight"].astype(object).where(rd["interp_weight"] >= 0, None)
             )
-        for c in metric_cols:
+        for c in rd_cols:
             rd[c + "_std"] = std[c].fillna(0.0)
-        std_cols = [c + "_std" for c in ("bpp", "psnr") if c in metric_cols]
         sections += [
             "## Rate-distortion points (mean and standard deviation over seeds)",
             "",
-            _md(rd[keys + metric_cols + std_cols + ["seeds"]]),
+            _md(rd[keys + rd_cols + [c + "_std" for c in rd_cols] + ["seeds"]]),
             "",
         ]
-    summary_table = _md(rd[keys + metric_cols]) if not rd.empty else "(no finished job)"
+    summary_table = _md(rd[keys + rd_cols]) if not rd.empty else "(no finished job)"
 
     variable = _variable_rate_section(ok, notes)
     bd_rows = bd_table(ok, anchor, notes)
@@ -230,50 +256,15 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
         sections += ["## BD-rate against the anchor", "", _md(pd.DataFrame(bd_rows), ".2f"), ""]
 
     sections += variable
-    for title, cols in (
-        ("Train-test mismatch", ["mismatch_rate", "mismatch_dist", "mismatch_latent"]),
-        ("Gradient estimation", ["grad_var", "grad_bias"]),
-    ):
-        present = [c for c in cols if c in ok.columns]
-        if present and not ok.empty:
-            t = ok.groupby(keys, sort=False)[present].mean().reset_index()
-            sections += [f"## {title}", "", _md(t), ""]
-        elif not ok.empty:
-            notes.append(f"{title}: results.csv has no {', '.join(cols)} columns")
-
-    known = {
-        "backbone",
-        "quantizer",
-        "lambda",
-        "dataset",
-        "seed",
-        "job_id",
-        "status",
-        "reason",
-        "train_seconds",
-        "eval_seconds",
-        "steps",
-        "trained_parameters",
-        "train_id",
-        "mode",
-        "interp_weight",
-        "origin",
-        "bitexact",
-        "bpp",
-        "bpp_bitstream",
-        "psnr",
-        "ms_ssim",
-        "mismatch_rate",
-        "mismatch_dist",
-        "mismatch_latent",
-        "grad_var",
-        "grad_bias",
-        "order",
-    }
-    other = [c for c in ok.columns if c not in known and pd.api.types.is_numeric_dtype(ok[c])]
-    if other and not ok.empty:
-        t = ok.groupby(keys, sort=False)[other].mean().reset_index()
-        sections += ["## Other metrics", "", _md(t), ""]
+    if not ok.empty:
+        sections += ["## Metrics (mean over seeds)", ""]
+        for metric, cols in declared.items():
+            present = [c for c in cols if c in ok.columns]
+            if not present:
+                notes.append(f"metric {metric!r}: results.csv has none of its columns {cols}")
+                continue
+            t = ok.groupby(keys, sort=False)[present].mean(numeric_only=True).reset_index()
+            sections += [f"### `{metric}`", "", _md(t), ""]
 
     from qbench.plots import plot_bd, plot_history, plot_rd
 
