@@ -34,7 +34,6 @@ smoothed loss is locally linear.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch

@@ -177,9 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "matrix that uses it and a test that runs the conformance suite on it.",
     )
     n.add_argument("name", help="the name the plugin registers (e.g. halfnoise)")
-    n.add_argument(
-        "--kind", required=True, choices=["quantizer", "backbone", "dataset", "metric"]
-    )
+    n.add_argument("--kind", required=True, choices=["quantizer", "backbone", "dataset", "metric"])
     n.add_argument("--out", help="folder to create (default: ./qbench-NAME)")
     n.set_defaults(func=cmd_new_plugin)
 

@@ -417,9 +417,7 @@ def b_routes(entry, env):
                 _fail("routes_quantization", f"forward() never called {method}() of latent {k!r}")
         for method in ("symbols", "tables"):
             if (k, method) not in calls:
-                _fail(
-                    "routes_quantization", f"compress() never called {method}() of latent {k!r}"
-                )
+                _fail("routes_quantization", f"compress() never called {method}() of latent {k!r}")
 
 
 @rule("dataset", "rgb_in_unit_range")
@@ -493,7 +491,6 @@ def _noise_quantizer():
 @rule("metric", "finite_declared_columns")
 def m_columns(entry, env):
     """On a real tiny evaluation the metric returns finite numbers, only in declared columns."""
-    import qbench
     from qbench.evaluate import evaluate
     from qbench.metric import JobEval
 
@@ -596,9 +593,7 @@ def pytest_collection_modifyitems(session, config, items):
     wanted = {kind: config.getoption(f"--qbench-{kind}") for kind in KINDS}
     selecting = any(wanted.values())
     new = []
-    broken = [
-        p for p in plugins.problems if "import failed" in p.reason or "rejected" in p.reason
-    ]
+    broken = [p for p in plugins.problems if "import failed" in p.reason or "rejected" in p.reason]
     if selecting:  # checking named plugins: another plugin's problem is not theirs
         config._qbench_warnings = [
             f"plugin {p.plugin!r} ({p.distribution}) did not load: {p.reason}" for p in broken

@@ -70,9 +70,11 @@ def qbench_register_metrics(register: Register) -> None:
 
 @hookspec
 def qbench_job_started(job: Any) -> None:
-    """Called in the worker process just before ``job`` (a :class:`qbench.Job`) trains.
+    """Called in the worker process just before ``job`` (a :class:`qbench.jobs.Job`) runs.
 
-    For loggers and progress reporters; the return value is ignored.
+    For loggers and progress reporters; the return value is ignored. An
+    exception raised here is reported on stderr with the plugin's name; the
+    job and the other plugins' hooks go on.
     """
 
 
@@ -80,6 +82,8 @@ def qbench_job_started(job: Any) -> None:
 def qbench_job_finished(job: Any, result: dict) -> None:
     """Called in the worker process after ``job`` finished, failed or diverged.
 
-    ``result`` is the row written to ``results.csv`` (``status`` says which).
-    The return value is ignored.
+    ``result`` is the row written to ``results.csv`` (``status`` says which);
+    the row is on disk before the hook is called. The return value is
+    ignored; an exception is reported with the plugin's name and changes
+    nothing of the row.
     """

@@ -172,8 +172,10 @@ def parse_matrix(
     quantizers = ck.spec_list("quantizer", m["quantizers"], "matrix.quantizers")
     datasets = ck.spec_list("dataset", m["datasets"], "matrix.datasets")
     unlisted = ck.spec(
-        "quantizer", m.get("unlisted_latents", base["matrix"]["unlisted_latents"]),
-        "matrix.unlisted_latents", ENTRY_KEYS,
+        "quantizer",
+        m.get("unlisted_latents", base["matrix"]["unlisted_latents"]),
+        "matrix.unlisted_latents",
+        ENTRY_KEYS,
     )
     lambdas = ck.lambdas(m["lambdas"])
     seeds = ck.seeds(m.get("seeds", base["matrix"]["seeds"]))
@@ -209,16 +211,20 @@ def parse_matrix(
     if not report["anchor"]:
         report["anchor"] = labels[0]
 
-    grid = _Grid(ck, backbones, lambdas, datasets, seeds, unlisted, train_dataset, train_config,
-                 eval_config)
-    entries = [(i, q, ck.derivation(raw_entry, f"matrix.quantizers[{i}]"))
-               for i, (q, raw_entry) in enumerate(zip(quantizers, m["quantizers"]))]
+    grid = _Grid(
+        ck, backbones, lambdas, datasets, seeds, unlisted, train_dataset, train_config, eval_config
+    )
+    entries = [
+        (i, q, ck.derivation(raw_entry, f"matrix.quantizers[{i}]"))
+        for i, (q, raw_entry) in enumerate(zip(quantizers, m["quantizers"]))
+    ]
     for stage in (0, 1, 2):  # trained models first, then what derives from them
         for i, q, how in entries:
             if how.stage == stage:
                 how.expand(grid, q, f"matrix.quantizers[{i}]")
-    return Matrix(name, source, raw, grid.jobs, train_dataset, train_config, eval_config,
-                  report, overrides)
+    return Matrix(
+        name, source, raw, grid.jobs, train_dataset, train_config, eval_config, report, overrides
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -229,11 +235,15 @@ def parse_matrix(
 class _Grid:
     """The matrix's axes, and the jobs expanded so far (by label, lambda and seed)."""
 
-    def __init__(self, ck, backbones, lambdas, datasets, seeds, unlisted, train_dataset, train,
-                 evaluation) -> None:
+    def __init__(
+        self, ck, backbones, lambdas, datasets, seeds, unlisted, train_dataset, train, evaluation
+    ) -> None:
         self.ck = ck
         self.backbones, self.lambdas, self.datasets, self.seeds = (
-            backbones, lambdas, datasets, seeds
+            backbones,
+            lambdas,
+            datasets,
+            seeds,
         )
         self.unlisted, self.train_dataset, self.train = unlisted, train_dataset, train
         self.evaluation = evaluation
@@ -499,9 +509,7 @@ class _Checker:
             if (
                 not isinstance(between, list)
                 or len(between) != 2
-                or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in between
-                )
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in between)
                 or not 0 < between[0] < between[1]
             ):
                 self.fail(

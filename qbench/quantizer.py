@@ -198,9 +198,7 @@ class Quantizer(nn.Module):
                 f"cannot interpolate a {type(self).__name__} with a {type(other).__name__}"
             )
         state, state2 = self.state_dict(), other.state_dict()
-        if set(state) != set(state2) or any(
-            state[k].shape != state2[k].shape for k in state
-        ):
+        if set(state) != set(state2) or any(state[k].shape != state2[k].shape for k in state):
             raise ValueError(f"cannot interpolate two {type(self).__name__} of different shapes")
         self.load_state_dict(
             {

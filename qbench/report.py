@@ -50,9 +50,7 @@ def metric_columns(run_dir: Path, df: pd.DataFrame) -> dict[str, list[str]]:
         declared = None
     if isinstance(declared, dict) and declared:
         return {str(k): [str(c) for c in v] for k, v in declared.items()}
-    other = [
-        c for c in df.columns if c not in BOOKKEEPING and pd.api.types.is_numeric_dtype(df[c])
-    ]
+    other = [c for c in df.columns if c not in BOOKKEEPING and pd.api.types.is_numeric_dtype(df[c])]
     return {"other": other} if other else {}
 
 
@@ -124,38 +122,48 @@ def bd_table(ok: pd.DataFrame, anchor: str, notes: list[str]) -> list[dict]:
     return rows
 
 
+#: How the report names the jobs whose weights derive from other jobs (the ``mode`` column).
+DERIVED_KINDS = {"refine": "derived", "interpolate": "interpolated"}
+
+
+def _trained_label(ok: pd.DataFrame, label: str) -> str:
+    """The trained model a derived label goes back to, following ``origin`` (``label@...``)."""
+    seen = set()
+    while label not in seen:
+        seen.add(label)
+        rows = ok[ok["quantizer"] == label]
+        origin = str(rows["origin"].iloc[0]) if len(rows) and "origin" in ok.columns else ""
+        if not origin or origin == "nan":
+            return label
+        label = origin.split("@")[0]
+    return label
+
+
 def _variable_rate_section(ok: pd.DataFrame, notes: list[str]) -> list[str]:
     """Derived (refined from an anchor) and interpolated models against trained ones."""
-    if "mode" not in ok.columns or not ok["mode"].isin(["refine", "interpolate"]).any():
+    if "mode" not in ok.columns or not ok["mode"].isin(list(DERIVED_KINDS)).any():
         return []
     rows = []
     for (bb, ds, q), g in ok.groupby(["backbone", "dataset", "quantizer"], sort=False):
-        mode = g["mode"].iloc[0]
-        if mode not in ("refine", "interpolate"):
+        kind = DERIVED_KINDS.get(g["mode"].iloc[0])
+        if kind is None:
             continue
         origin = str(g["origin"].iloc[0]) if "origin" in g.columns else ""
-        base = origin.split("@")[0]
-        ref = ok[(ok["backbone"] == bb) & (ok["dataset"] == ds) & (ok["quantizer"] == base)]
-        trained = ok[
-            (ok["backbone"] == bb)
-            & (ok["dataset"] == ds)
-            & (ok["mode"] == "train")
-            & ok["quantizer"].isin(ref["quantizer"])
-        ]
+        base = _trained_label(ok, origin.split("@")[0])
+        trained = ok[(ok["backbone"] == bb) & (ok["dataset"] == ds) & (ok["quantizer"] == base)]
         bd = float("nan")
-        if mode == "refine":
-            try:
-                bd = bd_rate(
-                    trained[["bpp", "psnr"]].values.tolist(), g[["bpp", "psnr"]].values.tolist()
-                )
-            except BDRateError as exc:
-                notes.append(f"BD-rate of derived {q!r} vs trained {base!r} ({bb}, {ds}): {exc}")
+        try:
+            bd = bd_rate(
+                trained[["bpp", "psnr"]].values.tolist(), g[["bpp", "psnr"]].values.tolist()
+            )
+        except BDRateError as exc:
+            notes.append(f"BD-rate of {kind} {q!r} vs trained {base!r} ({bb}, {ds}): {exc}")
         rows.append(
             {
                 "backbone": bb,
                 "dataset": ds,
                 "quantizer": q,
-                "kind": "derived" if mode == "refine" else "interpolated",
+                "kind": kind,
                 "origin": origin,
                 "points": len(g),
                 "bd_rate_vs_trained_%": bd,

@@ -47,7 +47,7 @@ def test_expansion_and_stable_ids(tmp_path, registry):
         write(tmp_path, BASE.replace("steps = 3", "steps = 4"), "c.toml"), registry
     )
     assert not set(ids) & {j.job_id for j in changed.jobs}
-    assert m.jobs[0].train["lr"] == 1e-4 and m.report["anchor"] == "noise"
+    assert m.jobs[0].train.lr == 1e-4 and m.report["anchor"] == "noise"
     assert {j.quantizer.label for j in m.jobs} == {"noise", "ste", "sua-plain"}
 
 

@@ -177,13 +177,16 @@ def test_sua_scale_bound_changes_backbone_likelihoods(registry):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_set_progress_rejects_outside_unit_interval(registry, name):
-    q = make(registry, name)
+def test_progress_outside_unit_interval_is_refused_at_the_call_site(registry, name):
+    m = registry.build("backbone", "bmshj2018-factorized", N=8, M=8)
+    m.set_quantizers({k: make(registry, name) for k in m.latents})
     for t in (0.0, 0.5, 1.0):
-        q.set_progress(t)
+        m.set_progress(t)
+        assert m.quantizers["y"].progress == t
     for t in (-0.1, 1.5):
-        with pytest.raises(ValueError):
-            q.set_progress(t)
+        with pytest.raises(ValueError, match="progress"):
+            m.set_progress(t)
+    assert m.quantizers["y"].progress == 1.0  # a refused value reaches no quantizer
 
 
 def test_bins_default_uniform():
