@@ -110,3 +110,62 @@ def test_embedded_quick_matrix_is_valid(registry):
     assert m.name == "quick"
     assert {j.quantizer.label for j in m.jobs} >= {"noise", "ste", "sua"}
     assert len({j.lmbda for j in m.jobs}) >= 3
+
+
+def test_set_overrides_are_validated_recorded_and_part_of_the_identity(tmp_path, registry):
+    p = write(tmp_path, BASE)
+    plain = load_matrix(p, registry)
+    m = load_matrix(p, registry, ["train.steps=7", "eval.max_images=2", "matrix.seeds=[3]"])
+    assert {j.train.steps for j in m.jobs} == {7} and {j.seed for j in m.jobs} == {3}
+    assert {j.eval.max_images for j in m.jobs} == {2}
+    assert not {j.job_id for j in m.jobs} & {j.job_id for j in plain.jobs}
+    assert m.resolved()["overrides"] == ["train.steps=7", "eval.max_images=2", "matrix.seeds=[3]"]
+    # the same override spelled in the file gives the same jobs
+    in_file = load_matrix(write(tmp_path, BASE.replace("steps = 3", "steps = 7"), "f.toml"), registry)
+    assert [j.job_id for j in in_file.jobs][:2] == [
+        j.job_id for j in load_matrix(p, registry, ["train.steps=7"]).jobs
+    ][:2]
+    for bad, key in (
+        ("train.stpes=3", "train.stpes"),
+        ("train.steps=abc", "train.steps"),
+        ("train.steps=0", "train.steps"),
+        ("eval.metrics=[1]", "eval.metrics[0]"),
+    ):
+        with pytest.raises(MatrixError) as info:
+            load_matrix(p, registry, [bad])
+        assert key in str(info.value) and "--set" in str(info.value) and str(p) in str(info.value)
+    with pytest.raises(MatrixError, match="KEY=VALUE"):
+        load_matrix(p, registry, ["train.steps"])
+
+
+def test_log_every_is_a_probe_setting_not_identity(tmp_path, registry):
+    a = load_matrix(write(tmp_path, BASE), registry)
+    b = load_matrix(write(tmp_path, BASE, "b.toml"), registry, ["train.log_every=5"])
+    assert [j.job_id for j in a.jobs] == [j.job_id for j in b.jobs]
+
+
+def test_unlisted_latents_come_from_the_matrix(tmp_path, registry):
+    from qbench.worker import build_model
+
+    text = BASE.replace(
+        'quantizers = ["noise", "ste", { name = "sua", label = "sua-plain", zero_center = false }]',
+        'quantizers = [{ name = "ste", latents = ["y"] }]\nunlisted_latents = "mixed"',
+    ).replace('name = "bmshj2018-factorized"', 'name = "mbt2018-mean"')
+    m = load_matrix(write(tmp_path, text), registry)
+    model = build_model(m.jobs[0], registry)
+    assert type(model.quantizers["y"]).__name__ == "STE"
+    assert type(model.quantizers["z"]).__name__ == "Mixed"
+    default = load_matrix(write(tmp_path, text.replace('unlisted_latents = "mixed"', ""), "d.toml"), registry)
+    assert type(build_model(default.jobs[0], registry).quantizers["z"]).__name__ == "Noise"
+    assert m.jobs[0].train_id != default.jobs[0].train_id
+    msg = error(tmp_path, registry, text.replace('"mixed"', '"mixd"'))
+    assert "matrix.unlisted_latents" in msg and "'mixed'" in msg
+
+
+def test_two_labels_of_one_configuration_are_two_rows_of_one_training(tmp_path, registry):
+    text = BASE.replace('"ste",', '"ste", { name = "ste", label = "ste-again" },')
+    m = load_matrix(write(tmp_path, text), registry)
+    ste = [j for j in m.jobs if j.quantizer.label == "ste"]
+    again = [j for j in m.jobs if j.quantizer.label == "ste-again"]
+    assert [j.train_id for j in ste] == [j.train_id for j in again]
+    assert not {j.job_id for j in ste} & {j.job_id for j in again}

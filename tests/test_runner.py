@@ -43,6 +43,14 @@ class CrashQ(qbench.Quantizer):
         os.kill(os.getpid(), signal.SIGKILL)
 
 @qbench.hookimpl
+def qbench_job_started(job):
+    raise RuntimeError("logger bug at start")
+
+@qbench.hookimpl
+def qbench_job_finished(job, result):
+    raise RuntimeError("logger bug at finish")
+
+@qbench.hookimpl
 def qbench_register_quantizers(register):
     register("nanq", NaNQ)
     register("raiseq", RaiseQ)
@@ -91,12 +99,16 @@ def faulty_plugin(tmp_path, monkeypatch, on_path):
     qbench.plugins.reset()
 
 
-def test_faults_are_isolated_and_resume_skips(tmp_path, faulty_plugin):
+def test_faults_are_isolated_and_resume_skips(tmp_path, faulty_plugin, capfd):
     plugins = qbench.plugins.get_plugins()
     m = load_matrix(tiny(tmp_path, '["noise", "nanq", "raiseq", "crashq"]'), plugins.registry)
     out = tmp_path / "run"
     s = run_matrix(m, out, workers=2, device="cpu", show_progress=False, echo=lambda *_: None)
     assert s.total == 4 and s.ran == 4
+    # the plugin's raising lifecycle hooks are reported by name and fail no job
+    err = capfd.readouterr().err
+    assert "plugin 'faulty': qbench_job_started raised RuntimeError: logger bug at start" in err
+    assert "plugin 'faulty': qbench_job_finished raised RuntimeError: logger bug at finish" in err
     rows = {r["quantizer"]: r for r in read_csv(out / "results.csv")}
     assert rows["noise"]["status"] == "ok" and float(rows["noise"]["bpp"]) > 0
     assert rows["noise"]["bitexact"] == "1.0"
