@@ -82,6 +82,8 @@ class _CompressAIBackbone(qbench.Backbone):
         pretrained_quality: int | None = None,
     ) -> None:
         super().__init__()
+        if int(N) < 1 or int(M) < 1:
+            raise ValueError(f"N and M (channel counts) must be >= 1, got N={N}, M={M}")
         if pretrained_quality is not None:
             from compressai.zoo import image_models
 
@@ -259,14 +261,17 @@ def qbench_register_backbones(register):
         "bmshj2018-factorized",
         Factorized,
         description="factorized prior (Balle et al. 2018), CompressAI FactorizedPrior",
+        paths=("checkpoint",),
     )
     register(
         "bmshj2018-hyperprior",
         Hyperprior,
         description="scale hyperprior (Balle et al. 2018), CompressAI ScaleHyperprior",
+        paths=("checkpoint",),
     )
     register(
         "mbt2018-mean",
         MeanScale,
         description="mean-scale hyperprior (Minnen et al. 2018), CompressAI MeanScaleHyperprior",
+        paths=("checkpoint",),
     )

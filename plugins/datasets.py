@@ -49,7 +49,7 @@ def folder(path: str, recursive: bool = True) -> ImageDataset:
     files = list_images(root, recursive=recursive)
     if not files:
         raise DatasetError(f"dataset folder {root} holds no image file")
-    return ImageDataset(files, description=f"folder {root}")
+    return ImageDataset(files, description=f"folder {root}", root=root)
 
 
 def _sha256(path: Path) -> str:
@@ -120,6 +120,13 @@ def embedded(split: str = "eval") -> ImageDataset:
 
 @qbench.hookimpl
 def qbench_register_datasets(register):
-    register("folder", folder, description="every image under a folder (path = ...)")
-    register("kodak", kodak, description="Kodak kodim01..24 (path = ..., download = true)")
+    register(
+        "folder", folder, description="every image under a folder (path = ...)", paths=("path",)
+    )
+    register(
+        "kodak",
+        kodak,
+        description="Kodak kodim01..24 (path = ..., download = true)",
+        paths=("path",),
+    )
     register("embedded", embedded, description="small Kodak crops shipped with qbench")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from pytorch_msssim import ms_ssim as _ms_ssim
 
@@ -45,16 +43,16 @@ class PSNR(qbench.Metric):
         return {"psnr": rd.psnr(ev.x, ev.x_hat)}
 
 
-def ms_ssim(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+def ms_ssim(x: torch.Tensor, x_hat: torch.Tensor) -> float | None:
     """MS-SSIM (pytorch-msssim: 5 scales, 11x11 Gaussian window, data range 1).
 
-    Five scales need a short side above 160 px; smaller images get NaN (and a
-    warning), which the average over a dataset skips.
+    Five scales need a short side above 160 px; for smaller images the value is
+    not applicable (``None``): the average over a dataset skips it and the
+    row counts it in ``not_applicable``.
     """
     side = min(x.shape[-2:])
     if side <= 160:
-        warnings.warn(f"image of {side}px is too small for 5-scale MS-SSIM: NaN", stacklevel=2)
-        return float("nan")
+        return None
     return float(_ms_ssim(x.clamp(0, 1), x_hat.clamp(0, 1), data_range=1.0))
 
 

@@ -39,8 +39,12 @@ def cmd_validate(args) -> int:
     from tabulate import tabulate
 
     from qbench.matrix import load_matrix
+    from qbench.preflight import preflight
 
-    matrix = load_matrix(args.matrix, _plugins(args).registry, args.set)
+    registry = _plugins(args).registry
+    matrix = load_matrix(args.matrix, registry, args.set)
+    for line in preflight(matrix, registry):
+        print(f"warning: {line}", file=sys.stderr)
     rows = [
         [
             j.job_id,
@@ -81,6 +85,7 @@ def cmd_run(args) -> int:
         workers=args.workers,
         device=args.device,
         force=args.force,
+        append=args.append,
         rerun_failed=args.rerun_failed,
         disable=tuple(args.disable_plugin),
         show_progress=not args.no_progress,
@@ -99,7 +104,7 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from qbench.report import bd_table_text, write_report
 
-    report = write_report(Path(args.run_dir), anchor=args.anchor)
+    report = write_report(Path(args.run_dir), anchor=args.anchor, write=args.format == "md")
     if args.format == "md":
         print(report.summary)
         print(f"\nwrote {Path(args.run_dir) / 'report.md'}")
@@ -115,6 +120,16 @@ def cmd_new_plugin(args) -> int:
     print(f"wrote {root}; install it with: pip install -e {root}")
     print(f"then check it with: pytest {root}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -148,10 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("matrix", nargs="?", help="matrix TOML file (default: the embedded quick one)")
     r.add_argument("--out", help="run directory (default: runs/<matrix name>)")
     r.add_argument(
-        "--workers", type=int, default=None, help="worker processes (default: one per GPU, else 1)"
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="worker processes (default: one per GPU, else 1)",
     )
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    r.add_argument("--force", action="store_true", help="re-run finished jobs too")
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="re-run finished jobs too; a run directory holding another matrix is moved to "
+        "OUT/superseded/ first",
+    )
+    r.add_argument(
+        "--append",
+        action="store_true",
+        help="add this matrix's jobs to a run directory that holds another matrix (each row "
+        "keeps its own configuration; the report never averages two)",
+    )
     r.add_argument(
         "--rerun-failed",
         action="store_true",
@@ -188,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=["md", "csv", "json"],
         default="md",
-        help="md writes report.md; csv/json print the BD-rate table",
+        help="md writes report.md and the plots; csv/json print the BD-rate table and "
+        "write nothing",
     )
     rep.set_defaults(func=cmd_report)
     return p

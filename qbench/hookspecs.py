@@ -11,8 +11,12 @@ Registration hooks receive a ``register(name, factory, **metadata)`` callback.
 (so its keyword arguments are the parameters a user may set). ``metadata``
 carries at least an optional ``description``; quantizers may also declare
 ``differentiable=False`` (the ``round`` control) and ``parameters`` (a count
-shown by ``qbench list``). The first registration of a name wins; a later
-one is reported as a clash naming both distributions.
+shown by ``qbench list``). Any factory may declare ``paths=("path", ...)``:
+the parameters that name files or folders; qbench resolves them against the
+matrix file's folder and identifies them by their content's fingerprint
+(:func:`qbench.jobs.fingerprint`), not by their spelling. The first
+registration of a name wins; a later one is reported as a clash naming both
+distributions.
 """
 
 from __future__ import annotations

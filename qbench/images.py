@@ -1,20 +1,29 @@
 """Image I/O for dataset plugins: read any image file as an RGB float tensor.
 
 Grayscale, palette, 16-bit, RGBA (composited on white) and CMYK images become
-8-bit RGB. A file Pillow cannot read is reported by path
+8-bit RGB, turned upright by their EXIF orientation (as a viewer shows them).
+A file Pillow cannot read, and a decompression bomb (more than
+``PIL.Image.MAX_IMAGE_PIXELS`` pixels), is reported by path
 (:class:`BadImageError`); :class:`ImageDataset` skips such files and keeps the
-list in ``skipped``.
+list in ``skipped``; qbench shows that list once, before the first job, and
+records it in every row that evaluates the dataset.
+
+**A dataset plugin** registers a factory that returns an :class:`ImageDataset`:
+``ImageDataset(files, root=folder)`` reads files (names relative to ``root``),
+``ImageDataset.from_tensors(images, names)`` wraps images the plugin makes;
+:func:`list_images` lists a folder's images. ``qbench new-plugin NAME --kind
+dataset`` writes a working one.
 """
 
 from __future__ import annotations
 
-import warnings
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from qbench.registry import QbenchError
@@ -49,8 +58,14 @@ def load_image_u8(path: str | Path) -> Tensor:
     try:
         with Image.open(path) as img:
             img.load()
-            arr = _to_rgb8(img)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            arr = _to_rgb8(ImageOps.exif_transpose(img))
+    except (
+        OSError,
+        UnidentifiedImageError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise BadImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise BadImageError(f"{path}: image has no pixels")
@@ -63,24 +78,52 @@ def load_image(path: str | Path) -> Tensor:
 
 
 def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
-    """Image files under ``root`` (by suffix), sorted by path."""
+    """Image files under ``root`` (by suffix), sorted by path.
+
+    Symlinked subfolders are followed; each real folder is visited once, so a
+    symlink loop ends.
+    """
     root = Path(root)
-    pattern = "**/*" if recursive else "*"
-    return sorted(
-        p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    found = []
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        if not recursive:
+            dirs[:] = []
+        for f in files:
+            p = Path(folder) / f
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                found.append(p)
+    return sorted(found)
+
+
+def _name(path: Path, root: str | Path | None) -> str:
+    """``path`` relative to ``root`` (POSIX separators), or its file name without a root."""
+    if root is None:
+        return path.name
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
 
 
 class ImageDataset(Sequence):
     """A sequence of RGB float images in [0, 1], shape ``3 x H x W``, with names.
 
     Files are read once at construction and kept as uint8; unreadable files
-    are skipped, warned about by path, and listed in ``skipped`` as
-    ``(path, reason)``. A dataset with no readable image raises
+    are skipped and listed in ``skipped`` as ``(path, reason)``. Images are
+    named by their path relative to ``root`` when given (two ``img.png`` in
+    different subfolders stay apart), else by file name. A dataset with no readable image raises
     :class:`DatasetError`.
     """
 
-    def __init__(self, files: Iterable[str | Path], description: str = "") -> None:
+    def __init__(
+        self, files: Iterable[str | Path], description: str = "", root: str | Path | None = None
+    ) -> None:
         self.description = description
         self.names: list[str] = []
         self.paths: list[Path] = []
@@ -91,10 +134,9 @@ class ImageDataset(Sequence):
                 img = load_image_u8(f)
             except BadImageError as exc:
                 self.skipped.append((str(f), str(exc)))
-                warnings.warn(f"skipping unreadable image {exc}", stacklevel=2)
                 continue
             self.paths.append(Path(f))
-            self.names.append(Path(f).name)
+            self.names.append(_name(Path(f), root))
             self._images.append(img)
         if not self._images:
             bad = f" ({len(self.skipped)} unreadable)" if self.skipped else ""

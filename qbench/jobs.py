@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from qbench.evaluate import EvalConfig
@@ -39,6 +41,10 @@ class Spec:
         params: the factory's keyword arguments.
         provider: ``"distribution version"`` of the plugin that registered it.
         latents: quantizers only: the latents it quantizes (None: all).
+        fingerprints: ``{parameter: fingerprint}`` of the parameters the plugin
+            declared as ``paths`` (see :func:`fingerprint`); they stand for
+            those paths in the identity, so the identity follows the files'
+            content, not the spelling of their path.
     """
 
     kind: str
@@ -47,16 +53,18 @@ class Spec:
     params: dict[str, Any] = field(default_factory=dict)
     provider: str = ""
     latents: tuple[str, ...] | None = None
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """What makes two entries build the same object (the label does not)."""
-        d = {"name": self.name, "params": self.params, "provider": self.provider}
+        params = {k: self.fingerprints.get(k, v) for k, v in self.params.items()}
+        d = {"name": self.name, "params": params, "provider": self.provider}
         if self.latents is not None:
             d["latents"] = list(self.latents)
         return d
 
     def relabel(self, label: str) -> Spec:
-        return Spec(self.kind, self.name, label, self.params, self.provider, self.latents)
+        return replace(self, label=label)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class Job:
         eval: the ``[eval]`` section.
         recipe: how the weights are produced.
         train_id, job_id: see :func:`job_identity`.
+        config_id: the configuration apart from the cell's axes (lambda,
+            seed, labels): rows of one curve share it.
     """
 
     backbone: Spec
@@ -86,6 +96,7 @@ class Job:
     eval: EvalConfig
     train_id: str
     job_id: str
+    config_id: str = ""
 
     def describe(self) -> str:
         weight = self.recipe.columns().get("interp_weight")
@@ -105,7 +116,42 @@ class Job:
             "seed": self.seed,
             "job_id": self.job_id,
             "train_id": self.train_id,
+            "config_id": self.config_id,
         }
+
+
+def fingerprint(path: Path) -> str:
+    """A cheap fingerprint of a file's or folder's content: names, sizes and modification times.
+
+    A folder contributes every file below it (symlinked subfolders followed,
+    each real folder once), by path relative to the folder. Changing,
+    adding, removing or touching a file changes the fingerprint; the same
+    files under another path or spelling give the same one. Contents are not
+    hashed (a training set may be large); ``"missing"`` when nothing is there.
+    """
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    if path.is_file():
+        st = path.stat()
+        return stable_hash([path.name, st.st_size, st.st_mtime_ns], 16)
+    entries = []
+    seen = set()
+    for folder, dirs, files in os.walk(path, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop: each real folder once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for f in sorted(files):
+            full = Path(folder) / f
+            try:
+                st = full.stat()
+            except OSError:
+                continue
+            entries.append([str(full.relative_to(path)), st.st_size, st.st_mtime_ns])
+    return stable_hash(entries, 16)
 
 
 def stable_hash(obj: Any, n: int = 12) -> str:
@@ -158,5 +204,18 @@ def job_identity(
 def make_job(**cell: Any) -> Job:
     """A :class:`Job` of the cell given by :func:`job_identity`'s keywords, with its ids."""
     train_id, job_id = job_identity(**cell)
+    config_id = stable_hash(
+        {
+            "backbone": cell["backbone"].identity(),
+            "quantizer": cell["quantizer"].identity(),
+            "unlisted": cell["unlisted"].identity(),
+            "train_dataset": cell["train_dataset"].identity(),
+            "train": cell["train"].identity(),
+            "recipe": [cell["recipe"].columns().get("mode"), cell["recipe"].steps(cell["train"])],
+            "dataset": cell["dataset"].identity(),
+            "eval": asdict(cell["evaluation"]),
+        },
+        8,
+    )
     evaluation = cell.pop("evaluation")
-    return Job(**cell, eval=evaluation, train_id=train_id, job_id=job_id)
+    return Job(**cell, eval=evaluation, train_id=train_id, job_id=job_id, config_id=config_id)

@@ -25,6 +25,8 @@ import copy
 import difflib
 import inspect
 import itertools
+import math
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from qbench.evaluate import EvalConfig
-from qbench.jobs import Job, Spec, make_job
+from qbench.jobs import Job, Spec, fingerprint, make_job, stable_hash
 from qbench.registry import QbenchError, Registry, unknown_name_message
 from qbench.train import TrainConfig
 from qbench.weights import Blend, Refine, Train
@@ -51,8 +53,18 @@ ENTRY_KEYS = {"name", "label"}
 QUANTIZER_KEYS = ENTRY_KEYS | {"latents", "from_anchor", "refine_steps", "interpolate"}
 
 
+#: What a run name may be: it names the folder ``runs/<name>``, so no path.
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
 class MatrixError(QbenchError):
     """A matrix that cannot run; the message names the file and the key."""
+
+
+def _safe_name(stem: str) -> str:
+    """A default run name from a file stem: characters outside NAME_RE become '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", stem).lstrip(".-")[:100]
+    return name or "matrix"
 
 
 def default_matrix_path() -> Path:
@@ -79,6 +91,15 @@ class Matrix:
     eval: EvalConfig
     report: dict[str, Any]
     overrides: list[str] = field(default_factory=list)
+
+    def identity(self) -> dict[str, Any]:
+        """What a run directory records of the matrix it holds: its job set's hash and names."""
+        return {
+            "id": stable_hash(sorted(j.job_id for j in self.jobs)),
+            "name": self.name,
+            "source": self.source,
+            "jobs": len(self.jobs),
+        }
 
     def resolved(self) -> dict[str, Any]:
         """The matrix as resolved (defaults filled in, overrides applied), for the manifest."""
@@ -110,14 +131,28 @@ def load_matrix(
     path = default_matrix_path() if path is None else Path(path)
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise MatrixError(f"{source}: cannot read matrix file ({exc.strerror or exc})") from exc
+    try:
+        text = data.decode("utf-8-sig")  # TOML is UTF-8; a byte-order mark is tolerated
+    except UnicodeDecodeError as exc:
+        raise MatrixError(
+            f"{source}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save the matrix as UTF-8"
+        ) from exc
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise MatrixError(f"{source}: malformed TOML: {exc}") from exc
-    return parse_matrix(raw, source, registry, default_name=path.stem, overrides=overrides)
+    return parse_matrix(
+        raw,
+        source,
+        registry,
+        default_name=path.stem,
+        overrides=overrides,
+        base_dir=path.resolve().parent,
+    )
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
@@ -149,18 +184,28 @@ def parse_matrix(
     registry: Registry,
     default_name: str = "matrix",
     overrides: Sequence[str] = (),
+    base_dir: Path | None = None,
 ) -> Matrix:
-    """Validate a parsed TOML document (after ``overrides``) and expand it into jobs."""
+    """Validate a parsed TOML document (after ``overrides``) and expand it into jobs.
+
+    Relative paths in entries (the parameters a plugin declares as ``paths``)
+    are resolved against ``base_dir``, the matrix file's folder (the working
+    directory when ``None``).
+    """
     overrides = list(overrides)
     if overrides:
         raw = apply_overrides(raw, overrides, source)
         source = f"{source} (with --set {', '.join(overrides)})"
     base = defaults()
-    ck = _Checker(source, registry)
+    ck = _Checker(source, registry, base_dir or Path.cwd())
     ck.check_keys(raw, TOP_KEYS, "")
-    name = raw.get("name", default_name)
-    if not isinstance(name, str) or not name:
-        ck.fail("name", f"expected a non-empty string, got {name!r}")
+    name = raw.get("name", _safe_name(default_name))
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        ck.fail(
+            "name",
+            f"expected a run name of letters, digits, '.', '_' and '-' (at most 100, not "
+            f"starting with '.' or '-'), got {name!r}; it names the folder runs/<name>",
+        )
     if "matrix" not in raw or not isinstance(raw["matrix"], dict):
         ck.fail("matrix", "missing [matrix] table")
     m = raw["matrix"]
@@ -185,8 +230,15 @@ def parse_matrix(
         if train[key] < 1:
             ck.fail(f"train.{key}", f"must be >= 1, got {train[key]}")
     for key in ("lr", "aux_lr"):
-        if not train[key] > 0:
-            ck.fail(f"train.{key}", f"must be > 0, got {train[key]}")
+        if not (train[key] > 0 and math.isfinite(train[key])):
+            ck.fail(f"train.{key}", f"must be a finite number > 0, got {train[key]}")
+    if not (train["clip_max_norm"] >= 0 and math.isfinite(train["clip_max_norm"])):
+        ck.fail(
+            "train.clip_max_norm",
+            f"must be finite and >= 0 (0 disables), got {train['clip_max_norm']}",
+        )
+    if train["log_every"] < 0:
+        ck.fail("train.log_every", f"must be >= 0 (0 disables), got {train['log_every']}")
     train_dataset = ck.spec("dataset", train.pop("dataset"), "train.dataset")
     # one spelling per value (1 and 1.0 are one configuration, one job id)
     train_config = TrainConfig(
@@ -201,7 +253,15 @@ def parse_matrix(
                 f"eval.metrics[{i}]",
                 unknown_name_message("metric", metric, registry.names("metric")),
             )
-    eval_config = EvalConfig(tuple(evaluation["metrics"]), evaluation["max_images"])
+    if not evaluation["metrics"]:
+        ck.fail("eval.metrics", "the list of metrics is empty; name at least one metric")
+    if evaluation["max_images"] < 0:
+        ck.fail("eval.max_images", f"must be >= 0 (0: every image), got {evaluation['max_images']}")
+    if evaluation["max_pixels"] < 1:
+        ck.fail("eval.max_pixels", f"must be >= 1, got {evaluation['max_pixels']}")
+    eval_config = EvalConfig(
+        tuple(evaluation["metrics"]), evaluation["max_images"], evaluation["max_pixels"]
+    )
     report = _section(ck, raw, "report", base["report"])
     labels = [q.label for q in quantizers]
     if report["anchor"] and report["anchor"] not in labels:
@@ -350,9 +410,10 @@ class _Interpolation:
 class _Checker:
     """Checks values against the registries; every failure names the file and key path."""
 
-    def __init__(self, source: str, registry: Registry) -> None:
+    def __init__(self, source: str, registry: Registry, base_dir: Path) -> None:
         self.source = source
         self.registry = registry
+        self.base_dir = base_dir
 
     def fail(self, path: str, msg: str) -> None:
         raise MatrixError(f"{self.source}: {path}: {msg}")
@@ -437,8 +498,17 @@ class _Checker:
             if default is not inspect.Parameter.empty:
                 self.check_type(value, default, f"{path}.{key}")
             params[key] = value
+        fingerprints = {}
+        for key in reg.metadata.get("paths", ()):
+            if params.get(key) is None:
+                continue
+            if not isinstance(params[key], str) or "\x00" in params[key]:
+                self.fail(f"{path}.{key}", f"expected a path, got {params[key]!r}")
+            resolved = (self.base_dir / Path(params[key]).expanduser()).resolve()
+            params[key] = str(resolved)
+            fingerprints[key] = fingerprint(resolved)
         provider = f"{reg.distribution} {reg.version}".strip()
-        return Spec(kind, name, label, params, provider, latents)
+        return Spec(kind, name, label, params, provider, latents, fingerprints)
 
     def spec_list(self, kind: str, value: Any, path: str) -> list[Spec]:
         if not isinstance(value, list):
@@ -464,8 +534,8 @@ class _Checker:
         for i, lam in enumerate(value):
             if isinstance(lam, bool) or not isinstance(lam, (int, float)):
                 self.fail(f"matrix.lambdas[{i}]", f"expected a number, got {lam!r}")
-            if not lam > 0:
-                self.fail(f"matrix.lambdas[{i}]", f"lambda must be positive, got {lam!r}")
+            if not (lam > 0 and math.isfinite(lam)):
+                self.fail(f"matrix.lambdas[{i}]", f"lambda must be finite and > 0, got {lam!r}")
         if len(set(value)) != len(value):
             self.fail("matrix.lambdas", f"duplicate lambda in {value}")
         return [float(v) for v in value]

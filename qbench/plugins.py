@@ -110,7 +110,7 @@ def load_plugins(
         version = ep.dist.version if ep.dist is not None else ""
         try:
             module = ep.load()
-        except Exception as exc:  # a broken plugin must not break qbench
+        except (Exception, SystemExit) as exc:  # a broken plugin must not break qbench
             registry.problems.append(
                 Problem(ep.name, f"{dist} {version}".strip(), _describe(exc, "import failed"))
             )
@@ -144,20 +144,23 @@ def _collect(plugin_set: PluginSet) -> None:
     pm, registry = plugin_set.pm, plugin_set.registry
     for plugin in plugin_set.plugins:
         for hook_name, kind in _HOOK_KIND.items():
-            impl = getattr(plugin.module, hook_name, None)
-            if impl is None or not pm.parse_hookimpl_opts(plugin.module, hook_name):
-                continue
-            register = partial(_register, registry, kind, plugin)
-            try:
-                impl(register=register)
-            except Exception as exc:
-                registry.problems.append(
-                    Problem(
-                        plugin.name,
-                        f"{plugin.distribution} {plugin.version}".strip(),
-                        _describe(exc, f"{hook_name} raised"),
+            # pluggy's own view of the plugin's implementations, so that an
+            # implementation registered under another name (``specname``) counts
+            impls = [
+                i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin is plugin.module
+            ]
+            for impl in impls:
+                register = partial(_register, registry, kind, plugin)
+                try:
+                    impl.function(register=register)
+                except (Exception, SystemExit) as exc:
+                    registry.problems.append(
+                        Problem(
+                            plugin.name,
+                            f"{plugin.distribution} {plugin.version}".strip(),
+                            _describe(exc, f"{hook_name} raised"),
+                        )
                     )
-                )
 
 
 def _register(

@@ -9,6 +9,7 @@ is said in the report, with the reason, and the rest is built.
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from qbench.bdrate import BDRateError, bd_rate
+from qbench.evaluate import ACCOUNTING
 from qbench.registry import QbenchError
-from qbench.results import ID_COLUMNS, TAIL_COLUMNS
+from qbench.results import ID_COLUMNS, TAIL_COLUMNS, RunDir
 
 
 @dataclass
@@ -34,20 +36,43 @@ class Report:
 #: The rate and distortion axes of every RD table, plot and BD-rate (DESIGN.md's columns).
 RD_COLUMNS = ("bpp", "psnr")
 #: Columns a qbench row carries besides metric values.
-BOOKKEEPING = set(ID_COLUMNS) | set(TAIL_COLUMNS) | {"mode", "interp_weight", "origin", "order"}
+BOOKKEEPING = (
+    set(ID_COLUMNS)
+    | set(TAIL_COLUMNS)
+    | set(ACCOUNTING)
+    | {"mode", "interp_weight", "origin", "order", "skipped"}
+)
+#: Statuses whose values enter the tables (``nonfinite`` rows are flagged in the notes).
+USABLE = ("ok", "nonfinite")
 
 
-def metric_columns(run_dir: Path, df: pd.DataFrame) -> dict[str, list[str]]:
+def _separate_configurations(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Never average two configurations: a label with rows of several ``config_id`` (a run
+    directory extended with ``--append``) becomes one label per configuration."""
+    if "config_id" not in df.columns:
+        return df
+    df = df.copy()
+    for (bb, ds, q), g in df.groupby(["backbone", "dataset", "quantizer"], sort=False):
+        configs = list(dict.fromkeys(g["config_id"].astype(str)))
+        if len(configs) < 2:
+            continue
+        for cfg in configs:
+            rows = g.index[g["config_id"].astype(str) == cfg]
+            df.loc[rows, "quantizer"] = f"{q}#{cfg[:6]}"
+        notes.append(
+            f"{q!r} ({bb}, {ds}) has rows of {len(configs)} configurations; they are shown "
+            f"apart as {', '.join(f'{q}#{c[:6]}' for c in configs)}"
+        )
+    return df
+
+
+def metric_columns(manifest: dict, df: pd.DataFrame) -> dict[str, list[str]]:
     """``{metric: its declared columns}`` from the manifest (what each metric plugin declared).
 
     A run directory without that record (an older qbench) gets every numeric
     column that is not bookkeeping, as one group ``other``.
     """
-    path = Path(run_dir) / "manifest.json"
-    try:
-        declared = json.loads(path.read_text(encoding="utf-8")).get("metric_columns")
-    except (OSError, ValueError):
-        declared = None
+    declared = manifest.get("metric_columns")
     if isinstance(declared, dict) and declared:
         return {str(k): [str(c) for c in v] for k, v in declared.items()}
     other = [c for c in df.columns if c not in BOOKKEEPING and pd.api.types.is_numeric_dtype(df[c])]
@@ -70,10 +95,18 @@ def _t95(n: int) -> float:
 
 
 def load_results(run_dir: Path) -> pd.DataFrame:
+    """``results.csv`` of a run directory; rebuilt from ``rows/`` when it is missing."""
     path = Path(run_dir) / "results.csv"
-    if not path.exists():
-        raise QbenchError(f"{path}: no results.csv in this run directory")
-    df = pd.read_csv(path)
+    try:
+        if path.exists():
+            df = pd.read_csv(path)
+        else:  # killed before its first merge: the rows are the results
+            text = RunDir(run_dir).results_csv()
+            if text.count("\n") < 2:
+                raise QbenchError(f"{path}: no results.csv and no finished job in this directory")
+            df = pd.read_csv(io.StringIO(text))
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise QbenchError(f"{path}: not a readable results table ({type(exc).__name__})") from exc
     for col in ("backbone", "quantizer", "lambda", "dataset", "seed", "status"):
         if col not in df.columns:
             raise QbenchError(f"{path}: column {col!r} is missing; not a qbench results file")
@@ -197,18 +230,29 @@ def bd_table_text(rows: list[dict], fmt: str) -> str:
     return pd.DataFrame(rows).to_csv(index=False)
 
 
-def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
-    """(Re)build report.md and the plots of a run directory."""
+def _manifest(run_dir: Path, notes: list[str]) -> dict:
+    """The run's manifest, or ``{}`` with a note when it is missing or unreadable."""
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        notes.append(f"{path} is not readable JSON ({type(exc).__name__}); built without it")
+        return {}
+
+
+def write_report(run_dir: str | Path, anchor: str | None = None, write: bool = True) -> Report:
+    """(Re)build report.md and the plots of a run directory (nothing written unless ``write``)."""
     run_dir = Path(run_dir)
     df = load_results(run_dir)
     notes: list[str] = []
+    manifest = _manifest(run_dir, notes)
+    df = _separate_configurations(df, notes)
     labels = list(dict.fromkeys(df["quantizer"]))
     if not anchor:
-        manifest = run_dir / "manifest.json"
-        if manifest.exists():
-            anchor = (
-                json.loads(manifest.read_text()).get("matrix", {}).get("report", {}).get("anchor")
-            )
+        anchor = manifest.get("matrix", {}).get("report", {}).get("anchor")
         anchor = anchor or (labels[0] if labels else "")
     if anchor not in labels:
         close = difflib.get_close_matches(anchor, labels, n=1)
@@ -217,22 +261,31 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
             f"anchor {anchor!r} is not a quantizer label in this run{hint} "
             f"(labels: {', '.join(labels)})"
         )
-    bad = df[df["status"] != "ok"]
-    ok = df[df["status"] == "ok"].copy()
-    for _, r in bad.iterrows():
+    usable = df["status"].isin(USABLE)
+    bad = df[~usable]
+    ok = df[usable].copy()
+    flagged = df[df["status"] != "ok"]
+    for _, r in flagged.iterrows():
         notes.append(
             f"job {r.get('job_id', '?')} ({r['quantizer']}, lambda={r['lambda']}, "
             f"seed={r['seed']}): {r['status']}: {r.get('reason', '')}"
         )
+    for col, what in (("skipped", "images skipped"), ("not_applicable", "not applicable")):
+        if col in ok.columns:
+            for (ds, text), _ in ok.groupby(["dataset", col], dropna=True):
+                if str(text):
+                    notes.append(f"{ds}: {what}: {text}")
+    n_flag = int((ok["status"] != "ok").sum()) if "status" in ok.columns else 0
     sections = [
         f"# qbench report: {run_dir.name}",
         "",
-        f"{len(df)} jobs: {len(ok)} ok, {len(bad)} failed or diverged. "
+        f"{len(df)} jobs: {len(ok) - n_flag} ok, {n_flag} with non-finite values (included, "
+        f"flagged below), {len(bad)} failed or diverged. "
         f"BD-rate anchor: `{anchor}` (PCHIP, negative = fewer bits than the anchor).",
         "",
     ]
 
-    declared = metric_columns(run_dir, df)
+    declared = metric_columns(manifest, df)
     rd_cols = [c for c in RD_COLUMNS if c in ok.columns]
     keys = ["backbone", "dataset", "quantizer", "lambda"]
     if "interp_weight" in ok.columns and ok["interp_weight"].notna().any():
@@ -274,6 +327,31 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
             t = ok.groupby(keys, sort=False)[present].mean(numeric_only=True).reset_index()
             sections += [f"### `{metric}`", "", _md(t), ""]
 
+    summary = summary_table
+    if bd_rows:
+        summary += "\n\n" + _md(pd.DataFrame(bd_rows), ".2f")
+    if notes:
+        summary += (
+            f"\n\nnotes: {len(notes)} item(s) (not computed, flagged or skipped), see report.md"
+        )
+    if not write:
+        return Report(summary, bd_rows, notes, [])
+    try:
+        plots = _plots(run_dir, rd, bd_rows, anchor)
+        if plots:
+            sections += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+        if notes:
+            sections += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+        (run_dir / "report.md").write_text("\n".join(sections), encoding="utf-8")
+    except OSError as exc:
+        raise QbenchError(
+            f"{run_dir}: cannot write the report ({exc.strerror or exc}); `qbench report "
+            f"{run_dir} --format csv` prints the BD-rate table without writing"
+        ) from exc
+    return Report(summary, bd_rows, notes, plots)
+
+
+def _plots(run_dir: Path, rd: pd.DataFrame, bd_rows: list[dict], anchor: str) -> list[Path]:
     from qbench.plots import plot_bd, plot_history, plot_rd
 
     plots = plot_rd(rd, run_dir) if not rd.empty else []
@@ -286,14 +364,4 @@ def write_report(run_dir: str | Path, anchor: str | None = None) -> Report:
             plots += plot_history(h, run_dir)
         except pd.errors.EmptyDataError:
             pass
-    if plots:
-        sections += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    if notes:
-        sections += ["## Not computed", ""] + [f"- {n}" for n in notes] + [""]
-    (run_dir / "report.md").write_text("\n".join(sections), encoding="utf-8")
-    summary = summary_table
-    if bd_rows:
-        summary += "\n\n" + _md(pd.DataFrame(bd_rows), ".2f")
-    if notes:
-        summary += "\n\nnot computed: " + f"{len(notes)} item(s), see report.md"
-    return Report(summary, bd_rows, notes, plots)
+    return plots

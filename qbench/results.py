@@ -9,6 +9,9 @@ Layout of a run directory::
     manifest.json          versions, device, matrix, plugins
     checkpoints/<train_id>.pt  trained weights (shared by jobs that differ
                            only in the evaluation dataset)
+    run.json               which matrix the directory holds (one per directory)
+    .qbench.lock           held by the one qbench run that owns the directory
+    superseded/            earlier runs set aside by ``--force`` with another matrix
 
 A kill at any instant leaves every row file either complete or absent, and
 ``results.csv`` is only ever replaced whole, so no row is lost, partial or
@@ -17,21 +20,35 @@ duplicated; a resumed run skips the job ids whose row exists.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qbench.registry import QbenchError
+
 #: Leading columns of results.csv (metric columns follow in matrix order).
 ID_COLUMNS = ["backbone", "quantizer", "lambda", "dataset", "seed", "job_id", "status", "reason"]
-TAIL_COLUMNS = ["train_seconds", "eval_seconds", "steps", "trained_parameters", "train_id"]
+TAIL_COLUMNS = [
+    "train_seconds",
+    "eval_seconds",
+    "steps",
+    "trained_parameters",
+    "train_id",
+    "config_id",
+]
+#: The tables merged from the rows.
+MERGED = ("results.csv", "per_image.csv", "history.csv")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -68,6 +85,10 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+class RunDirError(QbenchError):
+    """A run directory that cannot be used (in use, another matrix's, not writable)."""
+
+
 class RunDir:
     """Reads and writes one run directory (see the module docstring)."""
 
@@ -78,8 +99,98 @@ class RunDir:
         self.logs_dir = self.root / "logs"
 
     def ensure(self) -> None:
-        for d in (self.rows_dir, self.ckpt_dir, self.logs_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        try:
+            for d in (self.rows_dir, self.ckpt_dir, self.logs_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".qbench-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise RunDirError(
+                f"{self.root}: cannot create or write the run directory "
+                f"({exc.strerror or exc}); choose another --out"
+            ) from exc
+
+    # -- ownership ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory's lock for a run: a second run on it is refused, naming the first.
+
+        An OS file lock (``flock``): the kernel releases it when its process
+        ends in any way, ``kill -9`` included, so a dead run leaves no stale lock.
+        """
+        path = self.root / ".qbench.lock"
+        f = open(path, "a+")  # noqa: SIM115 - held for the whole run
+        try:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise RunDirError(
+                    f"{self.root} is in use by another qbench run (pid {holder}); wait for it "
+                    "to finish or use another --out"
+                ) from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            yield
+        finally:
+            f.close()
+
+    def claim(self, identity: dict[str, Any], *, force: bool, append: bool) -> str:
+        """Make this directory ``identity``'s (a matrix: ``id``, ``name``, ``source``, ``jobs``).
+
+        A directory holds the rows of one matrix. Another matrix's directory is
+        refused, naming both, unless ``append`` (the directory then holds both,
+        each row with its own configuration) or ``force`` (the earlier content is
+        moved to ``superseded/<id>-<time>/``, nothing is deleted). Returns what
+        was done, for the log (``""`` when the directory was new or the same).
+        """
+        path = self.root / "run.json"
+        try:
+            held = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+        except (OSError, ValueError):
+            held = None
+        if held is None and not self.rows():
+            atomic_write_text(path, json.dumps({**identity, "appended": []}, indent=2))
+            return ""
+        if held is None:  # rows from a qbench that kept no record: treat as another matrix
+            held = {"id": "unknown", "name": "unknown", "source": "unknown", "jobs": "?"}
+        known = [held.get("id")] + [a.get("id") for a in held.get("appended", [])]
+        if identity["id"] in known:
+            return ""
+        if append:
+            held.setdefault("appended", []).append(identity)
+            atomic_write_text(path, json.dumps(held, indent=2))
+            return f"appended matrix {identity['name']!r} to the run of {held['name']!r}"
+        if force:
+            where = self.root / "superseded" / f"{held['id']}-{time.strftime('%Y%m%d-%H%M%S')}"
+            where.mkdir(parents=True, exist_ok=True)
+            for name in ("rows", "checkpoints", "logs", "run.json", *MERGED, "report.md"):
+                if (self.root / name).exists():
+                    os.replace(self.root / name, where / name)
+            self.ensure()
+            atomic_write_text(path, json.dumps({**identity, "appended": []}, indent=2))
+            return f"the earlier run of matrix {held['name']!r} was moved to {where}"
+        raise RunDirError(
+            f"{self.root} holds the run of matrix {held['name']!r} ({held['source']}, "
+            f"{held['jobs']} jobs, id {held['id']}); this is matrix {identity['name']!r} "
+            f"({identity['source']}, {identity['jobs']} jobs, id {identity['id']}). Use another "
+            "--out, --append to add these jobs to that run, or --force to move the earlier run "
+            "to superseded/"
+        )
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove the temporary files of atomic writes a killed run left (under the lock)."""
+        removed = []
+        for d in (self.root, self.rows_dir, self.ckpt_dir):
+            for p in d.glob(".*.tmp") if d.is_dir() else ():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+        return removed
 
     # -- rows ----------------------------------------------------------------
     def write_row(self, row: dict[str, Any]) -> None:
@@ -120,9 +231,20 @@ class RunDir:
         return state, json.loads(meta_path.read_text())
 
     # -- tables ----------------------------------------------------------------
+    def results_csv(self, metric_columns: Iterable[str] = ()) -> str:
+        """The text of results.csv as merged from the rows (nothing is written)."""
+        return self._tables(self.rows(), metric_columns)[0]
+
     def write_tables(self, metric_columns: Iterable[str] = ()) -> Path:
         """Merge the rows into results.csv, per_image.csv and history.csv."""
-        rows = self.rows()
+        results, per_image, history = self._tables(self.rows(), metric_columns)
+        atomic_write_text(self.root / "results.csv", results)
+        atomic_write_text(self.root / "per_image.csv", per_image)
+        atomic_write_text(self.root / "history.csv", history)
+        return self.root / "results.csv"
+
+    @staticmethod
+    def _tables(rows: list[dict[str, Any]], metric_columns: Iterable[str]) -> tuple[str, str, str]:
         cols = list(ID_COLUMNS)
         for c in metric_columns:
             if c not in cols:
@@ -133,14 +255,15 @@ class RunDir:
                     cols.append(c)
         cols += TAIL_COLUMNS
         rows.sort(key=lambda r: r.get("order", 0))
-        atomic_write_text(self.root / "results.csv", _csv(rows, [c for c in cols if c != "order"]))
         per_image = _flatten(
             rows, "per_image", ("job_id", "quantizer", "lambda", "dataset", "seed")
         )
-        atomic_write_text(self.root / "per_image.csv", _csv(per_image))
         history = _flatten(rows, "history", ("job_id", "backbone", "quantizer", "lambda", "seed"))
-        atomic_write_text(self.root / "history.csv", _csv(history))
-        return self.root / "results.csv"
+        return (
+            _csv(rows, [c for c in cols if c != "order"]),
+            _csv(per_image),
+            _csv(history),
+        )
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_text(

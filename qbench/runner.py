@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from qbench import __version__
 from qbench.jobs import Job
 from qbench.matrix import Matrix
 from qbench.plugins import DISABLE_ENV, PluginSet, get_plugins
+from qbench.preflight import preflight
 from qbench.rd import LOSS
 from qbench.registry import QbenchError
 from qbench.results import RunDir
@@ -53,9 +55,43 @@ class RunSummary:
 # ---------------------------------------------------------------------------
 
 
-def _worker_main(conn, index: int, device: str, threads: int, out: str, show: bool) -> None:
-    """Entry point of a spawned worker: run groups until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+#: Exit signals of a worker that mean "interrupted", not "the job failed".
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the qbench process that started it ends, however it ends.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``);
+    elsewhere, and as a second line, a thread watches the parent's pid.
+    """
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="qbench-parent-watch").start()
+
+
+def _worker_main(
+    conn, index: int, device: str, threads: int, out: str, show: bool, parent: int, sigint
+) -> None:
+    """Entry point of a spawned worker: run groups until told to stop.
+
+    The worker takes SIGINT as its parent does (a parent that ignores it, as a
+    background job of a script does, has workers that ignore it too).
+    """
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == signal.SIG_IGN else signal.SIG_DFL)
     torch.set_num_threads(threads)
     import warnings
 
@@ -84,6 +120,8 @@ class _Worker:
 
 def plan_devices(device: str, workers: int | None) -> list[tuple[str, str | None]]:
     """``[(torch device, CUDA_VISIBLE_DEVICES or None), ...]``, one entry per worker."""
+    if workers is not None and workers < 1:
+        raise RunError(f"--workers must be >= 1, got {workers}")
     if device not in ("auto", "cpu", "cuda"):
         raise RunError(f"--device must be auto, cpu or cuda, got {device!r}")
     n_gpu = torch.cuda.device_count() if device in ("auto", "cuda") else 0
@@ -102,16 +140,49 @@ def run_matrix(
     workers: int | None = None,
     device: str = "auto",
     force: bool = False,
+    append: bool = False,
     rerun_failed: bool = False,
     disable: tuple[str, ...] = (),
     show_progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> RunSummary:
-    """Run (or resume) every job of ``matrix`` into the run directory ``out``."""
+    """Run (or resume) every job of ``matrix`` into the run directory ``out``.
+
+    Everything knowable before the first job is checked first
+    (:func:`qbench.preflight.preflight`); then the directory is locked for
+    this run and claimed for this matrix (:meth:`RunDir.claim`: ``force``
+    sets another matrix's run aside, ``append`` adds to it).
+    """
     plugins = get_plugins(disable)
+    plan_devices(device, workers)  # a bad --device is known now
+    for line in preflight(matrix, plugins.registry):
+        echo(f"warning: {line}")
     run_dir = RunDir(out)
     run_dir.ensure()
-    _preflight(matrix, plugins)
+    with run_dir.lock():
+        for p in run_dir.clean_leftovers():
+            echo(f"removed {p.name}, left by a run that was killed while writing")
+        said = run_dir.claim(matrix.identity(), force=force, append=append)
+        if said:
+            echo(said)
+        return _run_locked(
+            matrix,
+            run_dir,
+            plugins,
+            workers,
+            device,
+            force,
+            rerun_failed,
+            disable,
+            show_progress,
+            echo,
+        )
+
+
+def _run_locked(
+    matrix, run_dir, plugins, workers, device, force, rerun_failed, disable, show_progress, echo
+) -> RunSummary:
+    out = run_dir.root
     done = set() if force else run_dir.finished(rerun_failed=rerun_failed)
     ordered = list(enumerate(matrix.jobs))
     pending = [(o, j) for o, j in ordered if j.job_id not in done]
@@ -137,7 +208,13 @@ def run_matrix(
         echo(f"warning: plugin {p.plugin} ({p.distribution}): {p.reason}")
     if groups:
         _dispatch(list(groups.values()), plan, run_dir, show_progress, disable, echo, metric_cols)
-    run_dir.write_tables(metric_cols)
+    try:
+        run_dir.write_tables(metric_cols)
+    except OSError as exc:
+        raise RunError(
+            f"{out}: could not write results.csv ({exc.strerror or exc}); every finished job's "
+            "row is kept in rows/, run `qbench report` once there is room"
+        ) from exc
     rows = {r["job_id"]: r for r in run_dir.rows()}
     statuses: dict[str, int] = {}
     for j in matrix.jobs:
@@ -149,19 +226,6 @@ def run_matrix(
     return RunSummary(
         Path(out), len(matrix.jobs), len(matrix.jobs) - len(pending), len(pending), statuses
     )
-
-
-def _preflight(matrix: Matrix, plugins: PluginSet) -> None:
-    """Build every dataset once so that a missing folder is reported before any job runs."""
-    datasets = DatasetCache(plugins.registry)
-    specs = [("train.dataset", matrix.train_dataset)] + [
-        ("matrix.datasets", j.dataset) for j in matrix.jobs
-    ]
-    for where, spec in specs:
-        try:
-            datasets.get(spec)
-        except QbenchError as exc:
-            raise RunError(f"{matrix.source}: {where} ({spec.label}): {exc}") from exc
 
 
 def _metric_columns(matrix: Matrix, plugins: PluginSet) -> dict[str, list[str]]:
@@ -183,6 +247,17 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo, metric_c
     total = len(queue)
     workers = [_Worker(i, dev, vis) for i, (dev, vis) in enumerate(plan)]
     finished_groups = 0
+    interrupted: dict[str, int] = {}
+
+    def merge() -> None:
+        """Merge the rows so far; a failure (a full disk) is said and the run goes on."""
+        try:
+            run_dir.write_tables(metric_cols)
+        except OSError as exc:
+            echo(
+                f"warning: could not merge results.csv ({exc.strerror or exc}); the rows are "
+                "kept and merged again after the next job"
+            )
 
     def start(w: _Worker) -> None:
         parent, child = ctx.Pipe()
@@ -193,7 +268,16 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo, metric_c
         try:
             w.proc = ctx.Process(
                 target=_worker_main,
-                args=(child, w.index, w.device, threads, str(run_dir.root), show),
+                args=(
+                    child,
+                    w.index,
+                    w.device,
+                    threads,
+                    str(run_dir.root),
+                    show,
+                    os.getpid(),
+                    signal.getsignal(signal.SIGINT),
+                ),
                 daemon=True,
             )
             w.proc.start()
@@ -247,19 +331,34 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo, metric_c
                     else:
                         finished_groups += 1
                         _echo_rows(run_dir, w.group, echo, finished_groups, total)
-                        run_dir.write_tables(metric_cols)
+                        merge()
                         assign(w)
                         continue
                 if w.proc.sentinel in ready or not w.proc.is_alive():
                     w.proc.join(timeout=5)
                     reason = _exit_reason(w.proc.exitcode)
                     done = run_dir.finished()
-                    for order, job in w.group:
-                        if job.job_id not in done:
-                            run_dir.write_row(failure_row(job, "failed", reason, order))
-                    finished_groups += 1
-                    echo(f"[worker {w.index}] {reason}; its unfinished jobs are marked failed")
-                    run_dir.write_tables(metric_cols)
+                    code = w.proc.exitcode or 0
+                    if code < 0 and -code in INTERRUPTS:
+                        # an interrupted job is not a failed job: no row, it runs again
+                        interrupted[w.group[0][1].train_id] = (
+                            interrupted.get(w.group[0][1].train_id, 0) + 1
+                        )
+                        if interrupted[w.group[0][1].train_id] <= 2:
+                            queue.append(w.group)
+                            echo(f"[worker {w.index}] {reason}; its jobs are queued again")
+                        else:
+                            echo(
+                                f"[worker {w.index}] {reason} again; its jobs are left for the "
+                                "next run (no row is written)"
+                            )
+                    else:
+                        for order, job in w.group:
+                            if job.job_id not in done:
+                                run_dir.write_row(failure_row(job, "failed", reason, order))
+                        finished_groups += 1
+                        echo(f"[worker {w.index}] {reason}; its unfinished jobs are marked failed")
+                        merge()
                     start(w)
                     assign(w)
     finally:

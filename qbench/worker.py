@@ -168,7 +168,19 @@ def _evaluate_group(jobs, model, outcome: Outcome, run_dir, registry, device, da
         try:
             ds = datasets.get(job.dataset)
             n = job.eval.max_images or len(ds)
-            idx = range(min(n, len(ds)))
+            skipped = [reason for _, reason in getattr(ds, "skipped", [])]
+            idx = []
+            for i in range(min(n, len(ds))):
+                h, w = ds.uint8(i).shape[-2:]
+                if h * w > job.eval.max_pixels:
+                    skipped.append(
+                        f"{ds.names[i]}: {w}x{h} is {h * w / 1e6:.1f} MP, more than [eval] "
+                        f"max_pixels = {job.eval.max_pixels} ({job.eval.max_pixels / 1e6:.1f} MP)"
+                    )
+                else:
+                    idx.append(i)
+            if not idx:
+                raise QbenchError(f"no image of {job.dataset.label!r} to evaluate: {skipped}")
             metrics = [registry.build("metric", name) for name in job.eval.metrics]
             averages, per_image = evaluate(
                 model,
@@ -177,12 +189,14 @@ def _evaluate_group(jobs, model, outcome: Outcome, run_dir, registry, device, da
                 metrics,
                 job_eval=JobEval(model, fixed_batch, job.lmbda, job.seed),
             )
+            nonfinite = averages["nonfinite"]
             rows[job.job_id] = {
                 **job.id_columns(),
                 "order": order,
-                "status": "ok",
-                "reason": "",
+                "status": "nonfinite" if nonfinite else "ok",
+                "reason": f"non-finite values: {nonfinite}" if nonfinite else "",
                 **averages,
+                "skipped": "; ".join(skipped),
                 "steps": outcome.steps,
                 "train_seconds": outcome.seconds,
                 "trained_parameters": outcome.trained_parameters,

@@ -121,7 +121,9 @@ def test_set_overrides_are_validated_recorded_and_part_of_the_identity(tmp_path,
     assert not {j.job_id for j in m.jobs} & {j.job_id for j in plain.jobs}
     assert m.resolved()["overrides"] == ["train.steps=7", "eval.max_images=2", "matrix.seeds=[3]"]
     # the same override spelled in the file gives the same jobs
-    in_file = load_matrix(write(tmp_path, BASE.replace("steps = 3", "steps = 7"), "f.toml"), registry)
+    in_file = load_matrix(
+        write(tmp_path, BASE.replace("steps = 3", "steps = 7"), "f.toml"), registry
+    )
     assert [j.job_id for j in in_file.jobs][:2] == [
         j.job_id for j in load_matrix(p, registry, ["train.steps=7"]).jobs
     ][:2]
@@ -155,7 +157,9 @@ def test_unlisted_latents_come_from_the_matrix(tmp_path, registry):
     model = build_model(m.jobs[0], registry)
     assert type(model.quantizers["y"]).__name__ == "STE"
     assert type(model.quantizers["z"]).__name__ == "Mixed"
-    default = load_matrix(write(tmp_path, text.replace('unlisted_latents = "mixed"', ""), "d.toml"), registry)
+    default = load_matrix(
+        write(tmp_path, text.replace('unlisted_latents = "mixed"', ""), "d.toml"), registry
+    )
     assert type(build_model(default.jobs[0], registry).quantizers["z"]).__name__ == "Noise"
     assert m.jobs[0].train_id != default.jobs[0].train_id
     msg = error(tmp_path, registry, text.replace('"mixed"', '"mixd"'))

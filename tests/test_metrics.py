@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from qbench_plugins.metrics import ms_ssim
@@ -25,8 +23,8 @@ def test_ms_ssim_known_values():
     assert ms_ssim(x, x) == pytest.approx(1.0, abs=1e-6)
     noisy = [ms_ssim(x, (x + s * torch.randn_like(x)).clamp(0, 1)) for s in (0.02, 0.1, 0.3)]
     assert 1.0 > noisy[0] > noisy[1] > noisy[2] > 0
-    with pytest.warns(UserWarning, match="too small"):  # 5 scales need > 160 px
-        assert math.isnan(ms_ssim(x[..., :100, :100], x[..., :100, :100]))
+    # 5 scales need > 160 px: not applicable, not a NaN that looks like a failure
+    assert ms_ssim(x[..., :100, :100], x[..., :100, :100]) is None
 
 
 def test_bpp_counts_bits_over_unpadded_pixels(registry):

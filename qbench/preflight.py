@@ -1,0 +1,73 @@
+"""Everything that can be known wrong about a matrix before its first job runs.
+
+:func:`preflight` builds every backbone, quantizer, metric and dataset of a
+matrix once (so a bad parameter, a missing or unreadable checkpoint, a
+quantizer naming a latent its backbone does not have, a missing dataset
+folder or a crop larger than every training image is one clear error naming
+the matrix file and the entry), and returns the warnings a user should see
+once (images a dataset skipped). Nothing is written.
+"""
+
+from __future__ import annotations
+
+from qbench.registry import QbenchError, Registry
+
+
+class PreflightError(QbenchError):
+    """A matrix that would fail a job; the message names the file and the entry."""
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return text if isinstance(exc, QbenchError) else f"{type(exc).__name__}: {text}"
+
+
+def preflight(matrix, registry: Registry) -> list[str]:
+    """Build each distinct entry of ``matrix`` once; raise :class:`PreflightError` on the first
+    that cannot be built or used, return warnings (skipped images) to show once."""
+    source = matrix.source
+    jobs = matrix.jobs
+
+    def build(kind: str, where: str, spec):
+        try:
+            return registry.build(kind, spec.name, **spec.params)
+        except Exception as exc:
+            raise PreflightError(f"{source}: {where} ({spec.label!r}): {_reason(exc)}") from exc
+
+    latents: dict[str, tuple[str, ...]] = {}
+    for spec in {j.backbone.label: j.backbone for j in jobs}.values():
+        latents[spec.label] = tuple(build("backbone", "matrix.backbones", spec).latents)
+    quantizers = {j.quantizer.label: j.quantizer for j in jobs}
+    for spec in quantizers.values():
+        build("quantizer", "matrix.quantizers", spec)
+        for bb, names in latents.items():
+            unknown = sorted(set(spec.latents or ()) - set(names))
+            if unknown:
+                raise PreflightError(
+                    f"{source}: matrix.quantizers ({spec.label!r}).latents: {unknown} are not "
+                    f"latents of backbone {bb!r} ({list(names)})"
+                )
+    build("quantizer", "matrix.unlisted_latents", matrix.jobs[0].unlisted)
+    for name in matrix.eval.metrics:
+        try:
+            registry.build("metric", name)
+        except Exception as exc:
+            raise PreflightError(f"{source}: eval.metrics ({name!r}): {_reason(exc)}") from exc
+
+    warnings = []
+    train = build("dataset", "train.dataset", matrix.train_dataset)
+    crop = matrix.train.crop
+    sizes = [tuple(train.uint8(i).shape[-2:]) for i in range(len(train))]
+    if sizes and all(h < crop or w < crop for h, w in sizes):
+        largest = max(sizes, key=lambda s: s[0] * s[1])
+        raise PreflightError(
+            f"{source}: train.crop: {crop} px is larger than every training image (the largest "
+            f"is {largest[1]}x{largest[0]}); use a smaller crop"
+        )
+    datasets = [("train.dataset", matrix.train_dataset, train)]
+    for spec in {j.dataset.label: j.dataset for j in jobs}.values():
+        datasets.append(("matrix.datasets", spec, build("dataset", "matrix.datasets", spec)))
+    for where, spec, ds in datasets:
+        for _, reason in getattr(ds, "skipped", []):
+            warnings.append(f"{where} ({spec.label!r}): skipped {reason}")
+    return warnings
