@@ -39,7 +39,7 @@ def best_of(fn, repeat: int) -> float:
 
 
 def bench_train_step(reg, steps: int) -> tuple[float, float]:
-    from qbench.train import rd_loss
+    from qbench.rd import rd_loss
 
     torch.manual_seed(0)
     x = torch.rand(8, 3, 128, 128)
@@ -168,6 +168,7 @@ def bench_resume() -> tuple[float, float]:
         assert len(m.jobs) == 100
         run = RunDir(Path(d) / "run")
         run.ensure()
+        run.claim(m.identity(), force=False, append=False)
         for j in m.jobs:  # synthetic finished rows: this measures bookkeeping only
             run.write_row(
                 {

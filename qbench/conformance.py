@@ -505,7 +505,9 @@ def m_columns(entry, env):
     m.set_quantizers({k: _noise_quantizer() for k in m.latents})
     x = torch.rand(3, 192, 192)
     avg, _ = evaluate(m, [x], ["x"], [metric], job_eval=JobEval(m, x[None], 0.01, 0))
-    values = {k: v for k, v in avg.items() if k != "eval_seconds"}
+    from qbench.evaluate import ACCOUNTING
+
+    values = {k: v for k, v in avg.items() if k not in ACCOUNTING}
     extra = set(values) - set(cols)
     if extra:
         _fail("finite_declared_columns", f"undeclared columns {sorted(extra)}")

@@ -63,7 +63,7 @@ class MatrixError(QbenchError):
 
 def _safe_name(stem: str) -> str:
     """A default run name from a file stem: characters outside NAME_RE become '-'."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "-", stem).lstrip(".-")[:100]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip(".-")[:100]
     return name or "matrix"
 
 

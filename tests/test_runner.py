@@ -275,7 +275,7 @@ def test_metric_plugin_adds_columns_to_results_and_report(tmp_path, monkeypatch,
 
 
 def test_missing_dataset_folder_is_reported_before_any_job(tmp_path):
-    from qbench.runner import RunError
+    from qbench.preflight import PreflightError
 
     p = tiny(tmp_path)
     p.write_text(
@@ -286,7 +286,7 @@ def test_missing_dataset_folder_is_reported_before_any_job(tmp_path):
     )
     qbench.plugins.reset()
     m = load_matrix(p, qbench.plugins.get_plugins().registry)
-    with pytest.raises(RunError) as info:
+    with pytest.raises(PreflightError) as info:
         run_matrix(m, tmp_path / "run", device="cpu", show_progress=False, echo=lambda *_: None)
     msg = str(info.value)
     assert str(p) in msg and "matrix.datasets" in msg and "does not exist" in msg
