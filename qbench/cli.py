@@ -104,7 +104,12 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from qbench.report import bd_table_text, write_report
 
-    report = write_report(Path(args.run_dir), anchor=args.anchor, write=args.format == "md")
+    report = write_report(
+        Path(args.run_dir),
+        anchor=args.anchor,
+        write=args.format == "md",
+        min_overlap=args.min_overlap,
+    )
     if args.format == "md":
         print(report.summary)
         print(f"\nwrote {Path(args.run_dir) / 'report.md'}")
@@ -213,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild tables and plots of a run directory")
     rep.add_argument("run_dir")
     rep.add_argument("--anchor", help="BD-rate reference (a quantizer label)")
+    rep.add_argument(
+        "--min-overlap",
+        type=float,
+        default=None,
+        help="flag BD-rates whose curves share less of their PSNR range "
+        "(default: the matrix's [report] min_overlap, 0.75)",
+    )
     rep.add_argument(
         "--format",
         choices=["md", "csv", "json"],

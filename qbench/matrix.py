@@ -270,6 +270,8 @@ def parse_matrix(
         ck.fail("report.anchor", f"{report['anchor']!r} is not a quantizer label{hint}")
     if not report["anchor"]:
         report["anchor"] = labels[0]
+    if not 0.0 <= report["min_overlap"] <= 1.0:
+        ck.fail("report.min_overlap", f"must lie in [0, 1], got {report['min_overlap']}")
 
     grid = _Grid(
         ck, backbones, lambdas, datasets, seeds, unlisted, train_dataset, train_config, eval_config

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from qbench.bdrate import BDRateError, bd_rate
+from qbench.bdrate import DEFAULT_MIN_OVERLAP, BDRateError, bd_rate, bd_rate_checked
 from qbench.evaluate import ACCOUNTING
 from qbench.registry import QbenchError
 from qbench.results import ID_COLUMNS, TAIL_COLUMNS, RunDir
@@ -113,8 +113,15 @@ def load_results(run_dir: Path) -> pd.DataFrame:
     return df
 
 
-def bd_table(ok: pd.DataFrame, anchor: str, notes: list[str]) -> list[dict]:
-    """Per (backbone, dataset, quantizer): BD-rate vs the anchor, mean and 95% CI over seeds."""
+def bd_table(
+    ok: pd.DataFrame, anchor: str, notes: list[str], min_overlap: float = DEFAULT_MIN_OVERLAP
+) -> list[dict]:
+    """Per (backbone, dataset, quantizer): BD-rate vs the anchor, mean and 95% CI over seeds.
+
+    Each cell carries the smallest overlap of the curves over its seeds and a
+    ``flag`` when a seed's number rests on little overlap or on a curve's
+    monotone subset (the reason is in the notes).
+    """
     rows = []
     if "bpp" not in ok.columns or "psnr" not in ok.columns:
         notes.append("BD-rate: results have no bpp/psnr columns")
@@ -124,19 +131,25 @@ def bd_table(ok: pd.DataFrame, anchor: str, notes: list[str]) -> list[dict]:
             notes.append(f"BD-rate ({bb}, {ds}): anchor {anchor!r} has no finished job")
             continue
         for q in grp["quantizer"].unique():
-            per_seed = []
+            per_seed, overlaps, flags = [], [], set()
             for seed, sg in grp[grp["quantizer"] == q].groupby("seed"):
                 ag = grp[(grp["quantizer"] == anchor) & (grp["seed"] == seed)]
                 if ag.empty:
                     ag = grp[grp["quantizer"] == anchor]
                 try:
-                    per_seed.append(
-                        bd_rate(
-                            ag[["bpp", "psnr"]].values.tolist(), sg[["bpp", "psnr"]].values.tolist()
-                        )
+                    res = bd_rate_checked(
+                        ag[["bpp", "psnr"]].values.tolist(),
+                        sg[["bpp", "psnr"]].values.tolist(),
+                        min_overlap=min_overlap,
                     )
                 except BDRateError as exc:
-                    notes.append(f"BD-rate ({bb}, {ds}, {q}, seed {seed}): {exc}")
+                    notes.append(f"BD-rate ({bb}, {ds}, {q}, seed {seed}): not computed: {exc}")
+                    continue
+                per_seed.append(res.value)
+                overlaps.append(res.overlap)
+                for flag in res.flags:
+                    flags.add("low overlap" if "overlap" in flag else "monotone subset")
+                    notes.append(f"BD-rate ({bb}, {ds}, {q}, seed {seed}) flagged: {flag}")
             if not per_seed:
                 continue
             mean = float(np.mean(per_seed))
@@ -150,6 +163,8 @@ def bd_table(ok: pd.DataFrame, anchor: str, notes: list[str]) -> list[dict]:
                     "bd_rate_%": mean,
                     "ci95_%": half,
                     "seeds": n,
+                    "overlap_%": 100 * min(overlaps),
+                    "flag": ", ".join(sorted(flags)),
                 }
             )
     return rows
@@ -243,7 +258,12 @@ def _manifest(run_dir: Path, notes: list[str]) -> dict:
         return {}
 
 
-def write_report(run_dir: str | Path, anchor: str | None = None, write: bool = True) -> Report:
+def write_report(
+    run_dir: str | Path,
+    anchor: str | None = None,
+    write: bool = True,
+    min_overlap: float | None = None,
+) -> Report:
     """(Re)build report.md and the plots of a run directory (nothing written unless ``write``)."""
     run_dir = Path(run_dir)
     df = load_results(run_dir)
@@ -251,9 +271,11 @@ def write_report(run_dir: str | Path, anchor: str | None = None, write: bool = T
     manifest = _manifest(run_dir, notes)
     df = _separate_configurations(df, notes)
     labels = list(dict.fromkeys(df["quantizer"]))
+    settings = manifest.get("matrix", {}).get("report", {})
     if not anchor:
-        anchor = manifest.get("matrix", {}).get("report", {}).get("anchor")
-        anchor = anchor or (labels[0] if labels else "")
+        anchor = settings.get("anchor") or (labels[0] if labels else "")
+    if min_overlap is None:
+        min_overlap = float(settings.get("min_overlap", DEFAULT_MIN_OVERLAP))
     if anchor not in labels:
         close = difflib.get_close_matches(anchor, labels, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -312,9 +334,19 @@ def write_report(run_dir: str | Path, anchor: str | None = None, write: bool = T
     summary_table = _md(rd[keys + rd_cols]) if not rd.empty else "(no finished job)"
 
     variable = _variable_rate_section(ok, notes)
-    bd_rows = bd_table(ok, anchor, notes)
+    bd_rows = bd_table(ok, anchor, notes, min_overlap)
     if bd_rows:
-        sections += ["## BD-rate against the anchor", "", _md(pd.DataFrame(bd_rows), ".2f"), ""]
+        sections += [
+            "## BD-rate against the anchor",
+            "",
+            f"Mean and 95% t-interval over seeds. `overlap_%`: the smallest common PSNR range "
+            f"of the two curves over their union, across seeds; below {min_overlap:.0%} "
+            "(`[report] min_overlap`) or on a curve's monotone subset the cell is flagged and "
+            "the notes say why.",
+            "",
+            _md(pd.DataFrame(bd_rows), ".2f"),
+            "",
+        ]
 
     sections += variable
     if not ok.empty:
