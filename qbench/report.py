@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from qbench.bdrate import DEFAULT_MIN_OVERLAP, BDRateError, bd_rate, bd_rate_checked
+from qbench.bdrate import DEFAULT_MIN_OVERLAP, BDRateError, bd_rate_checked
 from qbench.evaluate import ACCOUNTING
 from qbench.registry import QbenchError
 from qbench.results import ID_COLUMNS, TAIL_COLUMNS, RunDir
@@ -187,7 +187,9 @@ def _trained_label(ok: pd.DataFrame, label: str) -> str:
     return label
 
 
-def _variable_rate_section(ok: pd.DataFrame, notes: list[str]) -> list[str]:
+def _variable_rate_section(
+    ok: pd.DataFrame, notes: list[str], min_overlap: float = DEFAULT_MIN_OVERLAP
+) -> list[str]:
     """Derived (refined from an anchor) and interpolated models against trained ones."""
     if "mode" not in ok.columns or not ok["mode"].isin(list(DERIVED_KINDS)).any():
         return []
@@ -199,11 +201,15 @@ def _variable_rate_section(ok: pd.DataFrame, notes: list[str]) -> list[str]:
         origin = str(g["origin"].iloc[0]) if "origin" in g.columns else ""
         base = _trained_label(ok, origin.split("@")[0])
         trained = ok[(ok["backbone"] == bb) & (ok["dataset"] == ds) & (ok["quantizer"] == base)]
-        bd = float("nan")
+        bd, ov, flag = float("nan"), float("nan"), ""
         try:
-            bd = bd_rate(
-                trained[["bpp", "psnr"]].values.tolist(), g[["bpp", "psnr"]].values.tolist()
+            res = bd_rate_checked(
+                trained[["bpp", "psnr"]].values.tolist(),
+                g[["bpp", "psnr"]].values.tolist(),
+                min_overlap=min_overlap,
             )
+            bd, ov = res.value, 100 * res.overlap
+            flag = "; ".join(res.flags)
         except BDRateError as exc:
             notes.append(f"BD-rate of {kind} {q!r} vs trained {base!r} ({bb}, {ds}): {exc}")
         rows.append(
@@ -215,6 +221,8 @@ def _variable_rate_section(ok: pd.DataFrame, notes: list[str]) -> list[str]:
                 "origin": origin,
                 "points": len(g),
                 "bd_rate_vs_trained_%": bd,
+                "overlap_%": ov,
+                "flag": flag,
                 "trained_parameters": float(g["trained_parameters"].mean()),
                 "train_seconds": float(g["train_seconds"].mean()),
                 "trained_model_parameters": float(trained["trained_parameters"].mean())
@@ -333,7 +341,7 @@ def write_report(
         ]
     summary_table = _md(rd[keys + rd_cols]) if not rd.empty else "(no finished job)"
 
-    variable = _variable_rate_section(ok, notes)
+    variable = _variable_rate_section(ok, notes, min_overlap)
     bd_rows = bd_table(ok, anchor, notes, min_overlap)
     if bd_rows:
         sections += [
