@@ -341,10 +341,9 @@ def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo, metric_c
                     code = w.proc.exitcode or 0
                     if code < 0 and -code in INTERRUPTS:
                         # an interrupted job is not a failed job: no row, it runs again
-                        interrupted[w.group[0][1].train_id] = (
-                            interrupted.get(w.group[0][1].train_id, 0) + 1
-                        )
-                        if interrupted[w.group[0][1].train_id] <= 2:
+                        train_id = w.group[0][1].train_id
+                        interrupted[train_id] = interrupted.get(train_id, 0) + 1
+                        if interrupted[train_id] <= 2:
                             queue.append(w.group)
                             echo(f"[worker {w.index}] {reason}; its jobs are queued again")
                         else:

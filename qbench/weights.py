@@ -20,7 +20,7 @@ schedules those first.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -142,10 +142,10 @@ class Refine(Recipe):
     anchor: str
     refine_steps: int
     origin: str
-    sources: tuple[str, ...] = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sources", (self.anchor,))
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.anchor,)
 
     def identity(self) -> dict[str, Any]:
         return {"recipe": "refine", "anchor": self.anchor, "steps": self.refine_steps}
@@ -179,10 +179,10 @@ class Blend(Recipe):
     second: str
     weight: float
     origin: str
-    sources: tuple[str, ...] = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sources", (self.first, self.second))
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.first, self.second)
 
     def identity(self) -> dict[str, Any]:
         return {"recipe": "blend", "sources": [self.first, self.second], "a": self.weight}

@@ -73,18 +73,18 @@ class DatasetCache:
         return [ds.uint8(i) for i in range(len(ds))]
 
 
-def call_hook(plugins: PluginSet, name: str, echo=None, **kwargs: Any) -> None:
+def call_hook(plugins: PluginSet, name: str, **kwargs: Any) -> None:
     """Call lifecycle hook ``name`` on every plugin; a plugin that raises is reported, by name.
 
     A logger or reporter must never fail a job: its exception is printed to
     stderr with the plugin's name and the other plugins are still called.
     """
-    echo = echo or (lambda msg: print(msg, file=sys.stderr))
     for impl in getattr(plugins.hook, name).get_hookimpls():
         try:
             impl.function(**{k: kwargs[k] for k in impl.argnames})
         except Exception as exc:
-            echo(f"qbench: warning: plugin {impl.plugin_name!r}: {name} raised {_reason(exc)}")
+            msg = f"qbench: warning: plugin {impl.plugin_name!r}: {name} raised {_reason(exc)}"
+            print(msg, file=sys.stderr)
 
 
 def failure_row(job: Job, status: str, reason: str, order: int, **extra: Any) -> dict[str, Any]:

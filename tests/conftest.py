@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 import warnings
@@ -73,6 +74,48 @@ def on_path(monkeypatch):
         f = getattr(sys.modules[mod], "__file__", None) or ""
         if any(f.startswith(a) for a in added):
             del sys.modules[mod]
+
+
+@pytest.fixture
+def install_plugin(tmp_path, monkeypatch, on_path):
+    """``install(dist, {module: source}, {entry point: module})``: a plugin distribution
+    visible to this process and to spawned workers, with the plugin registry reloaded
+    (and reset again after the test)."""
+    import qbench.plugins
+
+    def install(dist: str, modules: dict[str, str], entry_points: dict[str, str]) -> Path:
+        root = make_distribution(tmp_path / "site", dist, modules, entry_points)
+        on_path(root)
+        monkeypatch.setenv("PYTHONPATH", pythonpath_with(root))
+        qbench.plugins.reset()
+        return root
+
+    yield install
+    qbench.plugins.reset()
+
+
+def pip_install_target(package: Path, target: Path) -> Path:
+    """pip-install ``package`` (a real wheel build, no dependencies, no index) into ``target``."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(package),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return target
 
 
 pytest_plugins = ["pytester"]

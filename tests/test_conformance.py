@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import make_distribution, pythonpath_with
+from .conftest import make_distribution, pip_install_target, pythonpath_with
 
 BROKEN = '''
 import torch
@@ -150,27 +150,7 @@ def test_conformance_is_inert_without_option(pytester):
 @pytest.fixture(scope="module")
 def example_installed(tmp_path_factory):
     """pip-install the example plugin (a real wheel build) into a private target folder."""
-    target = tmp_path_factory.mktemp("example-site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(EXAMPLE),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return target
+    return pip_install_target(EXAMPLE, tmp_path_factory.mktemp("example-site"))
 
 
 def _env(target):

@@ -23,12 +23,32 @@ from qbench.preflight import PreflightError
 from qbench.results import RunDir, RunDirError
 from qbench.runner import run_matrix
 
-from .conftest import make_distribution, pythonpath_with
+from .conftest import make_distribution
 from .test_runner import read_csv, tiny
 
 
 def quiet(m, out, **kw):
     return run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None, **kw)
+
+
+def start_run(matrix, out, **popen) -> subprocess.Popen:
+    """``qbench run MATRIX --out OUT`` in the background, output on its stdout pipe."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qbench.cli",
+            "run",
+            str(matrix),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
 
 
 def qbench_cli(*args, cwd=None, env=None, **kw):
@@ -137,9 +157,7 @@ def test_leftovers_are_cleaned_and_report_rebuilds_from_rows(tmp_path, registry)
 # -- averages that say what they averaged ---------------------------------------------
 
 
-def test_rows_say_what_was_skipped_and_flag_nonfinite_values(
-    tmp_path, registry, on_path, monkeypatch
-):
+def test_rows_say_what_was_skipped_and_flag_nonfinite_values(tmp_path, registry, install_plugin):
     folder = tmp_path / "imgs"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -155,18 +173,10 @@ def test_rows_say_what_was_skipped_and_flag_nonfinite_values(
         )
         .replace("max_images = 1", "max_images = 0")
     )
-    site = make_distribution(
-        tmp_path / "site", "qbench-naneval", {"naneval": NANEVAL}, {"naneval": "naneval"}
-    )
-    on_path(site)
-    monkeypatch.setenv("PYTHONPATH", pythonpath_with(site))
-    qbench.plugins.reset()
-    try:
-        m = load_matrix(p, qbench.plugins.get_plugins().registry)
-        lines = []
-        s = run_matrix(m, tmp_path / "run", device="cpu", show_progress=False, echo=lines.append)
-    finally:
-        qbench.plugins.reset()
+    install_plugin("qbench-naneval", {"naneval": NANEVAL}, {"naneval": "naneval"})
+    m = load_matrix(p, qbench.plugins.get_plugins().registry)
+    lines = []
+    s = run_matrix(m, tmp_path / "run", device="cpu", show_progress=False, echo=lines.append)
     warned = [line for line in lines if "skipped" in line]
     assert len(warned) == 3 and all("bad" in line for line in warned)  # once each
     rows = {r["quantizer"]: r for r in read_csv(tmp_path / "run" / "results.csv")}
@@ -289,22 +299,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
 def test_workers_die_with_their_parent(tmp_path):
-    p = tiny(tmp_path, steps=100000)
-    parent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "qbench.cli",
-            "run",
-            str(p),
-            "--out",
-            str(tmp_path / "run"),
-            "--no-progress",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    parent = start_run(tiny(tmp_path, steps=100000), tmp_path / "run")
     deadline = time.time() + 120
     workers: list[int] = []
     while time.time() < deadline and not workers:
@@ -326,21 +321,9 @@ def test_workers_die_with_their_parent(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX process groups")
 def test_sigint_ignored_by_the_parent_is_ignored_by_its_workers(tmp_path):
-    p = tiny(tmp_path, steps=150)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "qbench.cli",
-            "run",
-            str(p),
-            "--out",
-            str(tmp_path / "run"),
-            "--no-progress",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc = start_run(
+        tiny(tmp_path, steps=150),
+        tmp_path / "run",
         start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as `cmd &` in a script
     )

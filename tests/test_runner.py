@@ -17,8 +17,6 @@ import qbench.plugins
 from qbench.matrix import load_matrix
 from qbench.runner import run_matrix
 
-from .conftest import make_distribution, pythonpath_with
-
 FAULTY = '''
 import os, signal
 import torch
@@ -88,15 +86,8 @@ def read_csv(path):
 
 
 @pytest.fixture
-def faulty_plugin(tmp_path, monkeypatch, on_path):
-    root = make_distribution(
-        tmp_path / "site", "qbench-faulty", {"faulty_plugin": FAULTY}, {"faulty": "faulty_plugin"}
-    )
-    on_path(root)
-    monkeypatch.setenv("PYTHONPATH", pythonpath_with(root))
-    qbench.plugins.reset()
-    yield root
-    qbench.plugins.reset()
+def faulty_plugin(install_plugin):
+    return install_plugin("qbench-faulty", {"faulty_plugin": FAULTY}, {"faulty": "faulty_plugin"})
 
 
 def test_faults_are_isolated_and_resume_skips(tmp_path, faulty_plugin, capfd):
@@ -246,32 +237,24 @@ def qbench_register_metrics(register):
 '''
 
 
-def test_metric_plugin_adds_columns_to_results_and_report(tmp_path, monkeypatch, on_path):
+def test_metric_plugin_adds_columns_to_results_and_report(tmp_path, install_plugin):
     from qbench.report import write_report
 
-    root = make_distribution(
-        tmp_path / "site", "qbench-maxerr", {"maxerr_plugin": MAXERR}, {"maxerr": "maxerr_plugin"}
-    )
-    on_path(root)
-    monkeypatch.setenv("PYTHONPATH", pythonpath_with(root))
-    qbench.plugins.reset()
-    try:
-        p = tiny(tmp_path)
-        p.write_text(
-            p.read_text().replace(
-                'metrics = ["bpp", "bpp_bitstream", "psnr"]',
-                'metrics = ["bpp", "psnr", "max_error"]',
-            )
+    install_plugin("qbench-maxerr", {"maxerr_plugin": MAXERR}, {"maxerr": "maxerr_plugin"})
+    p = tiny(tmp_path)
+    p.write_text(
+        p.read_text().replace(
+            'metrics = ["bpp", "bpp_bitstream", "psnr"]',
+            'metrics = ["bpp", "psnr", "max_error"]',
         )
-        m = load_matrix(p, qbench.plugins.get_plugins().registry)
-        out = tmp_path / "run"
-        run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
-        rows = read_csv(out / "results.csv")
-        assert float(rows[0]["max_error"]) > 0
-        write_report(out)
-        assert "max_error" in (out / "report.md").read_text()
-    finally:
-        qbench.plugins.reset()
+    )
+    m = load_matrix(p, qbench.plugins.get_plugins().registry)
+    out = tmp_path / "run"
+    run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
+    rows = read_csv(out / "results.csv")
+    assert float(rows[0]["max_error"]) > 0
+    write_report(out)
+    assert "max_error" in (out / "report.md").read_text()
 
 
 def test_missing_dataset_folder_is_reported_before_any_job(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from qbench.registry import QbenchError
 from qbench.scaffold import write_plugin
 
-from .conftest import pythonpath_with
+from .conftest import pip_install_target, pythonpath_with
 
 
 @pytest.mark.parametrize("kind", ["quantizer", "backbone", "dataset", "metric"])
@@ -27,26 +27,7 @@ def test_new_plugin_installs_passes_conformance_and_runs(tmp_path, kind):
     )
     assert out.returncode == 0, out.stderr
     root = tmp_path / f"qbench-{name}"
-    target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(root),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    target = pip_install_target(root, tmp_path / "site")
     env = {**os.environ, "PYTHONPATH": pythonpath_with(target)}
     # the package's own test runs the conformance suite on the installed plugin
     test = subprocess.run(
