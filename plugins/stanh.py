@@ -39,9 +39,10 @@ class STanH(qbench.Quantizer):
       midpoints of neighbouring levels (what the authors' code uses). The
       outer cells extend to +-1e4.
     * beta annealing (``annealing``): ``"gap"`` (default, as the authors): after
-      each training forward, ``beta <- min(beta + gap_factor * gap, beta_max)``
-      with ``gap = mean |soft - hard|``; ``"schedule"``: geometric from ``beta``
-      to ``beta_max`` over training progress (``set_progress``).
+      each training step (``end_step``), ``beta <- min(beta + gap_factor * gap,
+      beta_max)`` with ``gap = mean |soft - hard|`` of that step's forward pass;
+      ``"schedule"``: geometric from ``beta`` to ``beta_max`` over training
+      progress (``set_progress``).
 
     Default ``levels = 61`` (``E = 30``, enough for the latents of small
     CompressAI models; the paper uses about 60 per latent): 120 parameters.
@@ -144,11 +145,17 @@ class STanH(qbench.Quantizer):
         v = y if means is None else y - means
         s = self.soft(v)
         if self.annealing == "gap" and torch.is_grad_enabled():
+            # a measurement for end_step, not state: a probe's forward changes no beta
             with torch.no_grad():
-                gap = float((s - self.quantize(v)).abs().mean())
-                self.beta.fill_(min(float(self.beta) + self.gap_factor * gap, self.beta_max))
+                self._gap = float((s - self.quantize(v)).abs().mean())
         out = s if means is None else s + means
         return qbench.Quantized(rate=out, dist=out)
+
+    def end_step(self) -> None:
+        """Gap-driven annealing after each training step: ``beta += gap_factor * gap``."""
+        gap, self._gap = getattr(self, "_gap", None), None
+        if self.annealing == "gap" and gap is not None:
+            self.beta.fill_(min(float(self.beta) + self.gap_factor * gap, self.beta_max))
 
     def set_progress(self, t: float) -> None:
         super().set_progress(t)

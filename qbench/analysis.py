@@ -101,16 +101,29 @@ def _move(params: Sequence[Tensor], direction: Tensor, step: float) -> None:
         offset += p.numel()
 
 
+@contextlib.contextmanager
+def _restored(params: Sequence[Tensor]) -> Iterator[None]:
+    """Put ``params`` back bit for bit afterwards (``p + h - h`` is not ``p`` in floats)."""
+    saved = [p.detach().clone() for p in params]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, saved):
+                p.copy_(v)
+
+
 @torch.no_grad()
 def finite_difference(
     hard_loss: Callable[[], Tensor], params: Sequence[Tensor], direction: Tensor, step: float
 ) -> float:
-    """Central difference of ``hard_loss`` along ``direction`` (flat, over ``params``)."""
-    _move(params, direction, step)
-    plus = float(hard_loss())
-    _move(params, direction, -2 * step)
-    minus = float(hard_loss())
-    _move(params, direction, step)
+    """Central difference of ``hard_loss`` along ``direction`` (flat, over ``params``);
+    the parameters are restored exactly."""
+    with _restored(params):
+        _move(params, direction, step)
+        plus = float(hard_loss())
+        _move(params, direction, -2 * step)
+        minus = float(hard_loss())
     return (plus - minus) / (2 * step)
 
 
@@ -160,9 +173,9 @@ def latent_step(model, x: Tensor, params: Sequence[Tensor], target_rms: float = 
     def step(direction: Tensor) -> float:
         eps = 1e-3
         y0 = model.analysis(x)
-        _move(params, direction, eps)
-        y1 = model.analysis(x)
-        _move(params, direction, -eps)
+        with _restored(params):
+            _move(params, direction, eps)
+            y1 = model.analysis(x)
         rms = float((y1 - y0).pow(2).mean().sqrt()) / eps
         return target_rms / rms if rms > 0 else 1e-3
 
@@ -207,6 +220,16 @@ def model_gradient_statistics(
             step=latent_step(model, x, params),
             seed=seed,
         )
+
+
+@contextlib.contextmanager
+def isolated_rng(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run a probe on its own RNG stream: torch's CPU (and the device's CUDA) RNG state is
+    restored afterwards, so a statistic never shifts the training's random draws."""
+    device = torch.device(device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
 
 
 def training_statistics(model, x: Tensor, lmbda: float, draws: int = 4) -> dict[str, float]:

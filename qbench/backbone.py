@@ -79,6 +79,11 @@ class Backbone(nn.Module):
         for q in self.quantizers.values():
             q.set_progress(t)
 
+    def end_step(self) -> None:
+        """Tell every quantizer that an optimisation step ended (``Quantizer.end_step``)."""
+        for q in self.quantizers.values():
+            q.end_step()
+
     # -- applying the quantizers -------------------------------------------------
     def quantize_latent(
         self, latent: str, y: Tensor, means: Tensor | None, likelihood: CellLikelihood

@@ -18,7 +18,9 @@ quantized latent::
   reconstruction value; the likelihood is ``P = CDF(upper) - CDF(lower)``.
   The default is ``y_hat -+ 0.5``; a non-uniform quantizer returns its own.
 * ``set_progress(t)`` gives the training progress ``t`` in [0, 1] so that a
-  surrogate can anneal (the caller guarantees the range).
+  surrogate can anneal (the caller guarantees the range); ``end_step()`` is
+  called after every optimisation step. These two are the only places where
+  annealing state may change: ``forward`` must not change any state.
 * The *index protocol* says how the hard values are entropy coded:
   ``symbols(y, means)`` are the integers the coder writes, ``from_symbols``
   maps them back to reconstruction values, and ``tables(entropy)`` picks the
@@ -157,6 +159,14 @@ class Quantizer(nn.Module):
     def set_progress(self, t: float) -> None:
         """Record the training progress ``t`` in [0, 1] (the caller checks the range)."""
         self.progress = float(t)
+
+    def end_step(self) -> None:
+        """Called by the training loop once after each optimisation step (no-op by default).
+
+        Annealing that depends on what training saw (STanH's gap-driven beta)
+        updates its state here, never inside ``forward``: a forward pass made
+        by a probe (a statistic, an evaluation) must change nothing.
+        """
 
     # -- the index protocol: what the entropy coder writes -------------------------
     def symbols(self, y: Tensor, means: Tensor | None = None) -> Tensor:

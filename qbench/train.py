@@ -8,7 +8,10 @@
   Adam on the main parameters (quantizer parameters included) with ``lr``,
   a separate Adam on CompressAI's auxiliary (quantile) loss with ``aux_lr``;
 * gradient clipping to ``clip_max_norm`` (0 disables);
-* ``set_progress(step / steps)`` on every quantizer before each step;
+* ``set_progress(step / steps)`` on every quantizer before each step and
+  ``end_step()`` after it;
+* the probes (``on_log``) run under a forked RNG and restore every mode they
+  change, so recording statistics changes no trained weight;
 * a loss that is NaN or infinite stops the job as ``diverged`` at that step.
 """
 
@@ -174,6 +177,7 @@ def train(
             aux_loss = model.aux_loss()
             aux_loss.backward()
             aux_opt.step()
+        model.end_step()
         stats = {"loss": loss_value, "bpp": float(bpp.detach()), "mse": float(mse.detach())}
         if on_step is not None:
             on_step(step + 1, stats)

@@ -42,8 +42,9 @@ class Context:
         config: the matrix's ``[train]`` settings.
         lmbda, seed, device: the job's.
         on_step: progress callback ``(step, stats)`` after every step, or None.
-        on_log: statistics callback ``(model, sampler, step, steps)`` every
-            ``config.log_every`` steps, returns the record to keep, or None.
+        on_log: ``(model, steps) -> (step -> record)``: the statistics probe run
+            every ``config.log_every`` steps, or None. It must not change the
+            training: its own batch, its own RNG stream, every mode restored.
     """
 
     build_model: Callable[[], Backbone]
@@ -87,8 +88,8 @@ def _optimise(
     sampler = CropSampler(ctx.train_images(), ctx.config.crop, ctx.seed)
     history: list[dict[str, Any]] = []
     on_log = None
-    if ctx.on_log is not None:
-        probe_log = ctx.on_log(model, sampler, steps)
+    if ctx.on_log is not None and ctx.config.log_every > 0:
+        probe_log = ctx.on_log(model, steps)
 
         def on_log(step: int) -> None:
             history.append(probe_log(step))

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from qbench.analysis import training_statistics
+from qbench.analysis import isolated_rng, training_statistics
 from qbench.backbone import Backbone
 from qbench.evaluate import evaluate
 from qbench.jobs import Job, Spec
@@ -126,7 +126,7 @@ def run_group(
                 seed=first.seed,
                 device=device,
                 on_step=bar.update if bar else None,
-                on_log=_history_probe(first, device),
+                on_log=_history_probe(first, device, datasets),
             )
             outcome = first.recipe.produce(model, ctx)
             if bar:
@@ -160,10 +160,7 @@ def _evaluate_group(jobs, model, outcome: Outcome, run_dir, registry, device, da
     """Evaluate the trained ``model`` on each job's dataset; one bad dataset fails one job."""
     first = jobs[0][1]
     model.to(device)
-    batch_gen = CropSampler(
-        datasets.uint8_images(first.train_dataset), first.train.crop, first.seed + 1
-    )
-    fixed_batch = batch_gen.batch(min(4, first.train.batch_size)).to(device)
+    fixed_batch = _probe_batch(first, datasets).to(device)
     for order, job in jobs:
         try:
             ds = datasets.get(job.dataset)
@@ -182,13 +179,14 @@ def _evaluate_group(jobs, model, outcome: Outcome, run_dir, registry, device, da
             if not idx:
                 raise QbenchError(f"no image of {job.dataset.label!r} to evaluate: {skipped}")
             metrics = [registry.build("metric", name) for name in job.eval.metrics]
-            averages, per_image = evaluate(
-                model,
-                [ds[i] for i in idx],
-                [ds.names[i] for i in idx],
-                metrics,
-                job_eval=JobEval(model, fixed_batch, job.lmbda, job.seed),
-            )
+            with isolated_rng(device):  # a dataset's rows do not depend on the ones before
+                averages, per_image = evaluate(
+                    model,
+                    [ds[i] for i in idx],
+                    [ds.names[i] for i in idx],
+                    metrics,
+                    job_eval=JobEval(model, fixed_batch, job.lmbda, job.seed),
+                )
             nonfinite = averages["nonfinite"]
             rows[job.job_id] = {
                 **job.id_columns(),
@@ -219,14 +217,23 @@ def _source_weights(run_dir: RunDir, train_id: str) -> dict[str, Any]:
     return cached[0]
 
 
-def _history_probe(job: Job, device: torch.device):
-    """Every ``log_every`` steps: mismatch and gradient variance on a fixed batch."""
+def _probe_batch(job: Job, datasets: DatasetCache) -> torch.Tensor:
+    """The job's fixed probe batch: crops from its own generator (``seed + 1``), never the
+    training sampler's; the history and the per-job metrics use the same one."""
+    sampler = CropSampler(datasets.uint8_images(job.train_dataset), job.train.crop, job.seed + 1)
+    return sampler.batch(min(4, job.train.batch_size))
 
-    def start(model: Backbone, sampler: CropSampler, steps: int):
-        probe = sampler.batch(min(4, job.train.batch_size))
+
+def _history_probe(job: Job, device: torch.device, datasets: DatasetCache):
+    """Every ``log_every`` steps: mismatch and gradient variance on the fixed probe batch,
+    on an isolated RNG stream (recording statistics changes no trained weight)."""
+
+    def start(model: Backbone, steps: int):
+        probe = _probe_batch(job, datasets).to(device)
 
         def log(step: int) -> dict[str, Any]:
-            stats = training_statistics(model, probe.to(device), job.lmbda)
+            with isolated_rng(device):
+                stats = training_statistics(model, probe, job.lmbda)
             return {"step": step, "progress": step / steps, **stats}
 
         return log

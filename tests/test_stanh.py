@@ -99,13 +99,22 @@ def test_beta_annealing(registry):
     betas = [float(q.beta)]
     for _ in range(5):
         q(y)
+        q.end_step()  # the training loop's call after each step
         betas.append(float(q.beta))
     assert all(b2 > b1 for b1, b2 in zip(betas, betas[1:]))
-    with torch.no_grad():
-        q(y)  # measuring without gradients (evaluation) does not anneal
+    for _ in range(3):
+        q(y)  # a probe's forward pass, with or without gradients, anneals nothing
+        with torch.no_grad():
+            q(y)
     assert float(q.beta) == betas[-1]
+    q(y)
+    q.end_step()
+    after = float(q.beta)
+    q.end_step()  # one step's gap is applied once
+    assert after > betas[-1] and float(q.beta) == after
     capped = stanh(registry, levels=11, beta=10.0, beta_max=10.5, gap_factor=1e3).train()
     capped(y)
+    capped.end_step()
     assert float(capped.beta) == 10.5
     sched = stanh(registry, levels=11, annealing="schedule", beta=2.0, beta_max=200.0)
     sched.set_progress(0.5)
