@@ -2,16 +2,18 @@
 learned image compression.
 
 Public API: :class:`Quantizer`, :class:`Quantized`, :data:`hookimpl`,
-:class:`Backbone`, :class:`ImageDataset`, :class:`Metric`, and the modules
+:class:`Backbone`, :class:`ImageDataset`, :class:`Metric` (with :class:`ImageEval`,
+:class:`JobEval`, :class:`ProbeEval` and :class:`Estimate`), and the modules
 ``qbench.bdrate`` and ``qbench.conformance``.
 """
 
 from importlib import metadata as _metadata
 
+from qbench.analysis import Estimate
 from qbench.backbone import Backbone
 from qbench.hookspecs import hookimpl
 from qbench.images import ImageDataset, load_image
-from qbench.metric import ImageEval, JobEval, Metric
+from qbench.metric import ImageEval, JobEval, Metric, ProbeEval
 from qbench.quantizer import Quantized, Quantizer
 
 try:
@@ -21,10 +23,12 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
 
 __all__ = [
     "Backbone",
+    "Estimate",
     "ImageDataset",
     "ImageEval",
     "JobEval",
     "Metric",
+    "ProbeEval",
     "Quantized",
     "Quantizer",
     "__version__",

@@ -34,11 +34,29 @@ class EvalConfig:
         max_pixels: images with more pixels are not evaluated (skipped and
             named in the row): the memory an evaluation takes grows with the
             image (a 5000x4000 image took 7.1 GB with N = 16 channels).
+        schedule: the training-progress points at which the schedule
+            statistics (metrics with ``per_probe``) are measured; always ends at 1.0.
+        probe_batches: batches in the fixed probe set (the unit of the intervals).
+        probe_crops: training crops per probe batch.
+        draws: surrogate draws ``K`` of every schedule statistic.
     """
 
     metrics: tuple[str, ...]
     max_images: int
     max_pixels: int = 8_388_608
+    schedule: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0)
+    probe_batches: int = 8
+    probe_crops: int = 4
+    draws: int = 16
+
+    def probe_settings(self) -> dict[str, Any]:
+        """What the schedule statistics recorded during training depend on."""
+        return {
+            "schedule": list(self.schedule),
+            "probe_batches": self.probe_batches,
+            "probe_crops": self.probe_crops,
+            "draws": self.draws,
+        }
 
 
 def pad_to(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:

@@ -259,8 +259,37 @@ def parse_matrix(
         ck.fail("eval.max_images", f"must be >= 0 (0: every image), got {evaluation['max_images']}")
     if evaluation["max_pixels"] < 1:
         ck.fail("eval.max_pixels", f"must be >= 1, got {evaluation['max_pixels']}")
+    schedule = evaluation["schedule"]
+    if not isinstance(schedule, list) or not all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t <= 1 for t in schedule
+    ):
+        ck.fail(
+            "eval.schedule",
+            f"expected a list of training-progress points in (0, 1], got {schedule!r}",
+        )
+    schedule = tuple(sorted({float(t) for t in schedule} | {1.0}))
+    if evaluation["probe_batches"] < 2:
+        ck.fail(
+            "eval.probe_batches",
+            f"must be >= 2 (the intervals are over the probe batches), got "
+            f"{evaluation['probe_batches']}",
+        )
+    if evaluation["probe_crops"] < 1:
+        ck.fail("eval.probe_crops", f"must be >= 1, got {evaluation['probe_crops']}")
+    if evaluation["draws"] < 2 or evaluation["draws"] % 2:
+        ck.fail(
+            "eval.draws",
+            f"must be an even number >= 2 (the gradient statistics split the draws in two "
+            f"halves), got {evaluation['draws']}",
+        )
     eval_config = EvalConfig(
-        tuple(evaluation["metrics"]), evaluation["max_images"], evaluation["max_pixels"]
+        tuple(evaluation["metrics"]),
+        evaluation["max_images"],
+        evaluation["max_pixels"],
+        schedule,
+        evaluation["probe_batches"],
+        evaluation["probe_crops"],
+        evaluation["draws"],
     )
     report = _section(ck, raw, "report", base["report"])
     labels = [q.label for q in quantizers]

@@ -1,10 +1,14 @@
 """The metric contract: columns of ``results.csv`` computed from an evaluation.
 
-A metric declares its ``columns`` and fills them per image (``per_image``) and/or
-once per job (``per_job``). Per-image values are reduced over the evaluation
-set as the metric declares in ``aggregate`` (``"mean"`` over the finite values
-by default; ``"all"``: 1 when every image's value is true). A metric receives
-an :class:`ImageEval` or :class:`JobEval` holding everything the evaluation
+A metric declares its ``columns`` and fills them per image (``per_image``),
+once per job (``per_job``) and/or at every point of the training schedule
+(``per_probe``: a *schedule statistic*, measured on the job's fixed probe set
+with the quantizers in the state they had at that point; the row gets the
+final state, the training average and their 95 % intervals). Per-image
+values are reduced over the evaluation set as the metric declares in
+``aggregate`` (``"mean"`` over the finite values by default; ``"all"``: 1
+when every image's value is true). A metric receives an :class:`ImageEval`,
+:class:`JobEval` or :class:`ProbeEval` holding everything the evaluation
 computed; it must not write files.
 """
 
@@ -15,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor
+
+from qbench.analysis import Estimate
 
 #: The reductions a metric may declare for a per-image column.
 AGGREGATIONS = ("mean", "all")
@@ -57,6 +63,31 @@ class JobEval:
     seed: int
 
 
+@dataclass
+class ProbeEval:
+    """One point of the training schedule, for a schedule statistic (``Metric.per_probe``).
+
+    Attributes:
+        model: the backbone with its weights and quantizers as they were at
+            ``progress`` (training or eval mode: the metric picks; the harness
+            restores the mode and runs the probe on its own RNG stream).
+        batches: the job's fixed probe set: ``[eval] probe_batches`` batches of
+            ``[eval] probe_crops`` training crops each, the same at every point.
+        lmbda: the job's rate-distortion trade-off.
+        seed: the job's seed.
+        progress: the training progress ``t`` in [0, 1] of this point.
+        draws: ``[eval] draws``, the number of surrogate draws ``K`` every
+            schedule statistic takes (one ``K`` for all, so they compare).
+    """
+
+    model: Any
+    batches: list[Tensor]
+    lmbda: float
+    seed: int
+    progress: float
+    draws: int
+
+
 class Metric:
     """Base class of metrics; subclasses set ``columns`` and override one method.
 
@@ -78,3 +109,15 @@ class Metric:
     def per_job(self, ev: JobEval) -> dict[str, float]:
         """Values of (some of) ``columns`` computed once per job."""
         return {}
+
+    def per_probe(self, ev: ProbeEval) -> dict[str, Estimate]:
+        """Values of (some of) ``columns`` at one point of the training schedule, each an
+        :class:`~qbench.analysis.Estimate` (value, 95 % interval over the probe batches,
+        and the reason when it is exact by construction). A metric that overrides
+        this is a schedule statistic."""
+        return {}
+
+    @classmethod
+    def measures_schedule(cls) -> bool:
+        """Whether this metric is a schedule statistic (overrides :meth:`per_probe`)."""
+        return cls.per_probe is not Metric.per_probe

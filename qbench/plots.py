@@ -1,4 +1,4 @@
-"""Plots of a report (matplotlib, Agg backend): RD curves, BD-rate bars, history."""
+"""Plots of a report (matplotlib, Agg backend): RD curves, BD-rate bars, schedule statistics."""
 
 from __future__ import annotations
 
@@ -62,39 +62,46 @@ def plot_bd(rows: list[dict], out: Path, anchor: str) -> list[Path]:
     return paths
 
 
-def plot_history(h: pd.DataFrame, out: Path) -> list[Path]:
-    """Mismatch and gradient variance against training progress, a line per quantizer."""
-    cols = [c for c in ("mismatch_rate", "mismatch_dist", "grad_var") if c in h.columns]
+#: The schedule statistics plotted against training progress (when present).
+SCHEDULE_PLOTS = ("mismatch_rate", "mismatch_dist", "mismatch_latent", "grad_var", "grad_bias")
+
+
+def plot_schedule(h: pd.DataFrame, out: Path) -> list[Path]:
+    """Each schedule statistic against training progress: a line per quantizer (darker =
+    larger lambda), the 95 % interval shaded; exact values (zero by construction) drawn
+    as hollow markers."""
+    cols = [c for c in SCHEDULE_PLOTS if c in h.columns]
     if not cols or h.empty:
         return []
-    fig, axes = plt.subplots(1, len(cols), figsize=(4.5 * len(cols), 3.6), dpi=120)
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.8 * len(cols), 3.4), dpi=110)
     axes = [axes] if len(cols) == 1 else list(axes)
     quantizers = list(dict.fromkeys(h["quantizer"]))
     lambdas = sorted(h["lambda"].unique())
     colors = plt.get_cmap("tab10")
     for ax, col in zip(axes, cols):
+        exact_col = f"{col}_exact"
         for (q, lam), g in h.groupby(["quantizer", "lambda"], sort=False):
-            g = g.groupby("progress")[col].mean().reset_index()
-            shade = 0.35 + 0.65 * (lambdas.index(lam) + 1) / len(lambdas)
-            first = lam == lambdas[-1]
-            ax.plot(
-                g["progress"],
-                g[col],
-                color=colors(quantizers.index(q) % 10),
-                alpha=shade,
-                label=q if first else None,
-            )
-        ax.set_xlabel("training progress")
-        ax.set_ylabel(col)
-        if col == "grad_var":
-            ax.set_yscale("log")
+            g = g.groupby("progress", as_index=False).first().sort_values("progress")
+            color = colors(quantizers.index(q) % 10)
+            shade = 0.3 + 0.7 * (lambdas.index(lam) + 1) / len(lambdas)
+            label = q if lam == lambdas[-1] else None
+            ax.plot(g["progress"], g[col], color=color, alpha=shade, label=label, marker=".")
+            if f"{col}_lo" in g.columns:
+                ax.fill_between(
+                    g["progress"], g[f"{col}_lo"], g[f"{col}_hi"], color=color, alpha=0.08
+                )
+            if exact_col in g.columns:
+                ex = g[g[exact_col].fillna("").astype(str) != ""]
+                ax.scatter(ex["progress"], ex[col], facecolors="none", edgecolors=color, s=30)
+        ax.set_xlabel("training progress t")
+        ax.set_title(col, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, title="darker = larger lambda", title_fontsize=7)
+    axes[0].legend(fontsize=7, title="darker = larger lambda", title_fontsize=6)
     fig.suptitle(
-        "mismatch and gradient variance over training (a zero variance is not drawn)", fontsize=9
+        "schedule statistics (shaded: 95% interval; hollow: exact by construction)", fontsize=9
     )
     fig.tight_layout()
-    path = out / "history.png"
+    path = out / "schedule.png"
     fig.savefig(path)
     plt.close(fig)
     return [path]

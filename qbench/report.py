@@ -1,6 +1,6 @@
 """Reports: RD, BD-rate, mismatch and gradient tables (report.md) and plots (rd_*.png).
 
-Built from ``results.csv`` alone (plus ``history.csv`` when present), so a
+Built from ``results.csv`` alone (plus ``schedule.csv`` when present), so a
 report can be rebuilt at any time, also for a half-finished run or a
 results.csv from an older qbench with fewer columns. What cannot be computed
 is said in the report, with the reason, and the rest is built.
@@ -8,6 +8,7 @@ is said in the report, with the reason, and the rest is built.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import io
 import json
@@ -357,9 +358,14 @@ def write_report(
         ]
 
     sections += variable
+    scheduled = [m for m in manifest.get("schedule_metrics", []) if m in declared]
+    if not ok.empty and scheduled:
+        sections += _schedule_section(ok, {m: declared[m] for m in scheduled}, notes)
     if not ok.empty:
         sections += ["## Metrics (mean over seeds)", ""]
         for metric, cols in declared.items():
+            if metric in scheduled:
+                continue
             present = [c for c in cols if c in ok.columns]
             if not present:
                 notes.append(f"metric {metric!r}: results.csv has none of its columns {cols}")
@@ -391,17 +397,92 @@ def write_report(
     return Report(summary, bd_rows, notes, plots)
 
 
+def _cell(row: pd.Series, col: str, marks: list[str], where: str, notes: list[str]) -> str:
+    """``"0.123 [0.100, 0.146]"``; an exact value says so; a caveat gets a mark and a note."""
+    value, note = row.get(col), row.get(f"{col}_note")
+    note = "" if note is None or (isinstance(note, float) and math.isnan(note)) else str(note)
+    if note.startswith("exact"):
+        return f"{_num(value)} ({note})"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"not measured ({note})" if note else "not measured"
+    text = f"{_num(value)} [{_num(row.get(f'{col}_lo'))}, {_num(row.get(f'{col}_hi'))}]"
+    if note:
+        marks.append(f"({len(marks) + 1}) {where}: {note}")
+        text += f" ({len(marks)})"
+    return text
+
+
+def _negative(v) -> bool:
+    return isinstance(v, float) and v < 0  # -1 marks "not interpolated"
+
+
+def _num(v) -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "?"
+    if math.isnan(v):
+        return "?"
+    return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+def _schedule_section(ok: pd.DataFrame, metrics: dict[str, list[str]], notes) -> list[str]:
+    """Training average and final state of each schedule statistic, with intervals."""
+    keys = ["backbone", "quantizer", "lambda"]
+    if "interp_weight" in ok.columns and (ok["interp_weight"] >= 0).any():
+        keys.append("interp_weight")
+    if ok["seed"].nunique() > 1:
+        keys.append("seed")
+    per_model = ok.drop_duplicates(subset=["train_id"] if "train_id" in ok.columns else keys)
+    out = [
+        "## Statistics over the training schedule",
+        "",
+        "Measured at each `[eval] schedule` point of training on one fixed probe set of "
+        "training crops, with one number of surrogate draws, and with the quantizers in the "
+        "state they had at that point. *Training average*: the area under the schedule over "
+        "its length; *final*: the state after training (t = 1), the one evaluated. Brackets: "
+        "95 % interval over the probe batches (jackknife, Student t). A value that is zero "
+        "by construction (a deterministic surrogate has no gradient variance; a surrogate "
+        "equal to rounding has no mismatch) says so and is not a finding. `grad_bias` is "
+        "1 - (hard-loss derivative) / (surrogate derivative) along the mean surrogate "
+        "gradient (0: faithful), see docs/statistics.md.",
+        "",
+    ]
+    for metric, cols in metrics.items():
+        for col in cols:
+            if col not in per_model.columns:
+                notes.append(f"statistic {col!r} ({metric}): not in results.csv")
+                continue
+            marks: list[str] = []
+            rows = []
+            for _, r in per_model.iterrows():
+                where = " ".join(
+                    f"{k}={r[k]}" for k in keys if k != "backbone" and not _negative(r[k])
+                )
+                rows.append(
+                    {
+                        **{k: r[k] for k in keys},
+                        "training average": _cell(r, f"{col}_avg", marks, where, notes),
+                        "final": _cell(r, col, marks, where, notes),
+                    }
+                )
+            t = pd.DataFrame(rows)
+            if "interp_weight" in t.columns:
+                t["interp_weight"] = t["interp_weight"].where(t["interp_weight"] >= 0, None)
+            out += [f"### `{col}` ({metric})", "", _md(t), ""]
+            if marks:
+                out += [f"- {m}" for m in marks] + [""]
+    return out
+
+
 def _plots(run_dir: Path, rd: pd.DataFrame, bd_rows: list[dict], anchor: str) -> list[Path]:
-    from qbench.plots import plot_bd, plot_history, plot_rd
+    from qbench.plots import plot_bd, plot_rd, plot_schedule
 
     plots = plot_rd(rd, run_dir) if not rd.empty else []
     if bd_rows:
         plots += plot_bd(bd_rows, run_dir, anchor)
-    hist = run_dir / "history.csv"
-    if hist.exists() and hist.stat().st_size > 0:
-        try:
-            h = pd.read_csv(hist)
-            plots += plot_history(h, run_dir)
-        except pd.errors.EmptyDataError:
-            pass
+    sched = run_dir / "schedule.csv"
+    if sched.exists() and sched.stat().st_size > 0:
+        with contextlib.suppress(pd.errors.EmptyDataError):
+            plots += plot_schedule(pd.read_csv(sched), run_dir)
     return plots

@@ -5,7 +5,8 @@ Layout of a run directory::
     rows/<job_id>.json     one finished (or failed) job, written atomically
     results.csv            merged from rows/ (atomically replaced)
     per_image.csv          per-image metric values of every job
-    history.csv            per-job training statistics over steps
+    history.csv            per-job training loss, bpp and mse over steps
+    schedule.csv           per-job schedule statistics at each probe point
     manifest.json          versions, device, matrix, plugins
     checkpoints/<train_id>.pt  trained weights (shared by jobs that differ
                            only in the evaluation dataset)
@@ -48,7 +49,9 @@ TAIL_COLUMNS = [
     "config_id",
 ]
 #: The tables merged from the rows.
-MERGED = ("results.csv", "per_image.csv", "history.csv")
+MERGED = ("results.csv", "per_image.csv", "history.csv", "schedule.csv")
+#: Row fields that hold a list of records (each merged into its own table).
+NESTED = ("per_image", "history", "schedule")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -236,33 +239,32 @@ class RunDir:
         return self._tables(self.rows(), metric_columns)[0]
 
     def write_tables(self, metric_columns: Iterable[str] = ()) -> Path:
-        """Merge the rows into results.csv, per_image.csv and history.csv."""
-        results, per_image, history = self._tables(self.rows(), metric_columns)
-        atomic_write_text(self.root / "results.csv", results)
-        atomic_write_text(self.root / "per_image.csv", per_image)
-        atomic_write_text(self.root / "history.csv", history)
+        """Merge the rows into results.csv, per_image.csv, history.csv and schedule.csv."""
+        for name, text in zip(MERGED, self._tables(self.rows(), metric_columns)):
+            atomic_write_text(self.root / name, text)
         return self.root / "results.csv"
 
     @staticmethod
-    def _tables(rows: list[dict[str, Any]], metric_columns: Iterable[str]) -> tuple[str, str, str]:
+    def _tables(rows: list[dict[str, Any]], metric_columns: Iterable[str]) -> tuple[str, ...]:
         cols = list(ID_COLUMNS)
         for c in metric_columns:
             if c not in cols:
                 cols.append(c)
         for r in rows:
             for c in r:
-                if c not in cols and c not in TAIL_COLUMNS and c not in ("per_image", "history"):
+                if c not in cols and c not in TAIL_COLUMNS and c not in NESTED:
                     cols.append(c)
         cols += TAIL_COLUMNS
         rows.sort(key=lambda r: r.get("order", 0))
         per_image = _flatten(
             rows, "per_image", ("job_id", "quantizer", "lambda", "dataset", "seed")
         )
-        history = _flatten(rows, "history", ("job_id", "backbone", "quantizer", "lambda", "seed"))
+        ids = ("job_id", "backbone", "quantizer", "lambda", "seed")
         return (
             _csv(rows, [c for c in cols if c != "order"]),
             _csv(per_image),
-            _csv(history),
+            _csv(_flatten(rows, "history", ids)),
+            _csv(_flatten(rows, "schedule", ids)),
         )
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:

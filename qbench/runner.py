@@ -34,6 +34,7 @@ from qbench.preflight import preflight
 from qbench.rd import LOSS
 from qbench.registry import QbenchError
 from qbench.results import RunDir
+from qbench.schedule import AVERAGE_SUFFIXES, FINAL_SUFFIXES
 from qbench.worker import DatasetCache, failure_row, run_group
 
 
@@ -198,7 +199,14 @@ def _run_locked(
         plan = plan[: max(1, len(groups))]
     manifest = _manifest(matrix, plugins, plan, disable)
     run_dir.write_manifest(manifest)
-    metric_cols = [c for cols in manifest["metric_columns"].values() for c in cols]
+    metric_cols = [
+        c + suffix
+        for name, cols in manifest["metric_columns"].items()
+        for c in cols
+        for suffix in (
+            FINAL_SUFFIXES + AVERAGE_SUFFIXES if name in manifest["schedule_metrics"] else ("",)
+        )
+    ]
     echo(
         f"qbench {__version__}: {matrix.name}: {len(matrix.jobs)} jobs, "
         f"{len(matrix.jobs) - len(pending)} already finished, {len(pending)} to run on "
@@ -226,6 +234,15 @@ def _run_locked(
     return RunSummary(
         Path(out), len(matrix.jobs), len(matrix.jobs) - len(pending), len(pending), statuses
     )
+
+
+def _schedule_metrics(matrix: Matrix, plugins: PluginSet) -> list[str]:
+    """The matrix's metrics that are measured over the training schedule (``per_probe``)."""
+    return [
+        name
+        for name in matrix.eval.metrics
+        if plugins.registry.build("metric", name).measures_schedule()
+    ]
 
 
 def _metric_columns(matrix: Matrix, plugins: PluginSet) -> dict[str, list[str]]:
@@ -439,6 +456,7 @@ def _manifest(matrix: Matrix, plugins: PluginSet, plan, disable) -> dict[str, An
         "seeds": sorted({j.seed for j in matrix.jobs}),
         "matrix": matrix.resolved(),
         "metric_columns": _metric_columns(matrix, plugins),
+        "schedule_metrics": _schedule_metrics(matrix, plugins),
         "matrix_file": matrix.raw,
         "jobs": [
             {"job_id": j.job_id, "train_id": j.train_id, "describe": j.describe()}

@@ -10,8 +10,11 @@
 * gradient clipping to ``clip_max_norm`` (0 disables);
 * ``set_progress(step / steps)`` on every quantizer before each step and
   ``end_step()`` after it;
-* the probes (``on_log``) run under a forked RNG and restore every mode they
-  change, so recording statistics changes no trained weight;
+* every ``log_every`` steps the step's loss, bpp and mse go to the history;
+* at the schedule's probe steps (``probe_steps``; ``steps`` itself is the
+  final state, after ``set_progress(1.0)``) ``on_probe(step)`` measures the
+  schedule statistics; the probes run under a forked RNG and restore every
+  mode they change, so recording statistics changes no trained weight;
 * a loss that is NaN or infinite stops the job as ``diverged`` at that step.
 """
 
@@ -21,7 +24,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -102,10 +105,13 @@ class Outcome:
         status: ``"ok"`` or ``"diverged"`` (a NaN or infinite loss).
         reason: why, when not ok.
         steps: optimisation steps taken.
-        seconds: wall time of those steps.
+        seconds: wall time of those steps (the probes' time not included).
         trained_parameters: how many parameters the optimizer updated.
-        history: the training statistics recorded every ``log_every`` steps.
+        history: the training loss, bpp and mse recorded every ``log_every`` steps.
         final: the last step's loss, bpp and mse.
+        schedule: the schedule statistics, one record per probe point
+            (``progress``, ``step`` and each statistic's estimate).
+        probe_settings: the ``[eval]`` settings the schedule was measured with.
     """
 
     status: str
@@ -115,6 +121,8 @@ class Outcome:
     trained_parameters: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
+    schedule: list[dict[str, Any]] = field(default_factory=list)
+    probe_settings: dict[str, Any] = field(default_factory=dict)
 
 
 def train(
@@ -131,8 +139,9 @@ def train(
     parameters: Sequence[torch.nn.Parameter] | None = None,
     train_aux: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
-    on_log: Callable[[int], None] | None = None,
     log_every: int = 0,
+    probe_steps: Collection[int] = (),
+    on_probe: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Train ``model`` in place for ``steps`` steps; see the module docstring.
 
@@ -153,8 +162,15 @@ def train(
     aux_opt = torch.optim.Adam(aux, lr=aux_lr) if aux else None
     start = time.perf_counter()
     stats: dict[str, float] = {}
+    history: list[dict[str, Any]] = []
+    probe_seconds = 0.0
+    probe_steps = set(probe_steps) if on_probe is not None else set()
     for step in range(steps):
         model.set_progress(step / steps)
+        if step in probe_steps:
+            probe_start = time.perf_counter()
+            on_probe(step)
+            probe_seconds += time.perf_counter() - probe_start
         x = sampler.batch(batch_size).to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         out = model(x)
@@ -164,9 +180,10 @@ def train(
             return Outcome(
                 "diverged",
                 step,
-                time.perf_counter() - start,
+                time.perf_counter() - start - probe_seconds,
                 f"loss became {loss_value} at step {step}",
                 trained_parameters=n_trained,
+                history=history,
             )
         loss.backward()
         if clip_max_norm > 0:
@@ -181,11 +198,12 @@ def train(
         stats = {"loss": loss_value, "bpp": float(bpp.detach()), "mse": float(mse.detach())}
         if on_step is not None:
             on_step(step + 1, stats)
-        if on_log is not None and log_every > 0 and (step % log_every == 0 or step == steps - 1):
-            on_log(step)
+        if log_every > 0 and (step % log_every == 0 or step == steps - 1):
+            history.append({"step": step + 1, "progress": (step + 1) / steps, **stats})
+    seconds = time.perf_counter() - start - probe_seconds  # the probes are not training
     model.set_progress(1.0)
+    if steps in probe_steps:
+        on_probe(steps)
     for p in model.parameters():
         p.requires_grad_(True)
-    return Outcome(
-        "ok", steps, time.perf_counter() - start, trained_parameters=n_trained, final=stats
-    )
+    return Outcome("ok", steps, seconds, trained_parameters=n_trained, history=history, final=stats)

@@ -42,9 +42,10 @@ class Context:
         config: the matrix's ``[train]`` settings.
         lmbda, seed, device: the job's.
         on_step: progress callback ``(step, stats)`` after every step, or None.
-        on_log: ``(model, steps) -> (step -> record)``: the statistics probe run
-            every ``config.log_every`` steps, or None. It must not change the
-            training: its own batch, its own RNG stream, every mode restored.
+        probe: ``(model, steps) -> (probe_steps, measure)``: the schedule
+            statistics of a run of ``steps`` steps, measured by ``measure(step)``
+            at each of ``probe_steps``; or None. It must not change the
+            training: its own batches, its own RNG stream, every mode restored.
     """
 
     build_model: Callable[[], Backbone]
@@ -55,7 +56,9 @@ class Context:
     seed: int
     device: torch.device
     on_step: Callable[[int, dict[str, float]], None] | None = None
-    on_log: Callable[..., dict[str, Any]] | None = None
+    probe: Callable[[Backbone, int], tuple[list[int], Callable[[int], dict[str, Any]]]] | None = (
+        None
+    )
 
 
 class Recipe:
@@ -86,13 +89,13 @@ def _optimise(
 ) -> Outcome:
     """The training loop with the worker's probes attached (shared by Train and Refine)."""
     sampler = CropSampler(ctx.train_images(), ctx.config.crop, ctx.seed)
-    history: list[dict[str, Any]] = []
-    on_log = None
-    if ctx.on_log is not None and ctx.config.log_every > 0:
-        probe_log = ctx.on_log(model, steps)
+    schedule: list[dict[str, Any]] = []
+    probe_steps, on_probe = [], None
+    if ctx.probe is not None:
+        probe_steps, measure = ctx.probe(model, steps)
 
-        def on_log(step: int) -> None:
-            history.append(probe_log(step))
+        def on_probe(step: int) -> None:
+            schedule.append(measure(step))
 
     outcome = train(
         model,
@@ -107,10 +110,11 @@ def _optimise(
         parameters=parameters,
         train_aux=train_aux,
         on_step=ctx.on_step,
-        on_log=on_log,
         log_every=ctx.config.log_every,
+        probe_steps=probe_steps,
+        on_probe=on_probe,
     )
-    outcome.history = history
+    outcome.schedule = schedule
     return outcome
 
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
-from qbench.analysis import isolated_rng, training_statistics
+from qbench import schedule
+from qbench.analysis import isolated_rng
 from qbench.backbone import Backbone
 from qbench.evaluate import evaluate
 from qbench.jobs import Job, Spec
-from qbench.metric import JobEval
+from qbench.metric import JobEval, Metric, ProbeEval
 from qbench.plugins import PluginSet
 from qbench.registry import QbenchError, Registry
 from qbench.results import RunDir
@@ -108,6 +109,12 @@ def run_group(
         call_hook(plugins, "qbench_job_started", job=job)
     rows: dict[str, dict[str, Any]] = {}
     try:
+        statistics = [
+            m
+            for m in (registry.build("metric", n) for n in first.eval.metrics)
+            if m.measures_schedule()
+        ]
+        probe = _schedule_probe(first, device, datasets, statistics) if statistics else None
         seed_everything(first.seed)  # before the weights are initialised
         model = build_model(first, registry)
         cached = run_dir.load_checkpoint(first.train_id)
@@ -126,9 +133,10 @@ def run_group(
                 seed=first.seed,
                 device=device,
                 on_step=bar.update if bar else None,
-                on_log=_history_probe(first, device, datasets),
+                probe=probe,
             )
             outcome = first.recipe.produce(model, ctx)
+            outcome.probe_settings = first.eval.probe_settings()
             if bar:
                 bar.close()
             if outcome.status == "ok":
@@ -144,7 +152,10 @@ def run_group(
                     train_seconds=outcome.seconds,
                 )
         else:
-            _evaluate_group(jobs, model, outcome, run_dir, registry, device, datasets, rows)
+            columns = _schedule_columns(first, model, outcome, probe, statistics)
+            _evaluate_group(
+                jobs, model, outcome, columns, run_dir, registry, device, datasets, rows
+            )
     except Exception as exc:
         for order, job in jobs:
             if job.job_id not in rows:
@@ -156,11 +167,37 @@ def run_group(
         call_hook(plugins, "qbench_job_finished", job=job, result=row)
 
 
-def _evaluate_group(jobs, model, outcome: Outcome, run_dir, registry, device, datasets, rows):
+def _schedule_columns(
+    job: Job, model: Backbone, outcome: Outcome, probe, statistics: list[Metric]
+) -> dict[str, Any]:
+    """The schedule statistics' row columns (final state, training average).
+
+    A recipe that does not train (a blend) or a checkpoint whose schedule was
+    recorded with other ``[eval]`` settings gets its final state measured now
+    and no training average (the weights along the way are gone).
+    """
+    if not statistics:
+        return {}
+    names = [c for m in statistics for c in m.columns]
+    note = ""
+    if outcome.probe_settings != job.eval.probe_settings():
+        outcome.schedule = []
+        note = "the schedule was recorded with other [eval] settings: re-train to measure it"
+    if not any(r["progress"] >= 1.0 for r in outcome.schedule):
+        steps = max(outcome.steps, 1)
+        _, measure = probe(model, steps)
+        outcome.schedule.append(measure(steps))
+        note = note or "not trained here: the final state only"
+    return {**schedule.row_columns(outcome.schedule, names, note), "schedule": outcome.schedule}
+
+
+def _evaluate_group(
+    jobs, model, outcome: Outcome, columns, run_dir, registry, device, datasets, rows
+):
     """Evaluate the trained ``model`` on each job's dataset; one bad dataset fails one job."""
     first = jobs[0][1]
     model.to(device)
-    fixed_batch = _probe_batch(first, datasets).to(device)
+    fixed_batch = _probe_set(first, datasets)[0].to(device)
     for order, job in jobs:
         try:
             ds = datasets.get(job.dataset)
@@ -178,7 +215,11 @@ def _evaluate_group(jobs, model, outcome: Outcome, run_dir, registry, device, da
                     idx.append(i)
             if not idx:
                 raise QbenchError(f"no image of {job.dataset.label!r} to evaluate: {skipped}")
-            metrics = [registry.build("metric", name) for name in job.eval.metrics]
+            metrics = [
+                m
+                for m in (registry.build("metric", name) for name in job.eval.metrics)
+                if not m.measures_schedule()
+            ]
             with isolated_rng(device):  # a dataset's rows do not depend on the ones before
                 averages, per_image = evaluate(
                     model,
@@ -194,6 +235,7 @@ def _evaluate_group(jobs, model, outcome: Outcome, run_dir, registry, device, da
                 "status": "nonfinite" if nonfinite else "ok",
                 "reason": f"non-finite values: {nonfinite}" if nonfinite else "",
                 **averages,
+                **columns,
                 "skipped": "; ".join(skipped),
                 "steps": outcome.steps,
                 "train_seconds": outcome.seconds,
@@ -217,26 +259,39 @@ def _source_weights(run_dir: RunDir, train_id: str) -> dict[str, Any]:
     return cached[0]
 
 
-def _probe_batch(job: Job, datasets: DatasetCache) -> torch.Tensor:
-    """The job's fixed probe batch: crops from its own generator (``seed + 1``), never the
-    training sampler's; the history and the per-job metrics use the same one."""
+def _probe_set(job: Job, datasets: DatasetCache) -> list[torch.Tensor]:
+    """The job's fixed probe set: ``[eval] probe_batches`` batches of ``probe_crops`` training
+    crops from their own generator (``seed + 1``), never the training sampler's."""
     sampler = CropSampler(datasets.uint8_images(job.train_dataset), job.train.crop, job.seed + 1)
-    return sampler.batch(min(4, job.train.batch_size))
+    return [sampler.batch(job.eval.probe_crops) for _ in range(job.eval.probe_batches)]
 
 
-def _history_probe(job: Job, device: torch.device, datasets: DatasetCache):
-    """Every ``log_every`` steps: mismatch and gradient variance on the fixed probe batch,
-    on an isolated RNG stream (recording statistics changes no trained weight)."""
+def _schedule_probe(job: Job, device: torch.device, datasets: DatasetCache, statistics):
+    """``(model, steps) -> (probe_steps, measure)`` for :class:`qbench.weights.Context`.
+
+    ``measure(step)`` runs every schedule statistic on the probe set with the
+    model as it is at that step, on an isolated RNG stream seeded from the job
+    (the same draws at every point, none taken from the training's stream),
+    and restores the model's mode: recording statistics changes no weight.
+    """
 
     def start(model: Backbone, steps: int):
-        probe = _probe_batch(job, datasets).to(device)
+        batches = [b.to(device) for b in _probe_set(job, datasets)]
+        points = schedule.probe_steps(job.eval.schedule, steps)
 
-        def log(step: int) -> dict[str, Any]:
-            with isolated_rng(device):
-                stats = training_statistics(model, probe, job.lmbda)
-            return {"step": step, "progress": step / steps, **stats}
+        def measure(step: int) -> dict[str, Any]:
+            progress = points.get(step, step / steps)
+            ev = ProbeEval(model, batches, job.lmbda, job.seed, progress, job.eval.draws)
+            estimates = {}
+            was_training = model.training
+            for metric in statistics:
+                with isolated_rng(device):
+                    torch.manual_seed(job.seed + 2)
+                    estimates.update(metric.per_probe(ev))
+                model.train(was_training)
+            return schedule.record(progress, step, estimates)
 
-        return log
+        return sorted(points), measure
 
     return start
 
