@@ -35,8 +35,12 @@ class CheckpointError(QbenchError):
 def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
     """Load a state dict saved with ``torch.save`` into ``model`` (``weights_only=True``).
 
-    Accepts a bare state dict or one under ``"state_dict"``; raises
-    :class:`CheckpointError` naming the file and the first mismatched key.
+    Accepts a bare state dict, one under ``"state_dict"``, or a qbench
+    checkpoint of the same backbone (``qbench export``, a run's
+    ``checkpoints/<train_id>.pt``: the adapter's keys ``net.*``, whose
+    quantizer entries are left out, so any quantizer fine-tunes from it);
+    float16 tensors are widened. Raises :class:`CheckpointError` naming the
+    file and the first mismatched key.
     """
     path = Path(path)
     try:
@@ -49,6 +53,8 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a state dict (got {type(state).__name__})")
+    if any(str(k).startswith("net.") for k in state):  # a qbench checkpoint
+        state = {k[4:]: v for k, v in state.items() if str(k).startswith("net.")}
     own = model.state_dict()
     # CompressAI resizes the entropy coder's CDF buffers on load; skip them in the check.
     resizable = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
@@ -65,7 +71,9 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
     for key in state:
         if key not in own:
             raise CheckpointError(f"{path}: does not fit the model: unexpected key {key!r}")
-    model.load_state_dict(state)
+    model.load_state_dict(
+        {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
+    )
 
 
 class _CompressAIBackbone(qbench.Backbone):

@@ -30,7 +30,7 @@ quantization steps (thousands of latents cross a boundary, so ``D`` averages
 over their jumps, yet the smoothed loss is locally linear). Assumptions: the
 smoothed loss is linear on ``[-h, h]`` (checked: ``D`` is recomputed at
 ``h / 2`` and ``2 h`` and the statistic is flagged when it moves by more than
-its interval), and the probe batches are exchangeable (for the interval).
+its interval and more than :data:`PLATEAU_TOLERANCE`), and the probe batches are exchangeable (for the interval).
 
 Per batch ``b``, ``K`` surrogate draws give gradients ``g_bk``:
 
@@ -76,6 +76,9 @@ from qbench import rd
 
 #: Confidence level of every interval qbench reports.
 LEVEL = 0.95
+#: ``grad_bias`` moves by less than this (1 % of the promised loss decrease) across step
+#: sizes: a plateau even when the interval is narrower.
+PLATEAU_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -365,9 +368,8 @@ def _bias_along_mean(sums, hard_losses, params, step, step_factors) -> Estimate:
             ref += torch.tensor([finite_difference(f, params, u, h) for f in hard_losses])
         estimates[factor] = jackknife(ratio_of_sums(surrogate - ref, surrogate), len(sums))
     main = estimates[1.0]
-    moved = {
-        f: e.value for f, e in estimates.items() if abs(e.value - main.value) > main.half_width
-    }
+    tolerance = max(main.half_width, PLATEAU_TOLERANCE)
+    moved = {f: e.value for f, e in estimates.items() if abs(e.value - main.value) > tolerance}
     if moved:
         shown = ", ".join(f"{f:g}h: {v:.3g}" for f, v in moved.items())
         return Estimate(main.value, main.low, main.high, flag=f"no plateau in h ({shown})")

@@ -118,6 +118,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from qbench.results import RunDir
+
+    run_dir = RunDir(args.run_dir)
+    train_id = run_dir.export_weights(
+        args.quantizer, args.lmbda, args.seed, Path(args.out), half=args.half
+    )
+    size = Path(args.out).stat().st_size
+    print(f"wrote {args.out} ({size / 1e6:.2f} MB): the weights of train group {train_id}")
+    return 0
+
+
 def cmd_new_plugin(args) -> int:
     from qbench.scaffold import write_plugin
 
@@ -214,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--kind", required=True, choices=["quantizer", "backbone", "dataset", "metric"])
     n.add_argument("--out", help="folder to create (default: ./qbench-NAME)")
     n.set_defaults(func=cmd_new_plugin)
+
+    ex = sub.add_parser(
+        "export",
+        help="write one job's trained weights to a file (e.g. a shared initialisation)",
+        description="Write the trained weights of one job of a run directory as a state dict; "
+        "a backbone entry loads it with checkpoint = FILE (fine-tuning from it).",
+    )
+    ex.add_argument("run_dir")
+    ex.add_argument("--quantizer", required=True, help="the job's quantizer label")
+    ex.add_argument("--lambda", dest="lmbda", type=float, required=True, help="the job's lambda")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--out", required=True, help="file to write")
+    ex.add_argument("--half", action="store_true", help="store floating tensors as float16")
+    ex.set_defaults(func=cmd_export)
 
     rep = sub.add_parser("report", help="rebuild tables and plots of a run directory")
     rep.add_argument("run_dir")

@@ -234,6 +234,47 @@ class RunDir:
         return state, json.loads(meta_path.read_text())
 
     # -- tables ----------------------------------------------------------------
+    def export_weights(
+        self, quantizer: str, lmbda: float, seed: int, out: Path, half: bool = False
+    ) -> str:
+        """Write the trained weights of the job (``quantizer`` label, ``lmbda``, ``seed``) to
+        ``out`` as a state dict (``half``: floating tensors as float16); returns its train id.
+
+        The file is the backbone's whole state dict, quantizers included; a
+        backbone's ``checkpoint`` parameter that accepts qbench checkpoints
+        (the CompressAI adapters do) loads it as an initialisation.
+        """
+        matches = [
+            r
+            for r in self.rows()
+            if r.get("quantizer") == quantizer
+            and math.isclose(float(r.get("lambda", "nan")), lmbda, rel_tol=1e-9)
+            and int(r.get("seed", -1)) == seed
+        ]
+        if not matches:
+            have = sorted(
+                {(r.get("quantizer"), r.get("lambda"), r.get("seed")) for r in self.rows()}
+            )
+            raise QbenchError(
+                f"{self.root}: no job with quantizer {quantizer!r}, lambda {lmbda:g}, seed {seed} "
+                f"(jobs: {', '.join(f'{q}@{lam} seed {s}' for q, lam, s in have) or 'none'})"
+            )
+        train_id = matches[0]["train_id"]
+        cached = self.load_checkpoint(train_id)
+        if cached is None:
+            raise QbenchError(
+                f"{self.root}: the job {quantizer}@{lmbda:g} has no checkpoint "
+                f"(status {matches[0].get('status')!r})"
+            )
+        state = cached[0]
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(out, buf.getvalue())
+        return train_id
+
     def results_csv(self, metric_columns: Iterable[str] = ()) -> str:
         """The text of results.csv as merged from the rows (nothing is written)."""
         return self._tables(self.rows(), metric_columns)[0]

@@ -17,22 +17,43 @@ def quiet(m, out):
     return run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
 
 
-def test_log_every_does_not_change_the_trained_weights(tmp_path, registry):
+def test_probes_do_not_change_the_trained_weights(tmp_path, registry):
+    """log_every 0 vs 7, and no schedule statistics vs mismatch and gradients at every
+    schedule point: bit-identical weights (the probes draw from their own RNG stream,
+    restore every weight and mode, and STanH anneals only in end_step)."""
     p = tiny(tmp_path, '["noise", "sua", { name = "stanh", levels = 21 }]', steps=30)
     runs = {}
-    for every in (0, 7):
-        m = load_matrix(p, registry, [f"train.log_every={every}"])
-        out = tmp_path / f"run{every}"
+    settings = {
+        "bare": ["train.log_every=0", 'eval.metrics=["bpp"]'],
+        "probed": [
+            "train.log_every=7",
+            'eval.metrics=["bpp", "mismatch", "gradients"]',
+            "eval.probe_batches=2",
+            "eval.probe_crops=1",
+            "eval.draws=2",
+        ],
+    }
+    for name, sets in settings.items():
+        m = load_matrix(p, registry, sets)
+        out = tmp_path / name
         quiet(m, out)
-        runs[every] = {
+        runs[name] = {
             j.quantizer.label: torch.load(
                 out / "checkpoints" / f"{j.train_id}.pt", weights_only=True
             )
             for j in m.jobs
         }
-    assert len(read_csv(tmp_path / "run7" / "history.csv")) >= 3 * 5  # the probe did run
-    for label, state in runs[0].items():
-        other = runs[7][label]
+    assert len(read_csv(tmp_path / "probed" / "history.csv")) >= 3 * 5  # the log did run
+    schedule = read_csv(tmp_path / "probed" / "schedule.csv")
+    assert len(schedule) == 3 * 5 and {r["progress"] for r in schedule} == {
+        "0.1",
+        "0.2333333333333333",
+        "0.5",
+        "0.7666666666666667",
+        "1.0",
+    }  # the schedule's points at the nearest of 30 steps
+    for label, state in runs["bare"].items():
+        other = runs["probed"][label]
         assert state.keys() == other.keys()
         for k, v in state.items():
             assert torch.equal(v, other[k]), (label, k)
@@ -47,7 +68,7 @@ def test_a_dataset_is_evaluated_as_if_alone(tmp_path, registry):
     p = tiny(tmp_path, '[{ name = "stanh", levels = 21 }]', steps=5)
     text = p.read_text().replace(
         'metrics = ["bpp", "bpp_bitstream", "psnr"]',
-        'metrics = ["bpp", "psnr", "mismatch", "gradients"]',
+        'metrics = ["bpp", "psnr", "mismatch", "gradients"]\nprobe_batches = 2\ndraws = 2',
     )
     both = text.replace(
         'datasets = [{ name = "embedded", split = "eval" }]',
