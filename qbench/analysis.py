@@ -30,7 +30,8 @@ quantization steps (thousands of latents cross a boundary, so ``D`` averages
 over their jumps, yet the smoothed loss is locally linear). Assumptions: the
 smoothed loss is linear on ``[-h, h]`` (checked: ``D`` is recomputed at
 ``h / 2`` and ``2 h`` and the statistic is flagged when it moves by more than
-its interval and more than :data:`PLATEAU_TOLERANCE`), and the probe batches are exchangeable (for the interval).
+its interval and more than :data:`PLATEAU_TOLERANCE`), and the probe batches
+are exchangeable (for the interval).
 
 Per batch ``b``, ``K`` surrogate draws give gradients ``g_bk``:
 
