@@ -238,7 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--lambda", dest="lmbda", type=float, required=True, help="the job's lambda")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--out", required=True, help="file to write")
-    ex.add_argument("--half", action="store_true", help="store floating tensors as float16")
+    ex.add_argument(
+        "--half",
+        action="store_true",
+        help="store the weights as float16 (small tensors, e.g. bounds, stay exact)",
+    )
     ex.set_defaults(func=cmd_export)
 
     rep = sub.add_parser("report", help="rebuild tables and plots of a run directory")

@@ -48,6 +48,8 @@ TAIL_COLUMNS = [
     "train_id",
     "config_id",
 ]
+#: ``qbench export --half`` stores floating tensors of at least this many elements as float16.
+HALF_MIN_NUMEL = 4096
 #: The tables merged from the rows.
 MERGED = ("results.csv", "per_image.csv", "history.csv", "schedule.csv")
 #: Row fields that hold a list of records (each merged into its own table).
@@ -238,7 +240,10 @@ class RunDir:
         self, quantizer: str, lmbda: float, seed: int, out: Path, half: bool = False
     ) -> str:
         """Write the trained weights of the job (``quantizer`` label, ``lmbda``, ``seed``) to
-        ``out`` as a state dict (``half``: floating tensors as float16); returns its train id.
+        ``out`` as a state dict (``half``: floating tensors of at least
+        :data:`HALF_MIN_NUMEL` elements, the weights, as float16; smaller ones, the
+        biases, bounds and tables, stay exact: a likelihood bound of 1e-9 is 0 in
+        float16); returns its train id.
 
         The file is the backbone's whole state dict, quantizers included; a
         backbone's ``checkpoint`` parameter that accepts qbench checkpoints
@@ -268,7 +273,10 @@ class RunDir:
             )
         state = cached[0]
         if half:
-            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+            state = {
+                k: v.half() if v.is_floating_point() and v.numel() >= HALF_MIN_NUMEL else v
+                for k, v in state.items()
+            }
         out.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(state, buf)
