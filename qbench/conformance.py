@@ -490,7 +490,8 @@ def _noise_quantizer():
 
 @rule("metric", "finite_declared_columns")
 def m_columns(entry, env):
-    """On a real tiny evaluation the metric returns finite numbers, only in declared columns."""
+    """On a real tiny evaluation the metric returns finite numbers, only in declared columns;
+    a schedule statistic returns Estimates from ``per_probe`` and changes no model state."""
     from qbench.evaluate import evaluate
     from qbench.metric import JobEval
 
@@ -514,6 +515,38 @@ def m_columns(entry, env):
     for k, v in values.items():
         if not isinstance(v, (int, float)) or not math.isfinite(v):
             _fail("finite_declared_columns", f"column {k!r} = {v!r} is not a finite number")
+    if metric.measures_schedule():
+        _check_probe(metric, m, cols)
+
+
+def _check_probe(metric, model, cols) -> None:
+    """A schedule statistic returns an Estimate per declared column (value inside its
+    interval) and changes no weight or quantizer state of the model it probes."""
+    from qbench.analysis import Estimate, isolated_rng
+    from qbench.metric import ProbeEval
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.rand(2, 3, 64, 64, generator=gen) for _ in range(2)]
+    model.train()
+    model.set_progress(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with isolated_rng():
+        values = metric.per_probe(ProbeEval(model, batches, 0.01, 0, 0.5, 2))
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
+    if changed:
+        _fail("finite_declared_columns", f"per_probe changed the model's state: {changed[:3]}")
+    extra = set(values) - set(cols)
+    if extra:
+        _fail("finite_declared_columns", f"per_probe: undeclared columns {sorted(extra)}")
+    for k, e in values.items():
+        if not isinstance(e, Estimate):
+            _fail("finite_declared_columns", f"per_probe: {k!r} is {e!r}, not a qbench.Estimate")
+        if math.isfinite(e.value) and not (e.low <= e.value <= e.high) and not e.flag:
+            _fail("finite_declared_columns", f"per_probe: {k!r} = {e} lies outside its interval")
+        if not math.isfinite(e.value) and not e.flag:
+            _fail(
+                "finite_declared_columns", f"per_probe: {k!r} = {e.value} with no flag saying why"
+            )
 
 
 # ---------------------------------------------------------------------------
