@@ -47,9 +47,9 @@ def test_probes_do_not_change_the_trained_weights(tmp_path, registry):
     schedule = read_csv(tmp_path / "probed" / "schedule.csv")
     assert len(schedule) == 3 * 5 and {r["progress"] for r in schedule} == {
         "0.1",
-        "0.2333333333333333",
+        "0.26666666666666666",  # round(7.5) = 8 of 30 steps
         "0.5",
-        "0.7666666666666667",
+        "0.7333333333333333",  # round(22.5) = 22
         "1.0",
     }  # the schedule's points at the nearest of 30 steps
     for label, state in runs["bare"].items():
