@@ -316,6 +316,7 @@ def write_report(
         "",
     ]
 
+    sections += _setup_section(manifest)
     declared = metric_columns(manifest, df)
     rd_cols = [c for c in RD_COLUMNS if c in ok.columns]
     keys = ["backbone", "dataset", "quantizer", "lambda"]
@@ -395,6 +396,39 @@ def write_report(
             f"{run_dir} --format csv` prints the BD-rate table without writing"
         ) from exc
     return Report(summary, bd_rows, notes, plots)
+
+
+def _setup_section(manifest: dict) -> list[str]:
+    """What was trained, and from what: the backbone entries and the [train] settings.
+
+    A backbone entry with a ``checkpoint`` (DESIGN.md's parameter for starting
+    weights) is said to be the initialisation every job is fine-tuned from.
+    """
+    raw = manifest.get("matrix_file") or {}
+    train = (manifest.get("matrix") or {}).get("train") or {}
+    entries = (raw.get("matrix") or {}).get("backbones") or []
+    if not entries and not train:
+        return []
+    lines = ["## Setup", ""]
+    for entry in entries:
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        params = ", ".join(f"{k} = {v}" for k, v in entry.items() if k not in ("name", "label"))
+        line = f"- backbone `{entry.get('label') or entry.get('name')}`: {entry.get('name')}"
+        line += f" ({params})" if params else ""
+        if entry.get("checkpoint"):
+            line += (
+                f"; **every job starts from the weights in `{entry['checkpoint']}`**: the "
+                "models (with each quantizer) are fine-tuned from that shared initialisation, "
+                "not trained from scratch"
+            )
+        lines.append(line)
+    if train:
+        keys = ("steps", "batch_size", "crop", "lr", "aux_lr", "clip_max_norm")
+        shown = ", ".join(f"{k} = {train[k]}" for k in keys if k in train)
+        dataset = (train.get("dataset") or {}).get("name", "?")
+        lines.append(f"- training: {shown}, on `{dataset}`")
+    return lines + [""]
 
 
 def _cell(row: pd.Series, col: str, marks: list[str], where: str, notes: list[str]) -> str:
