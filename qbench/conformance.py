@@ -232,6 +232,27 @@ def q_deterministic(entry, env):
             )
 
 
+@rule("quantizer", "forward_keeps_state")
+def q_forward_keeps_state(entry, env):
+    """``forward`` changes no state (buffers, parameters), with or without gradients: a
+    statistic or a second evaluation that runs the surrogate must not move the quantizer.
+    State that evolves with training changes in ``set_progress`` or ``end_step``."""
+    q = entry.build().train()
+    q.set_progress(0.3)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    y = _sample().requires_grad_()
+    for _ in range(3):
+        q(y, _sample(seed=1))
+        with torch.no_grad():
+            q(y, _sample(seed=1))
+    changed = [k for k, v in q.state_dict().items() if not torch.equal(before[k], v)]
+    if changed:
+        _fail(
+            "forward_keeps_state",
+            f"forward changed {changed[:3]}: move per-step state changes to end_step()",
+        )
+
+
 @rule("quantizer", "state_dict_roundtrip")
 def q_state_dict(entry, env):
     """state_dict() of a trained-looking quantizer loads into a fresh one, same outputs."""
