@@ -7,14 +7,19 @@ Public API: :class:`Quantizer`, :class:`Quantized`, :data:`hookimpl`,
 ``qbench.bdrate`` and ``qbench.conformance``.
 """
 
+import warnings as _warnings
 from importlib import metadata as _metadata
 
-from qbench.analysis import Estimate
-from qbench.backbone import Backbone
-from qbench.hookspecs import hookimpl
-from qbench.images import ImageDataset, load_image
-from qbench.metric import ImageEval, JobEval, Metric, ProbeEval
-from qbench.quantizer import Quantized, Quantizer
+# CompressAI scripts a function with torch.jit.script at import time, which torch 2.x
+# deprecates with a FutureWarning on every qbench command; it is not ours to fix.
+with _warnings.catch_warnings():
+    _warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    from qbench.analysis import Estimate
+    from qbench.backbone import Backbone
+    from qbench.hookspecs import hookimpl
+    from qbench.images import ImageDataset, load_image
+    from qbench.metric import ImageEval, JobEval, Metric, ProbeEval
+    from qbench.quantizer import Quantized, Quantizer
 
 try:
     __version__ = _metadata.version("qbench")
