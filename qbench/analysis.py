@@ -67,7 +67,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from scipy import stats as _scipy_stats
@@ -112,9 +112,6 @@ class Estimate:
     @property
     def half_width(self) -> float:
         return (self.high - self.low) / 2
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def t_quantile(dof: int, level: float = LEVEL) -> float:

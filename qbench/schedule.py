@@ -115,9 +115,8 @@ def row_columns(
         else:
             e = estimate_at(final, name)
         out.update(dict(zip((name + s for s in FINAL_SUFFIXES), (*_values(e), _note(e)))))
-        avg = training_average(records, name)
-        if note and avg.flag.startswith("fewer"):
-            avg = Estimate.undefined(note)
+        # a note means the schedule was not measured here: the final state only
+        avg = Estimate.undefined(note) if note else training_average(records, name)
         out.update(dict(zip((name + s for s in AVERAGE_SUFFIXES), (*_values(avg), _note(avg)))))
     return out
 

@@ -119,3 +119,18 @@ def pip_install_target(package: Path, target: Path) -> Path:
 
 
 pytest_plugins = ["pytester"]
+
+
+def run_command(matrix, out, *extra: str) -> list[str]:
+    """The argv of ``qbench run MATRIX --out OUT --no-progress EXTRA...`` in this interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "qbench.cli",
+        "run",
+        str(matrix),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import make_distribution, pip_install_target, pythonpath_with
+from .conftest import make_distribution, pip_install_target, pythonpath_with, run_command
 
 BROKEN = '''
 import torch
@@ -202,16 +202,7 @@ def test_example_plugin_passes_conformance_and_runs(example_installed, tmp_path)
         + '\n[eval]\nmetrics = ["bpp", "bpp_bitstream", "psnr"]\nmax_images = 1\n'
     )
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qbench.cli",
-            "run",
-            str(matrix),
-            "--out",
-            str(tmp_path / "run"),
-            "--no-progress",
-        ],
+        run_command(matrix, tmp_path / "run"),
         env=env,
         capture_output=True,
         text=True,

@@ -23,7 +23,7 @@ from qbench.preflight import PreflightError
 from qbench.results import RunDir, RunDirError
 from qbench.runner import run_matrix
 
-from .conftest import make_distribution
+from .conftest import make_distribution, run_command
 from .test_runner import read_csv, tiny
 
 
@@ -34,16 +34,7 @@ def quiet(m, out, **kw):
 def start_run(matrix, out, **popen) -> subprocess.Popen:
     """``qbench run MATRIX --out OUT`` in the background, output on its stdout pipe."""
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "qbench.cli",
-            "run",
-            str(matrix),
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
+        run_command(matrix, out),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 
@@ -16,6 +15,8 @@ import pytest
 import qbench.plugins
 from qbench.matrix import load_matrix
 from qbench.runner import run_matrix
+
+from .conftest import run_command
 
 FAULTY = '''
 import os, signal
@@ -149,20 +150,12 @@ def test_sigkill_whole_run_then_resume(tmp_path):
     """Kill the run (parent and workers) mid-way; rows stand, none is duplicated."""
     matrix = tiny(tmp_path, '["noise", "ste", "mixed"]', "[0.001, 0.01]", steps=25)
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "qbench.cli",
-        "run",
-        str(matrix),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--workers",
-        "1",
-    ]
+    cmd = run_command(matrix, out, "--workers", "1")
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 240
     rows_dir = out / "rows"
