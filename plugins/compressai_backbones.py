@@ -113,6 +113,17 @@ class _CompressAIBackbone(qbench.Backbone):
                 self._default_scale_bound if bound is None else LowerBound(float(bound))
             )
 
+    def capabilities(self, latent: str) -> frozenset[str]:
+        if latent == "y" and getattr(self.net, "gaussian_conditional", None) is not None:
+            return frozenset({"gaussian_scale"})
+        return frozenset({"means"})  # the bottleneck rounds around its (detached) medians
+
+    def settings(self) -> dict[str, Any]:
+        gc = getattr(self.net, "gaussian_conditional", None)
+        if gc is None:
+            return {}
+        return {"scale_bound": float(f"{float(gc.lower_bound_scale.bound):.6g}")}
+
     def aux_parameters(self):
         return (p for n, p in self.net.named_parameters() if n.endswith("quantiles"))
 
@@ -261,6 +272,11 @@ class MeanScale(Hyperprior):
 
     def _hyper_input(self, y: Tensor) -> Tensor:
         return y
+
+    def capabilities(self, latent: str) -> frozenset[str]:
+        if latent == "y":
+            return frozenset({"gaussian_scale", "means", "learned_means"})
+        return super().capabilities(latent)
 
 
 @qbench.hookimpl

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -10,79 +13,186 @@ import qbench.coding
 
 #: Outer cell bound standing in for +-infinity (far outside any latent's range).
 FAR = 1e4
+ANNEALINGS = ("gap", "gap_stoc", "schedule")
+CELLS = ("decision", "midpoint", "bounded")
+GAP_MEASURES = ("abs", "mse")
+WEIGHTS = ("log", "raw")
+
+#: Each preset's defaults; a parameter given explicitly overrides its preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    "qbench": {
+        "levels": 61,
+        "beta_max": 1000.0,
+        "annealing": "gap",
+        "gap_factor": 5.0,
+        "gap_measure": "abs",
+        "cells": "decision",
+        "weights": "log",
+        "zero_center": True,
+    },
+    # EIDOSLAB/StanH at c6a29b6: train.py defaults and NonLinearStanh
+    "authors": {
+        "levels": None,  # per latent: AUTHORS_LEVELS
+        "beta_max": math.inf,
+        "annealing": "gap_stoc",
+        "gap_factor": 15.0,
+        "gap_measure": "mse",
+        "cells": "bounded",
+        "weights": "raw",
+        "zero_center": False,
+    },
+}
+#: The authors' level counts: ``--gauss_extrema 60`` for y, ``--fact_extrema 20`` for z.
+AUTHORS_LEVELS = {"y": 121, "z": 41}
 
 
-class STanH(qbench.Quantizer):
+class STanH(qbench.Surrogate):
     r"""STanH (Presta, Tartaglione, Fiandrotti, Grangetto, "STanH: Parametric
     Quantization for Variable Rate Learned Image Compression", IEEE TIP 2024,
-    arXiv 2410.00557; authors' code: EIDOSLAB/StanH).
+    arXiv 2410.00557; authors' code EIDOSLAB/StanH, ``NonLinearStanh`` in
+    ``src/compress/quantization/activation.py`` at commit c6a29b6).
 
-    With ``L`` levels, step heights ``w_i > 0`` and sorted thresholds ``b_i``
-    (``i = 1..L-1``) and slope ``beta``::
+    With ``L`` levels, step heights ``w_i`` and thresholds ``b_i``
+    (``i = 1..L-1``, sorted before use) and slope ``beta``::
 
-        STanH(x) = sum_i (w_i / 2) * tanh(beta * (x - b_i))
+        S(v) = sum_i (w_i / 2) * tanh(beta * (v - b_i))          (soft, training)
+        Q(v) = sum_i w_i * [v > b_i] - sum_i w_i / 2             (hard, test)
 
-    As ``beta -> inf`` it is the staircase that maps the cell
-    ``(b_{j}, b_{j+1})`` to the level ``c_j = sum_{i<=j} w_i - sum_i w_i / 2``.
-    Initialisation: ``w_i = 1`` and ``b_i`` at the half-integers, so the
-    staircase equals uniform rounding on ``[-E, E]``, ``E = (L - 1) / 2``
-    (values beyond saturate at +-E). ``w = exp(log_w)`` keeps the heights
-    positive; ``b`` is sorted before use.
+    ``Q`` maps the cell ``(b_j, b_{j+1}]`` to the level
+    ``c_j = sum_{i<=j} w_i - sum_i w_i / 2``. Initialisation (both presets):
+    ``w_i = 1``, ``b_i`` at the half-integers, so ``Q`` is uniform rounding on
+    ``[-E, E]``, ``E = (L - 1) / 2``, saturating beyond. At test time ``Q``
+    acts on ``y - mu`` (the codec codes level indices of ``y - mu``).
 
-    * Training: the soft value ``STanH(y - mu) + mu`` for both rate and
-      distortion. Eval / ``quantize``: the hard staircase, around the means.
     * ``bins``: the cell of each value's nearest level ``j``, translated by the
-      value's offset from ``c_j`` (so a hard level gets exactly its cell and a
-      soft value a cell that moves with it, like ``y -+ 1/2`` for rounding).
-      ``cells = "decision"`` (default) uses the hard quantizer's own decision
-      cell ``[b_j, b_{j+1}]``; ``cells = "midpoint"`` the cell between the
-      midpoints of neighbouring levels (what the authors' code uses). The
-      outer cells extend to +-1e4.
-    * beta annealing (``annealing``): ``"gap"`` (default, as the authors): after
-      each training step (``end_step``), ``beta <- min(beta + gap_factor * gap,
-      beta_max)`` with ``gap = mean |soft - hard|`` of that step's forward pass;
+      value's offset from ``c_j`` (a hard level gets exactly its cell, a soft
+      value a cell that moves with it, like ``y -+ 1/2`` for rounding).
+      ``cells``: ``"decision"`` is ``Q``'s own cell ``[b_j, b_{j+1}]``;
+      ``"midpoint"`` the cell between the midpoints of neighbouring levels,
+      with the outer cells extended to +-1e4 (tail mass kept); ``"bounded"``
+      the authors' (``define_v0_and_v1``): midpoint cells whose outer cells end
+      at the extreme levels, so the tails carry no mass.
+    * beta annealing after each training step (``end_step``), from the step's
+      ``gap``: ``gap_measure = "abs"`` is ``mean |S(v) - Q(v)|``; ``"mse"`` the
+      authors' ``|MSE(v, S(v)) - MSE(v, Q(v))|``. ``annealing = "gap"``:
+      ``beta <- min(beta + gap_factor * gap, beta_max)``; ``"gap_stoc"`` (the
+      authors' training default): ``ceiling <- ceiling + gap_factor * gap``
+      (from the initial beta), then ``beta ~ U(1, ceiling)`` each step;
       ``"schedule"``: geometric from ``beta`` to ``beta_max`` over training
-      progress (``set_progress``).
+      progress.
 
-    Default ``levels = 61`` (``E = 30``, enough for the latents of small
-    CompressAI models; the paper uses about 60 per latent): 120 parameters.
+    **Presets** (``preset``; any parameter given explicitly overrides it):
+
+    ===============  ==========================  ===================================
+    parameter        ``"qbench"`` (default)      ``"authors"`` (EIDOSLAB/StanH)
+    ===============  ==========================  ===================================
+    levels           61 for every latent         121 for y, 41 for z
+    weights          ``w = exp(log_w)`` (> 0)    raw learnable ``w``
+    annealing        ``gap``, factor 5, cap 1000 ``gap_stoc``, factor 15, no cap
+    gap_measure      ``abs``                     ``mse``
+    cells            ``decision``                ``bounded``
+    zero_center      True: ``S(y - mu) + mu``    False: ``S(y)`` in training
+    ===============  ==========================  ===================================
+
+    Why qbench's defaults differ: 61 levels cover the latents of the small
+    models qbench trains on CPU (the authors' 121 levels double the
+    parameters and cost of the soft function); ``exp(log_w)`` keeps the
+    staircase monotone (a raw ``w`` that turns negative makes the levels
+    unsorted, which the authors' code does not guard either); the capped
+    deterministic ``gap`` rule makes a run's beta reproducible from its
+    losses and the soft function's sharpness comparable across runs;
+    ``decision`` cells are the hard quantizer's own, so the likelihood in
+    training is that of the cell the value will be coded in; training on
+    ``y - mu`` puts the soft staircase on the grid the decoder uses (the
+    authors train on ``y`` but test on ``y - mu``).
     """
 
     def __init__(
         self,
-        levels: int = 61,
+        preset: str = "qbench",
+        levels: int | None = None,
         beta: float = 10.0,
-        beta_max: float = 1000.0,
-        annealing: str = "gap",
-        gap_factor: float = 5.0,
-        cells: str = "decision",
+        beta_max: float | None = None,
+        annealing: str | None = None,
+        gap_factor: float | None = None,
+        gap_measure: str | None = None,
+        cells: str | None = None,
+        weights: str | None = None,
+        scale_bound: float | None = None,
+        zero_center: bool | None = None,
+        stop_gradient: str | bool | None = None,
     ) -> None:
-        super().__init__()
-        if levels < 2:
-            raise ValueError(f"levels must be >= 2, got {levels}")
-        if annealing not in ("gap", "schedule"):
-            raise ValueError(f"annealing must be 'gap' or 'schedule', got {annealing!r}")
-        if cells not in ("decision", "midpoint"):
-            raise ValueError(f"cells must be 'decision' or 'midpoint', got {cells!r}")
-        if not 0 < beta <= beta_max:
-            raise ValueError(f"need 0 < beta <= beta_max, got {beta}, {beta_max}")
-        extent = (levels - 1) / 2.0
-        self.log_w = nn.Parameter(torch.zeros(levels - 1))
-        self.b = nn.Parameter(torch.arange(levels - 1, dtype=torch.float32) - extent + 0.5)
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+        given = {
+            "levels": levels,
+            "beta_max": beta_max,
+            "annealing": annealing,
+            "gap_factor": gap_factor,
+            "gap_measure": gap_measure,
+            "cells": cells,
+            "weights": weights,
+            "zero_center": zero_center,
+        }
+        opts = {k: PRESETS[preset][k] if v is None else v for k, v in given.items()}
+        super().__init__(scale_bound, opts["zero_center"], stop_gradient)
+        for key, allowed in (
+            ("annealing", ANNEALINGS),
+            ("cells", CELLS),
+            ("gap_measure", GAP_MEASURES),
+            ("weights", WEIGHTS),
+        ):
+            if opts[key] not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {opts[key]!r}")
+        if opts["levels"] is not None and int(opts["levels"]) < 2:
+            raise ValueError(f"levels must be >= 2, got {opts['levels']}")
+        if not 0 < beta <= opts["beta_max"]:
+            raise ValueError(f"need 0 < beta <= beta_max, got {beta}, {opts['beta_max']}")
+        if opts["annealing"] == "schedule" and math.isinf(opts["beta_max"]):
+            raise ValueError("annealing = 'schedule' needs a finite beta_max")
+        self.preset = preset
+        self.levels_given = levels is not None
+        self.beta_start, self.beta_max = float(beta), float(opts["beta_max"])
+        self.annealing, self.gap_factor = opts["annealing"], float(opts["gap_factor"])
+        self.gap_measure, self.cells, self.weights = (
+            opts["gap_measure"],
+            opts["cells"],
+            opts["weights"],
+        )
         self.register_buffer("beta", torch.tensor(float(beta)))
-        self.beta_start, self.beta_max = float(beta), float(beta_max)
-        self.annealing, self.gap_factor, self.cells = annealing, float(gap_factor), cells
+        if self.annealing == "gap_stoc":
+            self.register_buffer("beta_ceiling", torch.tensor(float(beta)))
+        self._init_staircase(int(opts["levels"] or AUTHORS_LEVELS["y"]))
+
+    def _init_staircase(self, levels: int) -> None:
+        """``w_i = 1`` and ``b_i`` at the half-integers of ``[-E, E]``, ``E = (L - 1) / 2``."""
+        extent = (levels - 1) / 2.0
+        w0 = torch.zeros(levels - 1) if self.weights == "log" else torch.ones(levels - 1)
+        self.w_param = nn.Parameter(w0)
+        self.b = nn.Parameter(torch.arange(levels - 1, dtype=torch.float32) - extent + 0.5)
+
+    def bind(self, latent: str) -> None:
+        """The authors' preset uses 121 levels for y and 41 for z (unless ``levels`` is given)."""
+        super().bind(latent)
+        if self.preset == "authors" and not self.levels_given:
+            levels = AUTHORS_LEVELS.get(latent, AUTHORS_LEVELS["z"])
+            if levels != self.b.numel() + 1:
+                self._init_staircase(levels)
 
     # -- the staircase ---------------------------------------------------------
     @property
     def w(self) -> Tensor:
-        return torch.exp(self.log_w)
+        """The step heights ``w_i``."""
+        return torch.exp(self.w_param) if self.weights == "log" else self.w_param
+
+    def _set_w(self, w: Tensor) -> None:
+        self.w_param.copy_(torch.log(w) if self.weights == "log" else w)
 
     def thresholds(self) -> Tensor:
         return torch.sort(self.b)[0]
 
     def levels(self) -> Tensor:
-        """The ``L`` reconstruction levels ``c_j`` (increasing)."""
+        """The ``L`` reconstruction levels ``c_j``."""
         w = self.w
         c = torch.cat([w.new_zeros(1), torch.cumsum(w, 0)])
         return c - w.sum() / 2
@@ -94,20 +204,27 @@ class STanH(qbench.Quantizer):
         else:
             c = self.levels()
             inner = (c[1:] + c[:-1]) / 2
+        if self.cells == "bounded":
+            c = self.levels()
+            return torch.cat([c[:1], inner]), torch.cat([inner, c[-1:]])
         far = inner.new_full((1,), FAR)
         return torch.cat([-far, inner]), torch.cat([inner, far])
 
     def soft(self, v: Tensor, beta: float | Tensor | None = None) -> Tensor:
+        """``S(v) = sum_i (w_i / 2) tanh(beta (v - b_i))`` at ``beta`` (the current one)."""
         beta = float(self.beta) if beta is None else beta
         b = self.thresholds().to(v.dtype)
         w = self.w.to(v.dtype)
         return ((w / 2) * torch.tanh(beta * (v.unsqueeze(-1) - b))).sum(-1)
 
     def symbols(self, y: Tensor, means: Tensor | None = None) -> Tensor:
-        """Index ``j`` of the staircase cell of each value (0..L-1, int64)."""
+        """Index ``j`` of the staircase cell of each value (0..L-1, int64).
+
+        A value exactly on a threshold goes to the lower level (``[v > b_i]``).
+        """
         v = y if means is None else y - means
         b = self.thresholds().detach().to(v.dtype)
-        return torch.bucketize(v.contiguous(), b, right=True)
+        return torch.bucketize(v.contiguous(), b)
 
     def from_symbols(self, idx: Tensor, means: Tensor | None = None) -> Tensor:
         c = self.levels().detach()
@@ -139,23 +256,30 @@ class STanH(qbench.Quantizer):
         return lo, hi
 
     # -- training --------------------------------------------------------------
-    def forward(self, y: Tensor, means: Tensor | None = None) -> qbench.Quantized:
-        if not self.training:
-            return super().forward(y, means)
-        v = y if means is None else y - means
+    def surrogate(self, v: Tensor) -> qbench.Quantized:
         s = self.soft(v)
-        if self.annealing == "gap" and torch.is_grad_enabled():
+        if self.annealing != "schedule" and torch.is_grad_enabled():
             # a measurement for end_step, not state: a probe's forward changes no beta
             with torch.no_grad():
-                self._gap = float((s - self.quantize(v)).abs().mean())
-        out = s if means is None else s + means
-        return qbench.Quantized(rate=out, dist=out)
+                hard = self.quantize(v)
+                if self.gap_measure == "abs":
+                    self._gap = float((s - hard).abs().mean())
+                else:
+                    mse_soft, mse_hard = ((v - s) ** 2).mean(), ((v - hard) ** 2).mean()
+                    self._gap = float((mse_soft - mse_hard).abs())
+        return qbench.Quantized(rate=s, dist=s)
 
     def end_step(self) -> None:
-        """Gap-driven annealing after each training step: ``beta += gap_factor * gap``."""
+        """Gap-driven annealing after each training step (``annealing``, see the class)."""
         gap, self._gap = getattr(self, "_gap", None), None
-        if self.annealing == "gap" and gap is not None:
+        if gap is None or self.annealing == "schedule":
+            return
+        if self.annealing == "gap":
             self.beta.fill_(min(float(self.beta) + self.gap_factor * gap, self.beta_max))
+        else:
+            ceiling = min(float(self.beta_ceiling) + self.gap_factor * gap, self.beta_max)
+            self.beta_ceiling.fill_(ceiling)
+            self.beta.fill_(float(torch.empty(()).uniform_(1.0, max(ceiling, 1.0))))
 
     def set_progress(self, t: float) -> None:
         super().set_progress(t)
@@ -164,16 +288,34 @@ class STanH(qbench.Quantizer):
             self.beta.fill_(self.beta_start * ratio**self.progress)
 
     def interpolate(self, other: STanH, a: float) -> None:
-        """Set (w, b) = (1 - a) (w1, b1) + a (w2, b2) of ``self`` (1) and ``other`` (2)."""
+        """Set (w, b) = (1 - a) (w1, b1) + a (w2, b2) of ``self`` (1) and ``other`` (2).
+
+        As the authors' ``cnn_multiStanh.py``: heights and thresholds blend
+        linearly (not their logarithms); beta is the larger of the two.
+        """
+        if type(other) is not type(self) or other.b.shape != self.b.shape:
+            raise ValueError("cannot interpolate STanH layers of different kinds or level counts")
         with torch.no_grad():
             w = (1 - a) * self.w + a * other.w
             b = (1 - a) * self.thresholds() + a * other.thresholds()
-            self.log_w.copy_(torch.log(w))
+            self._set_w(w)
             self.b.copy_(b)
             self.beta.fill_(max(float(self.beta), float(other.beta)))
 
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "preset": self.preset,
+            "levels": self.b.numel() + 1,
+            "annealing": self.annealing,
+            "cells": self.cells,
+        }
+
     def extra_repr(self) -> str:
-        return f"L={self.log_w.numel() + 1}, beta={float(self.beta):.1f}, cells={self.cells}"
+        return (
+            f"L={self.b.numel() + 1}, beta={float(self.beta):.1f}, cells={self.cells}, "
+            f"preset={self.preset}"
+        )
 
 
 def _count() -> int:
@@ -185,6 +327,7 @@ def qbench_register_quantizers(register):
     register(
         "stanh",
         STanH,
-        description="learnable sum of tanh steps, beta annealed (Presta et al., TIP 2024)",
+        description="learnable sum of tanh steps, beta annealed (Presta et al., TIP 2024); "
+        'preset = "authors" for the official code\'s defaults',
         parameters=_count(),
     )

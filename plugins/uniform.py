@@ -1,4 +1,9 @@
-"""Uniform-noise and straight-through surrogates: ``round``, ``noise``, ``ste``, ``mixed``."""
+"""Uniform-noise and straight-through surrogates: ``round``, ``noise``, ``ste``, ``mixed``.
+
+``noise``, ``ste`` and ``mixed`` are :class:`qbench.Surrogate` s: each takes
+the options ``scale_bound``, ``zero_center`` and ``stop_gradient`` (see
+``docs/quantizers.md``); their defaults reproduce the reference each names.
+"""
 
 from __future__ import annotations
 
@@ -16,48 +21,63 @@ class Round(qbench.Quantizer):
     """
 
 
-class Noise(qbench.Quantizer):
-    """Additive uniform noise (Ballé, Laparra, Simoncelli, ICLR 2017).
+class Noise(qbench.Surrogate):
+    """Additive uniform noise (Ballé, Laparra, Simoncelli, "End-to-end Optimized Image
+    Compression", ICLR 2017; CompressAI's ``quantize(y, "noise")``).
 
-    Training: ``y_tilde = y + u``, ``u ~ U(-1/2, 1/2)``, used for both the rate and
+    Training: ``y_tilde = y + u``, ``u ~ U(-1/2, 1/2)``, for both the rate and
     the distortion term; ``d y_tilde / dy = 1``. The density of ``y_tilde`` is
     the latent's density convolved with the unit box, which is what the
     entropy model's ``CDF(y + 1/2) - CDF(y - 1/2)`` evaluates.
+
+    Default ``zero_center = False``, as the reference (noise is added to ``y``;
+    centring changes nothing in distribution, only in rounding error of the
+    float arithmetic). With ``zero_center = True, stop_gradient = "partial"``
+    the rate's gradient to ``mu`` vanishes (see :class:`qbench.Surrogate`).
     """
 
-    def forward(self, y: Tensor, means: Tensor | None = None) -> qbench.Quantized:
-        if not self.training:
-            return super().forward(y, means)
-        y_tilde = uniform_noise(y)
-        return qbench.Quantized(rate=y_tilde, dist=y_tilde)
+    def __init__(
+        self,
+        scale_bound: float | None = None,
+        zero_center: bool = False,
+        stop_gradient: str | bool | None = None,
+    ) -> None:
+        super().__init__(scale_bound, zero_center, stop_gradient)
+
+    def surrogate(self, v: Tensor) -> qbench.Quantized:
+        v_tilde = uniform_noise(v)
+        return qbench.Quantized(rate=v_tilde, dist=v_tilde)
 
 
-class STE(qbench.Quantizer):
-    """Straight-through rounding (Theis et al., ICLR 2017).
+class STE(qbench.Surrogate):
+    """Straight-through rounding for both terms (Bengio, Léonard, Courville 2013).
 
-    Training: forward ``round(y - mu) + mu``, backward identity: ``d/dy = 1``.
-    Used for both the rate and the distortion term.
+    Training: forward ``round(y - mu) + mu``, backward identity ``d/dy = 1``,
+    for the rate *and* the distortion term (the rate is charged on the hard
+    value). Theis, Shi, Cunningham, Huszár (ICLR 2017) use the straight-through
+    gradient for the distortion only, with a separate rate model; charging the
+    rate on the hard value too is the common "STE" of later work (CompressAI's
+    ``quantize_ste``), which is what qbench's ``ste`` is. ``mixed`` is the
+    variant with a noisy rate.
     """
 
-    def forward(self, y: Tensor, means: Tensor | None = None) -> qbench.Quantized:
-        if not self.training:
-            return super().forward(y, means)
-        y_hat = ste_round(y, means)
-        return qbench.Quantized(rate=y_hat, dist=y_hat)
+    def surrogate(self, v: Tensor) -> qbench.Quantized:
+        v_hat = ste_round(v)
+        return qbench.Quantized(rate=v_hat, dist=v_hat)
 
 
-class Mixed(qbench.Quantizer):
+class Mixed(qbench.Surrogate):
     """Noise for the rate, straight-through rounding for the distortion.
 
     Minnen and Singh, "Channel-wise autoregressive entropy models for learned
     image compression", ICIP 2020: ``rate = y + u``, ``u ~ U(-1/2, 1/2)``;
-    ``dist = round(y - mu) + mu`` forward with identity backward.
+    ``dist = round(y - mu) + mu`` forward with identity backward (the default
+    ``zero_center = True``; with it the noisy rate value is computed as
+    ``(y - mu + u) + mu``, equal to ``y + u`` up to float rounding).
     """
 
-    def forward(self, y: Tensor, means: Tensor | None = None) -> qbench.Quantized:
-        if not self.training:
-            return super().forward(y, means)
-        return qbench.Quantized(rate=uniform_noise(y), dist=ste_round(y, means))
+    def surrogate(self, v: Tensor) -> qbench.Quantized:
+        return qbench.Quantized(rate=uniform_noise(v), dist=ste_round(v))
 
 
 @qbench.hookimpl
@@ -69,7 +89,12 @@ def qbench_register_quantizers(register):
         differentiable=False,
     )
     register("noise", Noise, description="additive uniform noise U(-1/2, 1/2) (Balle 2017)")
-    register("ste", STE, description="rounding forward, identity backward (Theis 2017)")
+    register(
+        "ste",
+        STE,
+        description="rounding forward, identity backward, for rate and distortion "
+        "(straight-through, Bengio 2013)",
+    )
     register(
         "mixed", Mixed, description="noise for rate, STE rounding for distortion (Minnen 2020)"
     )

@@ -1,7 +1,7 @@
 """qbench: a plugin-based benchmark harness for quantization surrogates in
 learned image compression.
 
-Public API: :class:`Quantizer`, :class:`Quantized`, :data:`hookimpl`,
+Public API: :class:`Quantizer`, :class:`Surrogate`, :class:`Quantized`, :data:`hookimpl`,
 :class:`Backbone`, :class:`ImageDataset`, :class:`Metric` (with :class:`ImageEval`,
 :class:`JobEval`, :class:`ProbeEval` and :class:`Estimate`), and the modules
 ``qbench.bdrate`` and ``qbench.conformance``.
@@ -19,7 +19,7 @@ with _warnings.catch_warnings():
     from qbench.hookspecs import hookimpl
     from qbench.images import ImageDataset, load_image
     from qbench.metric import ImageEval, JobEval, Metric, ProbeEval
-    from qbench.quantizer import Quantized, Quantizer
+    from qbench.quantizer import Quantized, Quantizer, Surrogate
 
 try:
     __version__ = _metadata.version("qbench")
@@ -36,6 +36,7 @@ __all__ = [
     "ProbeEval",
     "Quantized",
     "Quantizer",
+    "Surrogate",
     "__version__",
     "hookimpl",
     "load_image",

@@ -22,6 +22,13 @@ Outputs (all tensors batched, ``N x C x H x W``):
 * ``compress(x)`` -> ``{"strings", "shape", "latents": {latent: hard values}}``
   (real entropy coding; ``latents`` are what the encoder quantized).
 * ``decompress(strings, shape)`` -> ``{"x_hat", "latents": {latent: decoded values}}``.
+
+**What a latent offers a quantizer's options** (:meth:`Backbone.capabilities`,
+from the vocabulary :data:`CAPABILITIES`): qbench checks a quantizer's
+``requires`` against it before any job starts, so that an option with nothing
+to act on (a scale bound on a factorized model) is refused instead of run as a
+no-op. :meth:`Backbone.settings` are the backbone's effective settings a
+results row records (the Gaussian scale bound in force).
 """
 
 from __future__ import annotations
@@ -36,6 +43,15 @@ from qbench.quantizer import Quantizer
 
 #: ``likelihood(lower, upper) -> P``: the entropy model's probability of each cell.
 CellLikelihood = Callable[[Tensor, Tensor], Tensor]
+
+#: What a latent can offer a quantizer's options (see ``Quantizer.requires``).
+CAPABILITIES = {
+    "gaussian_scale": "coded with a Gaussian conditional whose scale lower bound the backbone "
+    "takes from the quantizer's scale_bound, in training and in coding",
+    "means": "quantized around offsets the backbone passes as means (predicted means, or the "
+    "factorized bottleneck's medians)",
+    "learned_means": "its means are predicted by the network and receive gradient",
+}
 
 
 class Backbone(nn.Module):
@@ -65,7 +81,20 @@ class Backbone(nn.Module):
         for name, q in quantizers.items():
             if not isinstance(q, Quantizer):
                 raise TypeError(f"quantizer for latent {name!r} is not a qbench.Quantizer: {q!r}")
+            q.bind(name)
         self.quantizers = nn.ModuleDict(dict(quantizers))
+
+    def capabilities(self, latent: str) -> frozenset[str]:
+        """What latent ``latent`` offers a quantizer's options (names from :data:`CAPABILITIES`).
+
+        Default: nothing. A backbone that passes means, or honours a
+        quantizer's ``scale_bound``, says so here.
+        """
+        return frozenset()
+
+    def settings(self) -> dict[str, Any]:
+        """The backbone's effective settings a results row records (``{}`` by default)."""
+        return {}
 
     def set_progress(self, t: float) -> None:
         """Forward the training progress ``t`` in [0, 1] to every quantizer.

@@ -30,20 +30,33 @@ quantized latent::
   together (symbols are level indices, tables built from its cells).
 * ``interpolate(other, a)`` blends two trained quantizers of one kind (the
   variable-rate protocol); the default blends their floating state linearly.
+* ``bind(latent)`` is called once by the backbone with the name of the latent
+  the quantizer serves (``"y"``, ``"z"``), before any parameter is trained: a
+  quantizer whose defaults differ per latent (STanH's authors' preset) sets
+  them there.
+* ``settings()`` are the options a results row records; ``requires`` names,
+  for each option, the capability of a latent it acts on (see
+  :mod:`qbench.backbone`), and ``idle(capabilities)`` says which options, as
+  set, have nothing to act on in a latent. qbench refuses a matrix that sets
+  an option explicitly where it is idle, and notes idle defaults in the report.
 
-A minimal third-party quantizer overrides only the training branch::
+Most surrogates derive from :class:`Surrogate`, which carries the two tricks of
+Zhang, Li and Liu (2023) as options of every surrogate: a lower bound on the
+Gaussian scale (``scale_bound``) and zero-centre quantization with its gradient
+routing (``zero_center``, ``stop_gradient``); a subclass writes only
+``surrogate(v)``, its training values on the unit integer grid.
+
+A minimal third-party quantizer writes only its training values::
 
     import torch
     import qbench
 
-    class HalfNoise(qbench.Quantizer):
-        '''y + u, u ~ U(-1/4, 1/4) during training (an example, not a paper).'''
+    class HalfNoise(qbench.Surrogate):
+        '''v + u, u ~ U(-1/4, 1/4) during training (an example, not a paper).'''
 
-        def forward(self, y, means=None):
-            if not self.training:
-                return super().forward(y, means)
-            y_tilde = y + torch.empty_like(y).uniform_(-0.25, 0.25)
-            return qbench.Quantized(rate=y_tilde, dist=y_tilde)
+        def surrogate(self, v):
+            v_tilde = v + torch.empty_like(v).uniform_(-0.25, 0.25)
+            return qbench.Quantized(rate=v_tilde, dist=v_tilde)
 
 and registers it from a plugin module::
 
@@ -54,8 +67,9 @@ and registers it from a plugin module::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -64,8 +78,10 @@ if TYPE_CHECKING:
     from qbench.coding import CdfTables, EntropyTables
 
 __all__ = [
+    "GRADIENT_ROUTES",
     "Quantized",
     "Quantizer",
+    "Surrogate",
     "round_around",
     "ste_round",
     "straight_through",
@@ -134,10 +150,36 @@ class Quantizer(nn.Module):
     """
 
     scale_bound: float | None = None
+    #: option name -> the latent capability it acts on (``qbench.backbone.CAPABILITIES``)
+    requires: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self) -> None:
         super().__init__()
         self.progress = 0.0
+        self.latent: str | None = None
+
+    # -- what a row records --------------------------------------------------------
+    def bind(self, latent: str) -> None:
+        """Learn the name of the latent this quantizer serves (called once by the backbone).
+
+        Default: record it in ``self.latent``. Called before any parameter is
+        trained or loaded, so an override may (re)build its parameters.
+        """
+        self.latent = latent
+
+    def settings(self) -> dict[str, Any]:
+        """The options a results row records (``{}`` by default), as plain values."""
+        return {}
+
+    def idle(self, capabilities: frozenset[str]) -> dict[str, str]:
+        """Options whose value, as set, has nothing to act on in a latent with ``capabilities``.
+
+        Returns ``{option: why}``. Default: none. qbench refuses a matrix
+        that sets an idle option explicitly, and notes an idle default in the
+        report; a default that is neutral (``None``, ``False``, ``"none"``) is
+        never idle.
+        """
+        return {}
 
     # -- the surrogate ---------------------------------------------------------
     def forward(self, y: Tensor, means: Tensor | None = None) -> Quantized:
@@ -219,3 +261,135 @@ class Quantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"progress={self.progress:.3f}"
+
+
+#: ``stop_gradient`` choices of a zero-centred :class:`Surrogate` (see its docstring).
+GRADIENT_ROUTES = ("none", "partial")
+#: The old boolean values of ``sua``'s ``stop_gradient``, still accepted.
+_ROUTE_ALIASES = {True: "partial", False: "none"}
+
+
+class Surrogate(Quantizer):
+    r"""A training surrogate with the scale bound and zero-centre tricks as options.
+
+    Zhang, Li and Liu ("On Uniform Scalar Quantization for Learned Image
+    Compression", arXiv 2309.17051, 2023) propose two tricks for any uniform
+    surrogate; here they are options of every subclass (``noise``, ``ste``,
+    ``mixed``, ``sua``, ``sga``, ``stanh`` and third-party ones). A subclass
+    writes :meth:`surrogate`, its training values for a latent ``v`` whose
+    quantization grid is the integers; this class places that grid:
+
+    * ``zero_center = True`` (and the latent has ``means`` ``mu``): the
+      surrogate acts on ``v = y - mu`` and ``mu`` is added back,
+      ``y_tilde = S(v) + mu``, the grid the decoder uses (the codec codes
+      ``round(y - mu)``). ``zero_center = False``: ``y_tilde = S(y)``, the
+      integer grid, which at test time is offset from the decoder's by
+      ``mu - round(mu)`` (a train-test mismatch of its own).
+    * ``stop_gradient`` routes the gradient of the centre (only with
+      ``zero_center``):
+
+      - ``"none"``: ``v = y - mu``; ``d y_tilde / d mu = 1 - S'(v)``, which is
+        0 for a straight-through or additive surrogate (``S' = 1``): ``mu``
+        then learns from the rate term only (through the likelihood, as the
+        prior's location).
+      - ``"partial"`` (qbench's reading of "partial stop-gradient"):
+        ``v = y - stop_gradient(mu)``; ``d y_tilde / d mu = 1``. The rate
+        term sees ``y_tilde - mu = S(v)``, so **the rate's gradient to mu is
+        exactly 0**: ``mu`` learns from the distortion only (as a
+        reconstruction offset), no longer as the prior's location.
+
+      The old boolean values are accepted (``True`` is ``"partial"``,
+      ``False`` is ``"none"``). ``docs/quantizers.md`` tabulates, for each
+      built-in and setting, which of y, mu and sigma get gradient from which
+      term; ``tests/test_routing.py`` asserts it on ``mbt2018-mean``.
+    * ``scale_bound``: the lower bound on the Gaussian conditional's scale
+      that the backbone uses in training and in coding (``None``: the
+      backbone's own, 0.11 in CompressAI).
+
+    ``requires`` says what each option acts on: ``scale_bound`` a latent
+    coded with a Gaussian conditional, ``zero_center`` a latent with means
+    (or medians), ``stop_gradient`` a latent whose means are learned.
+
+    At test time every surrogate is hard rounding around the means, whatever
+    the options (:meth:`Quantizer.quantize`).
+    """
+
+    requires: ClassVar[Mapping[str, str]] = {
+        "scale_bound": "gaussian_scale",
+        "zero_center": "means",
+        "stop_gradient": "learned_means",
+    }
+    #: a subclass's default gradient routing when ``stop_gradient`` is not given
+    default_route: ClassVar[str] = "none"
+
+    def __init__(
+        self,
+        scale_bound: float | None = None,
+        zero_center: bool = True,
+        stop_gradient: str | bool | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(zero_center, bool):
+            raise ValueError(f"zero_center must be a boolean, got {zero_center!r}")
+        if scale_bound is not None and not float(scale_bound) > 0:
+            raise ValueError(f"scale_bound must be > 0 or None, got {scale_bound}")
+        route = self.default_route if stop_gradient is None else stop_gradient
+        route = _ROUTE_ALIASES.get(route, route) if isinstance(route, bool) else route
+        if route not in GRADIENT_ROUTES:
+            raise ValueError(
+                f"stop_gradient must be one of {GRADIENT_ROUTES} (or true / false), "
+                f"got {stop_gradient!r}"
+            )
+        if route != "none" and not zero_center:
+            raise ValueError(
+                f"stop_gradient = {route!r} routes the gradient of the centre mu; "
+                "it needs zero_center = true"
+            )
+        self.scale_bound = None if scale_bound is None else float(scale_bound)
+        self.zero_center = bool(zero_center)
+        self.stop_gradient = route
+
+    def surrogate(self, v: Tensor) -> Quantized:  # pragma: no cover - abstract
+        """Training values for ``v``, whose quantization grid is the integers.
+
+        ``rate`` is charged to the bitrate, ``dist`` fed to the synthesis;
+        hard rounding of ``v`` is ``torch.round(v)``.
+        """
+        raise NotImplementedError
+
+    def forward(self, y: Tensor, means: Tensor | None = None) -> Quantized:
+        if not self.training:
+            return super().forward(y, means)
+        if means is None or not self.zero_center:
+            return self.surrogate(y)
+        centre = means.detach() if self.stop_gradient == "partial" else means
+        out = self.surrogate(y - centre)
+        return Quantized(rate=out.rate + means, dist=out.dist + means)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "scale_bound": self.scale_bound,
+            "zero_center": self.zero_center,
+            "stop_gradient": self.stop_gradient,
+        }
+
+    def idle(self, capabilities: frozenset[str]) -> dict[str, str]:
+        why = {
+            "gaussian_scale": "the latent has no Gaussian conditional",
+            "means": "the latent has no means",
+            "learned_means": "the latent has no learned means",
+        }
+        active = {
+            "scale_bound": self.scale_bound is not None,
+            "zero_center": self.zero_center,
+            "stop_gradient": self.stop_gradient != "none",
+        }
+        return {
+            option: why[need]
+            for option, need in self.requires.items()
+            if active.get(option) and need not in capabilities
+        }
+
+    def extra_repr(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.settings().items())
+        return f"{super().extra_repr()}, {opts}"

@@ -76,17 +76,48 @@ def test_round_has_no_gradient(registry):
     assert registry.get("quantizer", "round").metadata["differentiable"] is False
 
 
-def test_sga_temperature_schedule(registry):
+def test_sga_training_schedule_reaches_near_hard_rounding(registry):
     q = make(registry, "sga")
+    for t in (0.0, 0.2, 0.35):
+        q.set_progress(t)
+        assert q.tau == pytest.approx(0.5)  # constant for the first t0_frac of training
+    q.set_progress(0.35 + 0.65 / 2)  # half way through the decay: geometric mean
+    assert q.tau == pytest.approx(np.sqrt(0.5 * 0.01))
+    q.set_progress(1.0)
+    assert q.tau == pytest.approx(0.01)
+    taus = []
+    for t in np.linspace(0, 1, 21):
+        q.set_progress(float(t))
+        taus.append(q.tau)
+    assert all(a >= b for a, b in zip(taus, taus[1:]))
+    # at the end of training a draw is within 0.01 of hard rounding on average
+    torch.manual_seed(0)
+    v = torch.rand(100000) * 8 - 4
+    q.train()
+    assert float((q(v).rate - torch.round(v)).abs().mean()) < 0.01
+
+
+def test_sga_inference_schedule_is_the_references(registry):
+    q = make(registry, "sga", schedule="inference")
     q.set_progress(0.0)
     assert q.tau == pytest.approx(0.5)  # clipped at tau_max before t0
     q.set_progress(0.35)
     assert q.tau == pytest.approx(0.5)
     q.set_progress(1.0)  # it = 2000, t0 = 700: 0.5 * exp(-1e-3 * 1300)
     assert q.tau == pytest.approx(0.5 * np.exp(-1.3))
-    q2 = make(registry, "sga", r=1.0)
+    q2 = make(registry, "sga", schedule="inference", r=1.0)
     q2.set_progress(1.0)
     assert q2.tau == pytest.approx(1e-8)  # clipped at tau_min
+
+
+def test_sga_rounds_y_itself_when_not_zero_centred(registry):
+    torch.manual_seed(0)
+    y = torch.rand(5000) * 6 - 3
+    mu = torch.full_like(y, 0.4)
+    for zero_center, grid in ((True, torch.round(y - mu) + mu), (False, torch.round(y))):
+        q = make(registry, "sga", zero_center=zero_center).train()
+        q.set_progress(1.0)
+        assert float((q(y, mu).rate - grid).abs().mean()) < 0.01
 
 
 def test_sga_cold_limit_is_rounding_and_gradients(registry):
@@ -139,26 +170,46 @@ def test_sua_partial_stop_gradient(registry):
     y = torch.tensor([0.3, 1.7, -2.2], requires_grad=True)
     mu = torch.tensor([0.1, 0.5, -1.0], requires_grad=True)
     q = make(registry, "sua").train()
+    assert q.stop_gradient == "partial"
     q.set_progress(0.5)
     out = q(y, mu)
     out.dist.sum().backward()
     # y passes straight through; mu only through the added-back path (gradient 1)
     assert torch.equal(y.grad, torch.ones(3))
     assert torch.equal(mu.grad, torch.ones(3))
-    # without the stop-gradient, mu also receives -1 through the quantizer's argument
-    y.grad = mu.grad = None
-    q2 = make(registry, "sua", stop_gradient=False).train()
-    q2.set_progress(0.5)
-    q2(y, mu).dist.sum().backward()
-    assert torch.equal(mu.grad, torch.zeros(3))
+    # without the stop-gradient, mu also receives -1 through the quantizer's argument;
+    # the old boolean and the name sua-none say the same
+    for q2 in (
+        make(registry, "sua", stop_gradient=False),
+        make(registry, "sua", stop_gradient="none"),
+        make(registry, "sua-none"),
+    ):
+        y.grad = mu.grad = None
+        q2.train().set_progress(0.5)
+        assert q2.stop_gradient == "none"
+        q2(y, mu).dist.sum().backward()
+        assert torch.equal(mu.grad, torch.zeros(3))
+    assert make(registry, "sua", stop_gradient=True).stop_gradient == "partial"
     # zero_center off: the surrogate ignores mu in training (no gradient to mu)
     y.grad = mu.grad = None
-    q3 = make(registry, "sua", zero_center=False).train()
+    q3 = make(registry, "sua", zero_center=False, stop_gradient="none").train()
     q3.set_progress(1.0)
     out3 = q3(y, mu)
     assert torch.equal(out3.dist.detach(), torch.round(y.detach()))
     out3.dist.sum().backward()
     assert mu.grad is None
+
+
+@pytest.mark.parametrize("name", ["noise", "ste", "mixed", "sga", "sua", "stanh"])
+def test_bad_trick_options_are_refused(registry, name):
+    from qbench.registry import PluginParameterError
+
+    with pytest.raises(PluginParameterError, match="stop_gradient"):
+        make(registry, name, stop_gradient="sometimes")
+    with pytest.raises(PluginParameterError, match="zero_center = true"):
+        make(registry, name, zero_center=False, stop_gradient="partial")
+    with pytest.raises(PluginParameterError, match="scale_bound"):
+        make(registry, name, scale_bound=0.0)
 
 
 def test_sua_scale_bound_changes_backbone_likelihoods(registry):

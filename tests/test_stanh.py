@@ -21,7 +21,7 @@ def perturbed(registry, seed=0, **kw):
     q = stanh(registry, **kw)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        q.log_w.add_(torch.randn(q.log_w.shape, generator=g) * 0.3)
+        q.w_param.add_(torch.randn(q.w_param.shape, generator=g) * 0.3)
         q.b.add_(torch.randn(q.b.shape, generator=g) * 0.15)
     return q
 
@@ -64,7 +64,7 @@ def test_gradients_wrt_w_and_b(registry):
     y = torch.randn(500) * 3
     out = q(y)
     out.dist.pow(2).sum().backward()
-    for p in (q.log_w, q.b):
+    for p in (q.w_param, q.b):
         assert torch.isfinite(p.grad).all() and (p.grad != 0).any()
 
 
