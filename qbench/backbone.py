@@ -33,7 +33,7 @@ results row records (the Gaussian scale bound in force).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -95,6 +95,24 @@ class Backbone(nn.Module):
     def settings(self) -> dict[str, Any]:
         """The backbone's effective settings a results row records (``{}`` by default)."""
         return {}
+
+    def idle_options(self, quantizer: Quantizer, latents: Iterable[str]) -> dict[str, str]:
+        """Options of ``quantizer`` with nothing to act on in any of ``latents``: ``{option: why}``.
+
+        An option is idle in a latent when, as set, it needs a capability
+        (``Quantizer.requires``) the latent does not offer
+        (:meth:`capabilities`); it is reported when idle in every latent the
+        quantizer serves.
+        """
+        latents = list(latents)
+        per_latent = [quantizer.idle(self.capabilities(latent)) for latent in latents]
+        if not per_latent:
+            return {}
+        common = set.intersection(*(set(idle) for idle in per_latent))
+        return {
+            option: "; ".join(f"{lat}: {idle[option]}" for lat, idle in zip(latents, per_latent))
+            for option in sorted(common)
+        }
 
     def set_progress(self, t: float) -> None:
         """Forward the training progress ``t`` in [0, 1] to every quantizer.

@@ -2,7 +2,8 @@
 
 :func:`preflight` builds every backbone, quantizer, metric and dataset of a
 matrix once (so a bad parameter, a missing or unreadable checkpoint, a
-quantizer naming a latent its backbone does not have, a missing dataset
+quantizer naming a latent its backbone does not have, a quantizer option set
+where it has nothing to act on (``Backbone.idle_options``), a missing dataset
 folder or a crop larger than every training image is one clear error naming
 the matrix file and the entry), and returns the warnings a user should see
 once (images a dataset skipped). Nothing is written.
@@ -34,19 +35,29 @@ def preflight(matrix, registry: Registry) -> list[str]:
         except Exception as exc:
             raise PreflightError(f"{source}: {where} ({spec.label!r}): {_reason(exc)}") from exc
 
-    latents: dict[str, tuple[str, ...]] = {}
-    for spec in {j.backbone.label: j.backbone for j in jobs}.values():
-        latents[spec.label] = tuple(build("backbone", "matrix.backbones", spec).latents)
+    backbones = {
+        spec.label: build("backbone", "matrix.backbones", spec)
+        for spec in {j.backbone.label: j.backbone for j in jobs}.values()
+    }
     quantizers = {j.quantizer.label: j.quantizer for j in jobs}
     for spec in quantizers.values():
-        build("quantizer", "matrix.quantizers", spec)
-        for bb, names in latents.items():
+        quantizer = build("quantizer", "matrix.quantizers", spec)
+        for bb, model in backbones.items():
+            names = tuple(model.latents)
             unknown = sorted(set(spec.latents or ()) - set(names))
             if unknown:
                 raise PreflightError(
                     f"{source}: matrix.quantizers ({spec.label!r}).latents: {unknown} are not "
                     f"latents of backbone {bb!r} ({list(names)})"
                 )
+            idle = model.idle_options(quantizer, spec.latents or names)
+            for option in spec.params:
+                if option in idle:
+                    raise PreflightError(
+                        f"{source}: matrix.quantizers ({spec.label!r}).{option}: "
+                        f"{option} = {spec.params[option]!r} has nothing to act on in backbone "
+                        f"{bb!r}: {idle[option]}; remove it or choose a backbone where it acts"
+                    )
     build("quantizer", "matrix.unlisted_latents", matrix.jobs[0].unlisted)
     for name in matrix.eval.metrics:
         try:

@@ -317,6 +317,7 @@ def write_report(
     ]
 
     sections += _setup_section(manifest)
+    sections += _quantizer_settings(df, notes)
     declared = metric_columns(manifest, df)
     rd_cols = [c for c in RD_COLUMNS if c in ok.columns]
     keys = ["backbone", "dataset", "quantizer", "lambda"]
@@ -429,6 +430,30 @@ def _setup_section(manifest: dict) -> list[str]:
         dataset = (train.get("dataset") or {}).get("name", "?")
         lines.append(f"- training: {shown}, on `{dataset}`")
     return lines + [""]
+
+
+def _quantizer_settings(df: pd.DataFrame, notes: list[str]) -> list[str]:
+    """Each quantizer label's recorded settings and Gaussian scale bound, per backbone; an
+    option that had nothing to act on (``idle``, a default: set explicitly it is refused)
+    is said in the line and in the notes."""
+    if "settings" not in df.columns:
+        return []
+    lines = []
+    for (bb, label), g in df.groupby(["backbone", "quantizer"], sort=False):
+        settings = sorted({str(v) for v in g["settings"].dropna() if str(v)})
+        bounds = sorted({float(v) for v in g.get("scale_bound", pd.Series()).dropna()})
+        idle = [" | ".join(sorted({str(v) for v in g.get("idle", pd.Series()).dropna() if str(v)}))]
+        idle = [i for i in idle if i]
+        line = f"- `{label}` on `{bb}`: " + (" | ".join(settings) or "no options")
+        if bounds:
+            line += "; Gaussian scale bound in training and coding: " + ", ".join(
+                f"{b:g}" for b in bounds
+            )
+        if idle:
+            line += f"; **nothing to act on here: {idle[0]}**"
+            notes.append(f"`{label}` on `{bb}`: defaults with nothing to act on: {idle[0]}")
+        lines.append(line)
+    return ["## Quantizer settings", "", *lines, ""] if lines else []
 
 
 def _cell(row: pd.Series, col: str, marks: list[str], where: str, notes: list[str]) -> str:

@@ -241,12 +241,26 @@ def _evaluate_group(
                 "train_seconds": outcome.seconds,
                 "trained_parameters": outcome.trained_parameters,
                 **job.recipe.columns(),
+                **_setting_columns(job, model),
                 "per_image": per_image,
                 "history": outcome.history,
             }
         except Exception as exc:
             rows[job.job_id] = failure_row(job, "failed", _reason(exc), order)
             _log_exception(run_dir, job, exc)
+
+
+def _setting_columns(job: Job, model: Backbone) -> dict[str, Any]:
+    """What the row records of the quantization: the job quantizer's settings, its options
+    with nothing to act on here, and the backbone's effective settings (the scale bound)."""
+    targets = list(job.quantizer.latents or model.latents)
+    quantizer = model.quantizers[targets[0]]
+    idle = model.idle_options(quantizer, targets)
+    return {
+        "settings": "; ".join(f"{k}={v}" for k, v in quantizer.settings().items()),
+        "idle": "; ".join(f"{k} ({why})" for k, why in idle.items()),
+        **model.settings(),
+    }
 
 
 def _source_weights(run_dir: RunDir, train_id: str) -> dict[str, Any]:
