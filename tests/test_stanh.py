@@ -215,3 +215,147 @@ datasets = ["embedded"]
 """)
     with pytest.raises(MatrixError, match=r"matrix.quantizers\[0\].from_anchor"):
         load_matrix(p, registry)
+
+
+# -- preset = "authors": values from the authors' formulas (EIDOSLAB/StanH at c6a29b6) ---------
+
+
+def authors_soft(x, w, b, beta):
+    """``NonLinearStanh.forward``: f(x) = 2 sigmoid(2x) - 1 (tanh), b sorted, w as is."""
+    b = torch.sort(b)[0]
+    f = 2 * torch.sigmoid(2 * beta * (x[None, :] - b[:, None])) - 1
+    return torch.sum((w[:, None] / 2) * f, dim=0)
+
+
+def authors_hard(x, w, b):
+    """``forward(x, -1)``: sum_i w_i relu(sign(x - b_i)) - w_i / 2."""
+    b = torch.sort(b)[0]
+    return torch.sum(
+        w[:, None] * torch.relu(torch.sign(x[None, :] - b[:, None])) - w[:, None] / 2, 0
+    )
+
+
+def authors_levels(w):
+    """``cum_w``: [0, cumsum(w)] - sum(w) / 2."""
+    return torch.cat([torch.zeros(1), torch.cumsum(w, 0)]) - w.sum() / 2
+
+
+def authors_cell(v, w):
+    """``define_v0_and_v1``: the cell of v found by the level midpoints padded with -+1000,
+    its half-gaps padded with 0 at both ends; the likelihood interval is [v - left, v + right]."""
+    c = authors_levels(w)
+    mids = torch.cat([torch.tensor([-1000.0]), (c[1:] + c[:-1]) / 2, torch.tensor([1000.0])])
+    half = (c[1:] - c[:-1]) / 2
+    left, right = torch.cat([torch.zeros(1), half]), torch.cat([half, torch.zeros(1)])
+    j = torch.searchsorted(mids, v, right=True) - 1
+    return v - left[j], v + right[j]
+
+
+def random_authors(registry, levels=21, seed=0):
+    q = stanh(registry, preset="authors", levels=levels)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        q.w_param.copy_(0.5 + torch.rand(levels - 1, generator=g))  # raw heights in [0.5, 1.5]
+        q.b.add_(torch.randn(levels - 1, generator=g) * 0.2)
+    return q
+
+
+def test_authors_preset_defaults(registry):
+    q = stanh(registry, preset="authors")
+    assert (q.weights, q.annealing, q.gap_factor, q.gap_measure, q.cells) == (
+        "raw",
+        "gap_stoc",
+        15.0,
+        "mse",
+        "bounded",
+    )
+    assert q.beta_max == float("inf") and float(q.beta) == 10.0 and not q.zero_center
+    m = registry.build("backbone", "mbt2018-mean", N=8, M=8)
+    m.set_quantizers({k: stanh(registry, preset="authors") for k in m.latents})
+    assert m.quantizers["y"].b.numel() + 1 == 121 and m.quantizers["z"].b.numel() + 1 == 41
+    # initialised to rounding on [-60, 60]: w = 1 (raw), b at the half-integers
+    qy = m.quantizers["y"]
+    torch.testing.assert_close(qy.levels().detach(), torch.arange(-60.0, 61.0))
+    # an explicit level count wins over the per-latent default
+    m.set_quantizers({k: stanh(registry, preset="authors", levels=31) for k in m.latents})
+    assert m.quantizers["z"].b.numel() + 1 == 31
+    # any parameter overrides its preset
+    assert stanh(registry, preset="authors", cells="decision").cells == "decision"
+
+
+def test_authors_soft_hard_levels_and_cells_match_their_formulas(registry):
+    for seed in range(3):
+        q = random_authors(registry, seed=seed)
+        w, b = q.w_param.detach(), q.b.detach()
+        x = torch.randn(4000, generator=torch.Generator().manual_seed(seed)) * 8
+        for beta in (2.0, 10.0, 57.0):
+            torch.testing.assert_close(q.soft(x, beta).detach(), authors_soft(x, w, b, beta))
+        torch.testing.assert_close(q.quantize(x), authors_hard(x, w, b))
+        torch.testing.assert_close(q.levels().detach(), authors_levels(w))
+        # cells of hard levels and of soft (training) values, outer cells included
+        for v in (q.quantize(x), q.soft(x, 10.0).detach()):
+            lo, hi = q.bins(v)
+            ref_lo, ref_hi = authors_cell(v, w)
+            torch.testing.assert_close((lo.detach(), hi.detach()), (ref_lo, ref_hi))
+    c = q.levels().detach()
+    lo, hi = (t.detach() for t in q.bins(c[[0, -1]]))
+    assert float(lo[0]) == float(c[0]) and float(hi[1]) == float(c[-1])  # no tail mass
+
+
+def test_authors_training_value_ignores_the_mean_and_test_uses_it(registry):
+    q = random_authors(registry).train()
+    y = torch.randn(500) * 4
+    mu = torch.randn(500)
+    out = q(y, mu)
+    torch.testing.assert_close(out.rate, q.soft(y))  # trained on y, as their training path
+    q.eval()
+    torch.testing.assert_close(q(y, mu).dist, authors_hard(y - mu, q.w.detach(), q.b.detach()) + mu)
+
+
+def test_authors_gap_stoc_annealing(registry):
+    q = random_authors(registry).train()
+    y = torch.randn(2000) * 4
+    ceiling = 10.0
+    torch.manual_seed(3)
+    for _ in range(4):
+        s = q(y).rate.detach()
+        hard = authors_hard(y, q.w.detach(), q.b.detach())
+        gap = abs(float(((y - s) ** 2).mean()) - float(((y - hard) ** 2).mean()))
+        ceiling += 15.0 * gap
+        q.end_step()
+        assert float(q.beta_ceiling) == pytest.approx(ceiling, rel=1e-5)
+        assert 1.0 <= float(q.beta) <= ceiling
+    # the draw comes from the training RNG stream: the same seed gives the same beta
+    q2 = random_authors(registry).train()
+    torch.manual_seed(3)
+    for _ in range(4):
+        q2(y)
+        q2.end_step()
+    assert float(q2.beta) == float(q.beta)
+
+
+def test_authors_interpolation_is_linear_in_raw_w_and_b(registry):
+    q1, q2 = random_authors(registry, seed=1), random_authors(registry, seed=2)
+    w1, b1 = q1.w_param.detach().clone(), q1.thresholds().detach().clone()
+    w2, b2 = q2.w_param.detach().clone(), q2.thresholds().detach().clone()
+    q1.interpolate(q2, 0.3)
+    torch.testing.assert_close(q1.w_param.detach(), 0.7 * w1 + 0.3 * w2)
+    torch.testing.assert_close(q1.thresholds().detach(), 0.7 * b1 + 0.3 * b2)
+    x = torch.randn(1000) * 6
+    torch.testing.assert_close(
+        q1.quantize(x), authors_hard(x, 0.7 * w1 + 0.3 * w2, 0.7 * b1 + 0.3 * b2)
+    )
+
+
+def test_authors_preset_codes_bitexact(registry):
+    torch.manual_seed(0)
+    m = registry.build("backbone", "mbt2018-mean", N=16, M=16)
+    m.set_quantizers({k: stanh(registry, preset="authors") for k in m.latents})
+    with torch.no_grad():
+        for q in m.quantizers.values():
+            q.w_param.mul_(1 + 0.2 * torch.rand_like(q.w_param))
+    m.eval()
+    m.update(force=True)
+    images = registry.build("dataset", "embedded", split="eval")
+    for i in range(len(images)):
+        assert evaluate_image(m, images[i], images.names[i]).bitexact
