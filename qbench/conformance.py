@@ -253,6 +253,38 @@ def q_forward_keeps_state(entry, env):
         )
 
 
+@rule("quantizer", "declares_options")
+def q_declares_options(entry, env):
+    """``settings()`` holds plain values a row can record; every option named in
+    ``requires`` is a factory parameter (so a matrix can set it, and an idle one can be
+    refused); ``idle`` answers ``{option: why}`` for options in ``requires`` only, and
+    nothing when the latent offers every capability."""
+    from qbench.backbone import CAPABILITIES
+
+    q = entry.build()
+    settings = q.settings()
+    plain = (str, int, float, bool, type(None))
+    if not isinstance(settings, dict) or not all(
+        isinstance(k, str) and isinstance(v, plain) for k, v in settings.items()
+    ):
+        _fail("declares_options", f"settings() must map names to plain values, got {settings!r}")
+    accepted = entry.parameters()
+    for option, need in q.requires.items():
+        if option not in accepted and not entry.accepts_any():
+            _fail("declares_options", f"requires names {option!r}, not a factory parameter")
+        if need not in CAPABILITIES:
+            _fail(
+                "declares_options",
+                f"requires[{option!r}] = {need!r} is not a capability ({sorted(CAPABILITIES)})",
+            )
+    for caps in (frozenset(), frozenset(CAPABILITIES)):
+        idle = q.idle(caps)
+        if not isinstance(idle, dict) or not set(idle) <= set(q.requires):
+            _fail("declares_options", f"idle({set(caps)}) = {idle!r}: options outside requires")
+    if q.idle(frozenset(CAPABILITIES)):
+        _fail("declares_options", "options are idle on a latent that offers every capability")
+
+
 @rule("quantizer", "state_dict_roundtrip")
 def q_state_dict(entry, env):
     """state_dict() of a trained-looking quantizer loads into a fresh one, same outputs."""
@@ -439,6 +471,68 @@ def b_routes(entry, env):
         for method in ("symbols", "tables"):
             if (k, method) not in calls:
                 _fail("routes_quantization", f"compress() never called {method}() of latent {k!r}")
+
+
+@rule("backbone", "declares_capabilities")
+def b_capabilities(entry, env):
+    """``capabilities(latent)`` tells the truth: names from ``CAPABILITIES``; a latent
+    given means (``means``) gets them, learned ones (``learned_means``) with gradient in
+    training, and no other latent gets any; a quantizer's ``scale_bound`` changes the
+    likelihood of exactly the latents that declare ``gaussian_scale``."""
+    import qbench
+    from qbench.backbone import CAPABILITIES
+
+    seen: dict = {}
+
+    class Watching(qbench.Quantizer):
+        def forward(self, y, means=None):
+            seen[self.latent] = means
+            return super().forward(y, means)
+
+    m = _tiny(entry)
+    caps = {k: m.capabilities(k) for k in m.latents}
+    for k, c in caps.items():
+        unknown = set(c) - set(CAPABILITIES)
+        if unknown:
+            _fail("declares_capabilities", f"latent {k!r}: unknown capabilities {sorted(unknown)}")
+    m.set_quantizers({k: Watching() for k in m.latents})
+    x = torch.rand(1, 3, m.multiple, m.multiple, generator=torch.Generator().manual_seed(0))
+    m.train()(x)
+    for k in m.latents:
+        given = seen.get(k) is not None
+        if given != ("means" in caps[k]):
+            said = "declares" if "means" in caps[k] else "does not declare"
+            _fail(
+                "declares_capabilities",
+                f"latent {k!r} {said} 'means' but was {'' if given else 'not '}given means",
+            )
+        learned = given and seen[k].requires_grad
+        if learned != ("learned_means" in caps[k]):
+            _fail(
+                "declares_capabilities",
+                f"latent {k!r}: means carry gradient = {learned}, 'learned_means' declared = "
+                f"{'learned_means' in caps[k]}",
+            )
+
+    def likelihoods(bound):
+        quantizers = {}
+        for k in m.latents:
+            quantizers[k] = qbench.Quantizer()
+            quantizers[k].scale_bound = bound
+        m.set_quantizers(quantizers)
+        with torch.no_grad():
+            return m.eval()(x)["likelihoods"]
+
+    plain, bounded = likelihoods(None), likelihoods(50.0)
+    for k in m.latents:
+        moved = not torch.equal(plain[k], bounded[k])
+        if moved != ("gaussian_scale" in caps[k]):
+            _fail(
+                "declares_capabilities",
+                f"latent {k!r}: scale_bound = 50 {'changed' if moved else 'did not change'} its "
+                f"likelihood, 'gaussian_scale' declared = {'gaussian_scale' in caps[k]}",
+            )
+    m.set_quantizers({k: qbench.Quantizer() for k in m.latents})
 
 
 @rule("dataset", "rgb_in_unit_range")

@@ -94,7 +94,7 @@ def test_unimportable_plugin_is_one_failing_item(pytester, broken_site):
     assert "plugin_loads" not in out
     assert "qbench conformance warning: plugin 'unimportable'" in out
     assert "No module named 'no_such_module'" in out
-    result.assert_outcomes(failed=1, passed=19, skipped=2)  # detached fails train_gradients
+    result.assert_outcomes(failed=1, passed=21, skipped=2)  # detached fails train_gradients
 
     result = run_conformance(pytester, broken_site, "-k", "plugin_loads or noise")
     out = result.stdout.str()
@@ -131,7 +131,7 @@ def test_set_progress_without_range_checks_passes(pytester, tmp_path):
         tmp_path / "site", "qbench-lenient", {"lenient": LENIENT}, {"lenient": "lenient"}
     )
     result = run_conformance(pytester, site, "--qbench-quantizer", "lenient")
-    result.assert_outcomes(passed=10, skipped=1)
+    result.assert_outcomes(passed=11, skipped=1)
 
 
 def test_unknown_quantizer_option(pytester, broken_site):
@@ -192,7 +192,7 @@ def test_example_plugin_passes_conformance_and_runs(example_installed, tmp_path)
         cwd=tmp_path,
     )
     assert conf.returncode == 0, conf.stdout + conf.stderr
-    assert "12 passed, 1 skipped" in conf.stdout, conf.stdout  # 2 own tests + 11 rules
+    assert "13 passed, 1 skipped" in conf.stdout, conf.stdout  # 2 own tests + 12 rules
     matrix = tmp_path / "m.toml"
     matrix.write_text(
         (EXAMPLE / "matrix.toml")
