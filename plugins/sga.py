@@ -127,6 +127,6 @@ def qbench_register_quantizers(register):
     register(
         "sga",
         SGA,
-        description="stochastic Gumbel annealing (Yang, Bamler, Mandt 2020), a test-time method "
-        "as a training surrogate: tau annealed to 0.01 by the end of training",
+        description="stochastic Gumbel annealing (Yang, Bamler, Mandt 2020) as a training "
+        "surrogate, tau annealed to 0.01",
     )

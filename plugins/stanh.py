@@ -327,7 +327,7 @@ def qbench_register_quantizers(register):
     register(
         "stanh",
         STanH,
-        description="learnable sum of tanh steps, beta annealed (Presta et al., TIP 2024); "
-        'preset = "authors" for the official code\'s defaults',
+        description="learnable sum of tanh steps (Presta et al., TIP 2024); "
+        'preset = "authors": their code\'s defaults',
         parameters=_count(),
     )

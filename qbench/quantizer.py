@@ -333,7 +333,10 @@ class Surrogate(Quantizer):
             raise ValueError(f"zero_center must be a boolean, got {zero_center!r}")
         if scale_bound is not None and not float(scale_bound) > 0:
             raise ValueError(f"scale_bound must be > 0 or None, got {scale_bound}")
-        route = self.default_route if stop_gradient is None else stop_gradient
+        if stop_gradient is None:  # the default routes the centre only where there is one
+            route = self.default_route if zero_center else "none"
+        else:
+            route = stop_gradient
         route = _ROUTE_ALIASES.get(route, route) if isinstance(route, bool) else route
         if route not in GRADIENT_ROUTES:
             raise ValueError(
