@@ -64,9 +64,10 @@ class SUA(qbench.Surrogate):
       (``tests/test_routing.py``): the rate term depends on ``mu`` only through
       ``y_tilde - mu = S(v)``, so **the rate's gradient to mu is exactly 0**;
       ``mu`` is trained by the distortion alone, as a reconstruction offset,
-      and stops being trained as the prior's location. Fine-tuning a
-      noise-trained model this way at lr 1e-3 collapsed (18.6 dB on the quick
-      model; 2e-4 is stable), which is why the quick matrix fine-tunes at 2e-4.
+      and stops being trained as the prior's location. Fine-tuning the quick
+      matrix's noise-trained model this way at lr 1e-3 collapsed (PSNR fell
+      below 20 dB); at 2e-4 it is stable, which is why the quick matrix
+      fine-tunes at 2e-4.
       The other variant is ``stop_gradient = "none"`` (registered as
       ``sua-none``): ``d y_tilde / d mu = 0``, ``mu`` learns from the rate
       only. An ablation that flips ``stop_gradient`` therefore changes what

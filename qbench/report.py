@@ -317,7 +317,7 @@ def write_report(
     ]
 
     sections += _setup_section(manifest)
-    sections += _quantizer_settings(df, notes)
+    sections += _quantizer_settings(df, manifest.get("quantizers") or {}, notes)
     declared = metric_columns(manifest, df)
     rd_cols = [c for c in RD_COLUMNS if c in ok.columns]
     keys = ["backbone", "dataset", "quantizer", "lambda"]
@@ -432,13 +432,18 @@ def _setup_section(manifest: dict) -> list[str]:
     return lines + [""]
 
 
-def _quantizer_settings(df: pd.DataFrame, notes: list[str]) -> list[str]:
-    """Each quantizer label's recorded settings and Gaussian scale bound, per backbone; an
-    option that had nothing to act on (``idle``, a default: set explicitly it is refused)
-    is said in the line and in the notes."""
+def _quantizer_settings(df: pd.DataFrame, registered: dict, notes: list[str]) -> list[str]:
+    """Each quantizer label's registered name and description (``registered``, from the
+    manifest), then per backbone its recorded settings and Gaussian scale bound; an option
+    that had nothing to act on (``idle``, a default: set explicitly it is refused) is said
+    in the line and in the notes."""
+    lines = [
+        f"- `{label}`: `{q['name']}`, {q['description']}"
+        for label, q in registered.items()
+        if q.get("description")
+    ]
     if "settings" not in df.columns:
-        return []
-    lines = []
+        return ["## Quantizers", "", *lines, ""] if lines else []
     for (bb, label), g in df.groupby(["backbone", "quantizer"], sort=False):
         settings = sorted({str(v) for v in g["settings"].dropna() if str(v)})
         bounds = sorted({float(v) for v in g.get("scale_bound", pd.Series()).dropna()})
@@ -453,7 +458,7 @@ def _quantizer_settings(df: pd.DataFrame, notes: list[str]) -> list[str]:
             line += f"; **nothing to act on here: {idle[0]}**"
             notes.append(f"`{label}` on `{bb}`: defaults with nothing to act on: {idle[0]}")
         lines.append(line)
-    return ["## Quantizer settings", "", *lines, ""] if lines else []
+    return ["## Quantizers", "", *lines, ""] if lines else []
 
 
 def _cell(row: pd.Series, col: str, marks: list[str], where: str, notes: list[str]) -> str:

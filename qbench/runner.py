@@ -468,4 +468,11 @@ def _manifest(matrix: Matrix, plugins: PluginSet, plan, disable) -> dict[str, An
         ],
         "plugin_problems": [vars(p) for p in plugins.problems],
         "disabled_plugins": list(disable),
+        "quantizers": {
+            j.quantizer.label: {
+                "name": j.quantizer.name,
+                "description": plugins.registry.get("quantizer", j.quantizer.name).description,
+            }
+            for j in matrix.jobs
+        },
     }

@@ -100,4 +100,4 @@ def test_plain_sua_runs_on_a_factorized_model_and_its_idle_defaults_are_noted(tm
     assert "scale_bound (y: the latent has no Gaussian conditional)" in row["idle"]
     assert "stop_gradient (y: the latent has no learned means)" in row["idle"]
     report = (out / "report.md").read_text()
-    assert "## Quantizer settings" in report and "nothing to act on here" in report
+    assert "## Quantizers" in report and "nothing to act on here" in report
