@@ -113,6 +113,9 @@ class _CompressAIBackbone(qbench.Backbone):
                 self._default_scale_bound if bound is None else LowerBound(float(bound))
             )
 
+    def channels(self, latent: str) -> int | None:
+        return {"y": self.net.M, "z": self.net.N}.get(latent)
+
     def capabilities(self, latent: str) -> frozenset[str]:
         if latent == "y" and getattr(self.net, "gaussian_conditional", None) is not None:
             return frozenset({"gaussian_scale"})
@@ -175,12 +178,12 @@ class _CompressAIBackbone(qbench.Backbone):
 
     def _code_gaussian(self, y: Tensor, scales: Tensor, means: Tensor | None):
         gc = self.net.gaussian_conditional
-        tables = coding.GaussianTables(gc)
+        tables = coding.GaussianTables(gc, scales)
         return self.code_latent("y", y, means, tables, gc.build_indexes(scales))
 
     def _decode_gaussian(self, strings, scales: Tensor, means: Tensor | None) -> Tensor:
         gc = self.net.gaussian_conditional
-        tables = coding.GaussianTables(gc)
+        tables = coding.GaussianTables(gc, scales)
         y_hat = self.decode_latent("y", strings, means, tables, gc.build_indexes(scales))
         return y_hat.to(scales.dtype)
 

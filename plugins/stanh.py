@@ -171,9 +171,9 @@ class STanH(qbench.Surrogate):
         self.w_param = nn.Parameter(w0)
         self.b = nn.Parameter(torch.arange(levels - 1, dtype=torch.float32) - extent + 0.5)
 
-    def bind(self, latent: str) -> None:
+    def bind(self, latent: str, channels: int | None = None) -> None:
         """The authors' preset uses 121 levels for y and 41 for z (unless ``levels`` is given)."""
-        super().bind(latent)
+        super().bind(latent, channels)
         if self.preset == "authors" and not self.levels_given:
             levels = AUTHORS_LEVELS.get(latent, AUTHORS_LEVELS["z"])
             if levels != self.b.numel() + 1:

@@ -81,8 +81,12 @@ class Backbone(nn.Module):
         for name, q in quantizers.items():
             if not isinstance(q, Quantizer):
                 raise TypeError(f"quantizer for latent {name!r} is not a qbench.Quantizer: {q!r}")
-            q.bind(name)
+            q.bind(name, self.channels(name))
         self.quantizers = nn.ModuleDict(dict(quantizers))
+
+    def channels(self, latent: str) -> int | None:
+        """The channel count of latent ``latent`` (given to ``Quantizer.bind``); None if unknown."""
+        return None
 
     def capabilities(self, latent: str) -> frozenset[str]:
         """What latent ``latent`` offers a quantizer's options (names from :data:`CAPABILITIES`).
@@ -159,7 +163,10 @@ class Backbone(nn.Module):
         """
         q = self.quantizers[latent]
         symbols = q.symbols(y, means)
-        strings = coding.encode(symbols, indexes, q.tables(entropy))
+        tables = q.tables(entropy)
+        if tables.indexes is not None:  # a quantization step re-indexes the tables
+            indexes = tables.indexes
+        strings = coding.encode(symbols, indexes, tables)
         return strings, q.from_symbols(symbols, means).to(y.dtype)
 
     def decode_latent(
@@ -172,7 +179,10 @@ class Backbone(nn.Module):
     ) -> Tensor:
         """Inverse of :meth:`code_latent`: the decoded hard values of latent ``latent``."""
         q = self.quantizers[latent]
-        symbols = coding.decode(strings, indexes, q.tables(entropy))
+        tables = q.tables(entropy)
+        if tables.indexes is not None:
+            indexes = tables.indexes
+        symbols = coding.decode(strings, indexes, tables)
         return q.from_symbols(symbols, means)
 
     # -- parameters ----------------------------------------------------------------

@@ -36,15 +36,22 @@ from torch import Tensor
 from qbench.likelihoods import bottleneck_likelihood
 
 PRECISION = 16
+#: Largest symbol magnitude a factorized step table spans (values beyond are escaped).
+MAX_STEP_SYMBOLS = 4096
 
 
 @dataclass
 class CdfTables:
-    """Quantized CDFs of ``K`` tables over ``L`` symbols, as the rANS coder wants them."""
+    """Quantized CDFs of ``K`` tables over ``L`` symbols, as the rANS coder wants them.
+
+    ``indexes``, when set, are the per-value table indexes to use instead of
+    the backbone's (a quantization step re-indexes a Gaussian's scale tables).
+    """
 
     cdfs: list[list[int]]
     lengths: list[int]
     offsets: list[int]
+    indexes: Tensor | None = None
 
 
 def build_tables(pmf: Tensor) -> CdfTables:
@@ -82,17 +89,40 @@ class EntropyTables:
         """Tables over ``L`` levels with cells ``[lower_j, upper_j]`` relative to the mean."""
         raise NotImplementedError
 
+    def step_tables(self, step: Tensor) -> CdfTables:
+        """Tables for integer symbols ``k`` whose cells are ``[(k - 1/2) Δ, (k + 1/2) Δ]``
+        relative to the mean, ``Δ = step`` a scalar or one per channel."""
+        raise NotImplementedError
+
 
 class GaussianTables(EntropyTables):
     """Tables of a :class:`~compressai.entropy_models.GaussianConditional`: one per entry
     of its ``scale_table`` (scale lower-bounded as in training), indexed by
-    ``build_indexes(scales)``."""
+    ``build_indexes(scales)``. ``scales`` (the values' predicted scales) are needed
+    by :meth:`step_tables` only."""
 
-    def __init__(self, gc: GaussianConditional) -> None:
+    def __init__(self, gc: GaussianConditional, scales: Tensor | None = None) -> None:
         self.gc = gc
+        self.scales = scales
 
     def integer_tables(self) -> CdfTables:
         return _own_tables(self.gc)
+
+    def step_tables(self, step: Tensor) -> CdfTables:
+        """CompressAI's own integer tables, indexed by ``build_indexes(scales / Δ)``:
+        the mass of ``[(k -+ 1/2) Δ]`` under ``N(0, σ)`` is that of ``[k -+ 1/2]`` under
+        ``N(0, σ / Δ)`` (QVRF's coding, Tong et al. 2023)."""
+        if self.scales is None:
+            raise ValueError(
+                "a quantizer with a step needs GaussianTables(gc, scales): the backbone "
+                "must pass the predicted scales"
+            )
+        from qbench.quantizer import per_channel
+
+        scaled = self.scales / per_channel(step.to(self.scales), self.scales)
+        tables = _own_tables(self.gc)
+        tables.indexes = self.gc.build_indexes(scaled)
+        return tables
 
     @torch.no_grad()
     def cell_tables(self, lower: Tensor, upper: Tensor) -> CdfTables:
@@ -121,6 +151,24 @@ class BottleneckTables(EntropyTables):
         lo = lower.view(1, 1, -1).expand(1, channels, -1) + med
         hi = upper.view(1, 1, -1).expand(1, channels, -1) + med
         return build_tables(bottleneck_likelihood(self.eb, lo, hi)[0])
+
+    @torch.no_grad()
+    def step_tables(self, step: Tensor) -> CdfTables:
+        """Per-channel tables over ``k = -K..K`` with cells ``median + [(k -+ 1/2) Δ_c]``;
+        ``K`` covers the bottleneck's quantile range at the smallest step (values
+        beyond are escaped by the coder)."""
+        eb = self.eb
+        med = eb._get_medians().detach().reshape(1, -1, 1)
+        channels = med.shape[1]
+        step = step.detach().float().reshape(-1).expand(channels).reshape(1, channels, 1)
+        q = eb.quantiles.detach().reshape(channels, 3)
+        reach = torch.maximum(q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]).reshape(1, channels, 1)
+        k_max = int(torch.ceil((reach / step).max()).clamp(1, MAX_STEP_SYMBOLS)) + 1
+        k = torch.arange(-k_max, k_max + 1, dtype=torch.float32).view(1, 1, -1)
+        lo, hi = med + (k - 0.5) * step, med + (k + 0.5) * step
+        tables = build_tables(bottleneck_likelihood(eb, lo, hi)[0])
+        tables.offsets = [-k_max] * channels
+        return tables
 
 
 def encode(symbols: Tensor, indexes: Tensor, tables: CdfTables) -> list[bytes]:

@@ -59,6 +59,14 @@ def _show(t: torch.Tensor, n: int = 6) -> str:
 # ---------------------------------------------------------------------------
 
 
+def _quantizer(entry):
+    """A quantizer from its registration, bound as a backbone binds it (latent ``"y"`` of
+    the samples' 3 channels)."""
+    q = entry.build()
+    q.bind("y", 3)
+    return q
+
+
 def _sample(shape=(2, 3, 8, 8), dtype=torch.float32, device="cpu", seed=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(shape, generator=g) * 4).to(dtype=dtype, device=device)
@@ -78,7 +86,7 @@ def q_constructs(entry, env):
 def q_shape_dtype(entry, env):
     """Outputs keep the input's shape and dtype (float32; float16/bfloat16 where supported)."""
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        q = entry.build()
+        q = _quantizer(entry)
         y = _sample(dtype=dtype)
         means = _sample(dtype=dtype, seed=1)
         for mode in (True, False):
@@ -104,7 +112,7 @@ def q_shape_dtype(entry, env):
 def q_eval_is_hard(entry, env):
     """In eval mode rate and dist both equal quantize(y, means), with and without means;
     for a uniform quantizer that is round(y - means) + means."""
-    q = entry.build().eval()
+    q = _quantizer(entry).eval()
     y = _sample()
     for means in (None, _sample(seed=1)):
         out = q(y, means)
@@ -141,7 +149,7 @@ def q_eval_is_hard(entry, env):
 def q_bins(entry, env):
     """Hard values lie inside their own bins; bins are ordered and non-empty; uniform
     quantizers' bins have width 1 and tile the line."""
-    q = entry.build().eval()
+    q = _quantizer(entry).eval()
     for means in (None, _sample(seed=1)):
         y_hat = q.quantize(_sample(), means)
         lo, hi = q.bins(y_hat, means)
@@ -159,7 +167,7 @@ def q_bins(entry, env):
                 f"value {float(y_hat[tuple(i)])} outside its bin "
                 f"[{float(lo[tuple(i)])}, {float(hi[tuple(i)])}] at {i}",
             )
-        if _integer_lattice(q):
+        if _integer_lattice(q) and q.step() is None:
             if not torch.allclose(hi - lo, torch.ones_like(lo)):
                 _fail(
                     "bins_contain_values", f"uniform bins must have width 1, got {_show(hi - lo)}"
@@ -171,6 +179,16 @@ def q_bins(entry, env):
                     "bins_contain_values",
                     f"bins do not tile: uppers {_show(hi_k[:-1])} vs next lowers {_show(lo_k[1:])}",
                 )
+        elif _integer_lattice(q):  # a quantization step: cells of width step around k * r
+            from qbench.quantizer import per_channel
+
+            k = torch.arange(-5.0, 6.0).view(1, 1, -1, 1).expand(1, 3, -1, 1)
+            step = per_channel(q.step().detach(), k)
+            lo_k, hi_k = q.bins(k * per_channel(q.reconstruction_step().detach(), k))
+            if not torch.allclose(hi_k - lo_k, step.expand_as(lo_k), rtol=1e-5, atol=1e-6):
+                _fail("bins_contain_values", f"bins must have width step, got {_show(hi_k - lo_k)}")
+            if not torch.allclose(hi_k[:, :, :-1], lo_k[:, :, 1:], rtol=1e-5, atol=1e-6):
+                _fail("bins_contain_values", "bins of consecutive symbols do not tile the line")
 
 
 @rule("quantizer", "train_gradients")
@@ -180,7 +198,7 @@ def q_gradients(entry, env):
     if entry.metadata.get("differentiable", True) is False:
         env["skipped"].append("declared non-differentiable")
         return
-    q = entry.build().train()
+    q = _quantizer(entry).train()
     for t in (0.0, 0.5):
         q.set_progress(t)
         y = (_sample() + 0.3).requires_grad_()
@@ -203,7 +221,7 @@ def q_progress(entry, env):
     """set_progress accepts every progress in [0, 1] (0, 0.5 and 1 are tried) and the
     quantizer still works after it. The range itself is checked by the caller
     (``Backbone.set_progress``), not by the quantizer."""
-    q = entry.build().train()
+    q = _quantizer(entry).train()
     for t in (0.0, 0.5, 1.0):
         try:
             q.set_progress(t)
@@ -220,7 +238,7 @@ def q_deterministic(entry, env):
     outs = []
     for _ in range(2):
         torch.manual_seed(123)
-        q = entry.build().train()
+        q = _quantizer(entry).train()
         q.set_progress(0.3)
         out = q(_sample(), _sample(seed=1))
         outs.append((out.rate.detach(), out.dist.detach()))
@@ -237,7 +255,7 @@ def q_forward_keeps_state(entry, env):
     """``forward`` changes no state (buffers, parameters), with or without gradients: a
     statistic or a second evaluation that runs the surrogate must not move the quantizer.
     State that evolves with training changes in ``set_progress`` or ``end_step``."""
-    q = entry.build().train()
+    q = _quantizer(entry).train()
     q.set_progress(0.3)
     before = {k: v.clone() for k, v in q.state_dict().items()}
     y = _sample().requires_grad_()
@@ -261,7 +279,7 @@ def q_declares_options(entry, env):
     nothing when the latent offers every capability."""
     from qbench.backbone import CAPABILITIES
 
-    q = entry.build()
+    q = _quantizer(entry)
     settings = q.settings()
     plain = (str, int, float, bool, type(None))
     if not isinstance(settings, dict) or not all(
@@ -289,11 +307,11 @@ def q_declares_options(entry, env):
 def q_state_dict(entry, env):
     """state_dict() of a trained-looking quantizer loads into a fresh one, same outputs."""
     torch.manual_seed(0)
-    a = entry.build()
+    a = _quantizer(entry)
     with torch.no_grad():
         for p in a.parameters():
             p.add_(torch.rand_like(p) * 0.01)
-    b = entry.build()
+    b = _quantizer(entry)
     b.load_state_dict(a.state_dict())
     a.eval()
     b.eval()
@@ -368,7 +386,7 @@ def q_cuda(entry, env):
     """On a CUDA device the outputs equal the CPU's in eval mode and stay on the device."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    q = entry.build().eval()
+    q = _quantizer(entry).eval()
     y = _sample()
     cpu = q(y).dist
     qc = q.to("cuda")

@@ -50,7 +50,7 @@ MATRIX_KEYS = {"backbones", "quantizers", "lambdas", "datasets", "seeds", "unlis
 #: keys of an entry that qbench reads itself rather than passing to the factory
 ENTRY_KEYS = {"name", "label"}
 #: keys of a quantizer entry that qbench reads itself (which latents, which recipe)
-QUANTIZER_KEYS = ENTRY_KEYS | {"latents", "from_anchor", "refine_steps", "interpolate"}
+QUANTIZER_KEYS = ENTRY_KEYS | {"latents", "from_anchor", "refine_steps", "refine_lr", "interpolate"}
 
 
 #: What a run name may be: it names the folder ``runs/<name>``, so no path.
@@ -385,6 +385,7 @@ class _FromAnchor:
 
     lmbda: float
     refine_steps: int
+    refine_lr: float | None = None
     stage = 1
 
     def expand(self, grid: _Grid, q: Spec, path: str) -> None:
@@ -400,7 +401,8 @@ class _FromAnchor:
             grid.backbones, grid.lambdas, grid.datasets, grid.seeds
         ):
             anchor = grid.models[(bb.label, anchors[0].label, self.lmbda, seed)]
-            grid.add(bb, q, lam, ds, seed, Refine(anchor.train_id, self.refine_steps, origin))
+            recipe = Refine(anchor.train_id, self.refine_steps, origin, self.refine_lr)
+            grid.add(bb, q, lam, ds, seed, recipe)
 
 
 @dataclass(frozen=True)
@@ -426,6 +428,12 @@ class _Interpolation:
         for bb, ds, seed in itertools.product(grid.backbones, grid.datasets, grid.seeds):
             first = grid.models[(bb.label, self.of, l1, seed)]
             second = grid.models[(bb.label, self.of, l2, seed)]
+            if first.quantizer.name != q.name:
+                grid.ck.fail(
+                    f"{path}.interpolate.of",
+                    f"{self.of!r} is a {first.quantizer.name!r} quantizer; a {q.name!r} entry "
+                    "cannot blend it (interpolation is between quantizers of one kind)",
+                )
             for k in range(self.points):
                 a = k / (self.points - 1)
                 nominal = l1 ** (1 - a) * l2**a
@@ -585,8 +593,9 @@ class _Checker:
         """What a quantizer entry asks for: a trained model, a derived one, or blends."""
         if not isinstance(entry, dict):
             return _Trained()
-        if "refine_steps" in entry and "from_anchor" not in entry:
-            self.fail(f"{path}.refine_steps", "only meaningful with from_anchor")
+        for key in ("refine_steps", "refine_lr"):
+            if key in entry and "from_anchor" not in entry:
+                self.fail(f"{path}.{key}", "only meaningful with from_anchor")
         if "from_anchor" in entry and "interpolate" in entry:
             self.fail(f"{path}.interpolate", "cannot be combined with from_anchor")
         if "from_anchor" in entry:
@@ -596,7 +605,12 @@ class _Checker:
             steps = entry.get("refine_steps", 500)
             if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
                 self.fail(f"{path}.refine_steps", f"expected a positive integer, got {steps!r}")
-            return _FromAnchor(float(lam), steps)
+            lr = entry.get("refine_lr")
+            if lr is not None and (
+                isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0
+            ):
+                self.fail(f"{path}.refine_lr", f"expected a positive learning rate, got {lr!r}")
+            return _FromAnchor(float(lam), steps, None if lr is None else float(lr))
         if "interpolate" in entry:
             it = entry["interpolate"]
             if not isinstance(it, dict):

@@ -30,10 +30,14 @@ quantized latent::
   together (symbols are level indices, tables built from its cells).
 * ``interpolate(other, a)`` blends two trained quantizers of one kind (the
   variable-rate protocol); the default blends their floating state linearly.
-* ``bind(latent)`` is called once by the backbone with the name of the latent
-  the quantizer serves (``"y"``, ``"z"``), before any parameter is trained: a
-  quantizer whose defaults differ per latent (STanH's authors' preset) sets
-  them there.
+* ``bind(latent, channels)`` is called once by the backbone with the name of
+  the latent the quantizer serves (``"y"``, ``"z"``) and its channel count,
+  before any parameter is trained: a quantizer whose parameters depend on the
+  latent (STanH's authors' preset, per-channel gains) builds them there.
+* ``step()`` is the quantization step (``None``: 1; a scalar or one per
+  channel): symbols ``round((y - means) / step)``, cells of width ``step``,
+  reconstructions ``means + step * k`` (``reconstruction_step()`` when it
+  differs); the defaults of the index protocol follow it.
 * ``settings()`` are the options a results row records; ``requires`` names,
   for each option, the capability of a latent it acts on (see
   :mod:`qbench.backbone`), and ``idle(capabilities)`` says which options, as
@@ -79,6 +83,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GRADIENT_ROUTES",
+    "per_channel",
     "Quantized",
     "Quantizer",
     "Surrogate",
@@ -126,6 +131,13 @@ def straight_through(value: Tensor, y: Tensor) -> Tensor:
     return value.detach() + (y - y.detach())
 
 
+def per_channel(t: Tensor, like: Tensor) -> Tensor:
+    """A scalar or per-channel (``(C,)``) tensor shaped to broadcast against ``like``."""
+    if t.dim() == 0:
+        return t
+    return t.reshape(1, -1, *([1] * (like.dim() - 2)))
+
+
 def uniform_noise(y: Tensor, width: float = 1.0) -> Tensor:
     """``y + u`` with ``u ~ U(-width/2, width/2)`` drawn from torch's global RNG."""
     half = width / 2
@@ -157,15 +169,20 @@ class Quantizer(nn.Module):
         super().__init__()
         self.progress = 0.0
         self.latent: str | None = None
+        self.channels: int | None = None
 
     # -- what a row records --------------------------------------------------------
-    def bind(self, latent: str) -> None:
-        """Learn the name of the latent this quantizer serves (called once by the backbone).
+    def bind(self, latent: str, channels: int | None = None) -> None:
+        """Learn which latent this quantizer serves (called once by the backbone).
 
-        Default: record it in ``self.latent``. Called before any parameter is
-        trained or loaded, so an override may (re)build its parameters.
+        ``latent`` is its name (``"y"``, ``"z"``), ``channels`` its channel
+        count when the backbone declares it (``Backbone.channels``). Default:
+        record both in ``self.latent`` and ``self.channels``. Called before any
+        parameter is trained or loaded, so an override may (re)build its
+        parameters (per-channel gains, STanH's per-latent level counts).
         """
         self.latent = latent
+        self.channels = channels
 
     def settings(self) -> dict[str, Any]:
         """The options a results row records (``{}`` by default), as plain values."""
@@ -190,13 +207,49 @@ class Quantizer(nn.Module):
     def quantize(self, y: Tensor, means: Tensor | None = None) -> Tensor:
         """Hard test-time reconstruction values (what the decoder sees).
 
-        Must equal ``from_symbols(symbols(y, means), means)``.
+        Must equal ``from_symbols(symbols(y, means), means)``. Default:
+        ``round(y - means) + means``, or with a :meth:`step`
+        ``means + r * round((y - means) / step)`` (``r`` the reconstruction step).
         """
-        return round_around(y, means)
+        if self.step() is None:
+            return round_around(y, means)
+        return self.from_symbols(self.symbols(y, means), means).to(y.dtype)
 
     def bins(self, y_hat: Tensor, means: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The cell ``(lower, upper)`` of each reconstruction value ``y_hat``."""
-        return y_hat - 0.5, y_hat + 0.5
+        """The cell ``(lower, upper)`` of each reconstruction value ``y_hat``.
+
+        Default: ``y_hat -+ 1/2``; with a :meth:`step` ``Δ`` and reconstruction
+        step ``r``, the cell of symbol ``k = (y_hat - means) / r`` (continuous for
+        a soft value, so the cell moves with it): ``means + (k -+ 1/2) Δ``.
+        """
+        step = self.step()
+        if step is None:
+            return y_hat - 0.5, y_hat + 0.5
+        step = per_channel(step, y_hat).to(y_hat.dtype)
+        recon = per_channel(self.reconstruction_step(), y_hat).to(y_hat.dtype)
+        v = y_hat if means is None else y_hat - means
+        k = v / recon
+        lower, upper = (k - 0.5) * step, (k + 0.5) * step
+        if means is not None:
+            lower, upper = lower + means, upper + means
+        return lower, upper
+
+    # -- quantization step --------------------------------------------------------
+    def step(self) -> Tensor | None:
+        """The quantization step ``Δ``: a scalar tensor or one per channel (shape ``(C,)``).
+
+        ``None`` (default) is the unit step. With a step, symbol ``k`` is the
+        cell ``means + [(k - 1/2) Δ, (k + 1/2) Δ]`` (its likelihood; coded with
+        the entropy model's tables at scale ``σ / Δ`` for a Gaussian,
+        ``entropy.step_tables``), and :meth:`symbols`, :meth:`from_symbols`,
+        :meth:`quantize`, :meth:`bins` and :meth:`tables` follow it.
+        """
+        return None
+
+    def reconstruction_step(self) -> Tensor | None:
+        """Distance ``r`` between reconstruction values: ``means + r * k`` (``step()`` by
+        default; gain units decode with a learned inverse gain instead of ``1 / gain``)."""
+        return self.step()
 
     def set_progress(self, t: float) -> None:
         """Record the training progress ``t`` in [0, 1] (the caller checks the range)."""
@@ -217,12 +270,19 @@ class Quantizer(nn.Module):
         Default: ``round(y - means)``, CompressAI's own symbols.
         """
         v = y if means is None else y - means
+        step = self.step()
+        if step is not None:
+            v = v / per_channel(step.detach(), v).to(v.dtype)
         return torch.round(v).long()
 
     def from_symbols(self, symbols: Tensor, means: Tensor | None = None) -> Tensor:
-        """Reconstruction values of decoded ``symbols`` (float; ``symbols + means`` by default)."""
+        """Reconstruction values of decoded ``symbols`` (float; ``symbols + means`` by
+        default, ``symbols * r + means`` with a reconstruction step ``r``)."""
         dtype = means.dtype if means is not None else torch.get_default_dtype()
         values = symbols.to(dtype)
+        recon = self.reconstruction_step()
+        if recon is not None:
+            values = values * per_channel(recon.detach(), values).to(dtype)
         return values if means is None else values + means
 
     def tables(self, entropy: EntropyTables) -> CdfTables:
@@ -231,8 +291,11 @@ class Quantizer(nn.Module):
         Default: the entropy model's own tables for integer symbols with unit
         cells (bit-identical to CompressAI's ``compress``). A quantizer whose
         cells differ returns ``entropy.cell_tables(lower, upper)`` for its
-        levels' cells.
+        levels' cells. With a :meth:`step`: ``entropy.step_tables(step)``.
         """
+        step = self.step()
+        if step is not None:
+            return entropy.step_tables(step.detach())
         return entropy.integer_tables()
 
     # -- variable rate ---------------------------------------------------------
@@ -306,6 +369,10 @@ class Surrogate(Quantizer):
       that the backbone uses in training and in coding (``None``: the
       backbone's own, 0.11 in CompressAI).
 
+    With a quantization :meth:`~Quantizer.step` ``Δ`` (reconstruction step
+    ``r``), the surrogate acts on ``v / Δ`` and its values are scaled by ``r``:
+    ``y_tilde = r * S(v / Δ) (+ mu)``, which for ``r = Δ`` is ``Δ S(v / Δ)``.
+
     ``requires`` says what each option acts on: ``scale_bound`` a latent
     coded with a Gaussian conditional, ``zero_center`` a latent with means
     (or medians), ``stop_gradient`` a latent whose means are learned.
@@ -363,10 +430,19 @@ class Surrogate(Quantizer):
     def forward(self, y: Tensor, means: Tensor | None = None) -> Quantized:
         if not self.training:
             return super().forward(y, means)
-        if means is None or not self.zero_center:
-            return self.surrogate(y)
-        centre = means.detach() if self.stop_gradient == "partial" else means
-        out = self.surrogate(y - centre)
+        centred = means is not None and self.zero_center
+        v = y
+        if centred:
+            v = y - (means.detach() if self.stop_gradient == "partial" else means)
+        step = self.step()
+        if step is None:
+            out = self.surrogate(v)
+        else:  # the surrogate on the unit grid of v / step, mapped back to reconstructions
+            unit = self.surrogate(v / per_channel(step, v).to(v.dtype))
+            recon = per_channel(self.reconstruction_step(), v).to(v.dtype)
+            out = Quantized(rate=unit.rate * recon, dist=unit.dist * recon)
+        if not centred:
+            return out
         return Quantized(rate=out.rate + means, dist=out.dist + means)
 
     def settings(self) -> dict[str, Any]:

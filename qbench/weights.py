@@ -19,6 +19,7 @@ schedules those first.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,19 +142,24 @@ class Refine(Recipe):
 
     The backbone and the entropy model's auxiliary parameters stay frozen, so
     every derived model shares the anchor's transforms (STanH's protocol,
-    Presta et al. 2024). ``origin`` names the anchor (``label@lambda``).
+    Presta et al. 2024). ``origin`` names the anchor (``label@lambda``); ``lr``
+    (``refine_lr`` in the matrix) replaces ``[train] lr`` for these steps.
     """
 
     anchor: str
     refine_steps: int
     origin: str
+    lr: float | None = None
 
     @property
     def sources(self) -> tuple[str, ...]:
         return (self.anchor,)
 
     def identity(self) -> dict[str, Any]:
-        return {"recipe": "refine", "anchor": self.anchor, "steps": self.refine_steps}
+        out = {"recipe": "refine", "anchor": self.anchor, "steps": self.refine_steps}
+        if self.lr is not None:
+            out["lr"] = self.lr
+        return out
 
     def columns(self) -> dict[str, Any]:
         return {"mode": "refine", "origin": self.origin, "interp_weight": None}
@@ -169,6 +175,8 @@ class Refine(Recipe):
                 "the quantizer has no trainable parameters to refine from an anchor "
                 f"({self.origin})"
             )
+        if self.lr is not None:  # a quantizer's few parameters may need their own rate
+            ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, lr=self.lr))
         return _optimise(model, ctx, self.refine_steps, params, train_aux=False)
 
 
