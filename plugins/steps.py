@@ -204,5 +204,3 @@ def qbench_register_quantizers(register):
         Gain,
         description="per-channel gain and inverse gain units (Cui et al., CVPR 2021)",
     )
-
-

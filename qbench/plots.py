@@ -105,3 +105,48 @@ def plot_schedule(h: pd.DataFrame, out: Path) -> list[Path]:
     fig.savefig(path)
     plt.close(fig)
     return [path]
+
+
+def plot_variable_rate(
+    ok: pd.DataFrame, methods: dict[str, str], anchor: str, out: Path
+) -> list[Path]:
+    """One PNG per (backbone, dataset): the ``anchor`` models trained at each lambda (line),
+    and each variable-rate method's derived (filled) and interpolated (hollow) points, one
+    colour per method (``methods``: derived label -> method)."""
+    paths = []
+    keys = ["quantizer", "lambda", "interp_weight"]
+    for (bb, ds), grp in ok.groupby(["backbone", "dataset"], sort=False):
+        grp = grp.assign(interp_weight=grp.get("interp_weight", pd.Series(index=grp.index)))
+        mean = grp.groupby(keys, dropna=False, sort=False)[["bpp", "psnr"]].mean().reset_index()
+        mode = grp.groupby(keys, dropna=False, sort=False)["mode"].first().values
+        mean["mode"] = mode
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+        ref = mean[(mean["quantizer"] == anchor) & (mean["mode"] == "train")].sort_values("bpp")
+        ax.plot(ref["bpp"], ref["psnr"], "k-o", label=f"{anchor} (trained per lambda)")
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, method in enumerate(dict.fromkeys(methods.values())):
+            colour = colours[i % len(colours)]
+            labels = [q for q, m in methods.items() if m == method]
+            mine = mean[mean["quantizer"].isin(labels)]
+            der = mine[mine["mode"] == "refine"].sort_values("bpp")
+            itp = mine[mine["mode"] == "interpolate"].sort_values("bpp")
+            ax.plot(der["bpp"], der["psnr"], "-o", color=colour, label=f"{method} derived")
+            ax.plot(
+                itp["bpp"],
+                itp["psnr"],
+                "o",
+                mfc="none",
+                color=colour,
+                label=f"{method} interpolated",
+            )
+        ax.set_xlabel("rate [bpp, likelihood]")
+        ax.set_ylabel("PSNR [dB]")
+        ax.set_title(f"variable rate: {bb} on {ds}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"vr_{_slug(bb)}_{_slug(ds)}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths

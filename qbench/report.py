@@ -114,6 +114,44 @@ def load_results(run_dir: Path) -> pd.DataFrame:
     return df
 
 
+def _bd_over_seeds(
+    ref: pd.DataFrame, test: pd.DataFrame, min_overlap: float, notes: list[str], where: str
+) -> dict | None:
+    """BD-rate of ``test`` against ``ref`` per seed (the reference's same seed, or all of it),
+    then mean and 95% t-interval over seeds, smallest overlap and flags; None if no seed
+    could be computed (the reason is in the notes)."""
+    per_seed, overlaps, flags = [], [], set()
+    for seed, sg in test.groupby("seed"):
+        rg = ref[ref["seed"] == seed]
+        if rg.empty:
+            rg = ref
+        try:
+            res = bd_rate_checked(
+                rg[["bpp", "psnr"]].values.tolist(),
+                sg[["bpp", "psnr"]].values.tolist(),
+                min_overlap=min_overlap,
+            )
+        except BDRateError as exc:
+            notes.append(f"BD-rate ({where}, seed {seed}): not computed: {exc}")
+            continue
+        per_seed.append(res.value)
+        overlaps.append(res.overlap)
+        for flag in res.flags:
+            flags.add("low overlap" if "overlap" in flag else "monotone subset")
+            notes.append(f"BD-rate ({where}, seed {seed}) flagged: {flag}")
+    if not per_seed:
+        return None
+    n = len(per_seed)
+    half = _t95(n) * float(np.std(per_seed, ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    return {
+        "bd_rate_%": float(np.mean(per_seed)),
+        "ci95_%": half,
+        "seeds": n,
+        "overlap_%": 100 * min(overlaps),
+        "flag": ", ".join(sorted(flags)),
+    }
+
+
 def bd_table(
     ok: pd.DataFrame, anchor: str, notes: list[str], min_overlap: float = DEFAULT_MIN_OVERLAP
 ) -> list[dict]:
@@ -131,43 +169,13 @@ def bd_table(
         if anchor not in set(grp["quantizer"]):
             notes.append(f"BD-rate ({bb}, {ds}): anchor {anchor!r} has no finished job")
             continue
+        ref = grp[grp["quantizer"] == anchor]
         for q in grp["quantizer"].unique():
-            per_seed, overlaps, flags = [], [], set()
-            for seed, sg in grp[grp["quantizer"] == q].groupby("seed"):
-                ag = grp[(grp["quantizer"] == anchor) & (grp["seed"] == seed)]
-                if ag.empty:
-                    ag = grp[grp["quantizer"] == anchor]
-                try:
-                    res = bd_rate_checked(
-                        ag[["bpp", "psnr"]].values.tolist(),
-                        sg[["bpp", "psnr"]].values.tolist(),
-                        min_overlap=min_overlap,
-                    )
-                except BDRateError as exc:
-                    notes.append(f"BD-rate ({bb}, {ds}, {q}, seed {seed}): not computed: {exc}")
-                    continue
-                per_seed.append(res.value)
-                overlaps.append(res.overlap)
-                for flag in res.flags:
-                    flags.add("low overlap" if "overlap" in flag else "monotone subset")
-                    notes.append(f"BD-rate ({bb}, {ds}, {q}, seed {seed}) flagged: {flag}")
-            if not per_seed:
-                continue
-            mean = float(np.mean(per_seed))
-            n = len(per_seed)
-            half = _t95(n) * float(np.std(per_seed, ddof=1)) / math.sqrt(n) if n > 1 else math.nan
-            rows.append(
-                {
-                    "backbone": bb,
-                    "dataset": ds,
-                    "quantizer": q,
-                    "bd_rate_%": mean,
-                    "ci95_%": half,
-                    "seeds": n,
-                    "overlap_%": 100 * min(overlaps),
-                    "flag": ", ".join(sorted(flags)),
-                }
+            cell = _bd_over_seeds(
+                ref, grp[grp["quantizer"] == q], min_overlap, notes, f"{bb}, {ds}, {q}"
             )
+            if cell is not None:
+                rows.append({"backbone": bb, "dataset": ds, "quantizer": q, **cell})
     return rows
 
 
@@ -188,62 +196,98 @@ def _trained_label(ok: pd.DataFrame, label: str) -> str:
     return label
 
 
-def _variable_rate_section(
-    ok: pd.DataFrame, notes: list[str], min_overlap: float = DEFAULT_MIN_OVERLAP
-) -> list[str]:
-    """Derived (refined from an anchor) and interpolated models against trained ones."""
+def variable_rate_rows(
+    ok: pd.DataFrame, anchor: str, notes: list[str], min_overlap: float = DEFAULT_MIN_OVERLAP
+) -> list[dict]:
+    """Each variable-rate method against the separately trained ``anchor`` models.
+
+    A *method* is the trained model that derived (``refine``) and interpolated
+    jobs go back to (``origin``); its curve is its derived points, its
+    interpolated points, and both together. Per (backbone, dataset, method,
+    points): BD-rate against the anchor's trained models (mean and 95%
+    t-interval over seeds), the rate range covered (likelihood bpp) and the
+    share of the trained models' range it spans, parameters trained and
+    training seconds per rate (derived points; interpolation trains nothing),
+    the anchor model's own training seconds (paid once), and the real
+    bitstream's overhead over the likelihood bpp.
+    """
     if "mode" not in ok.columns or not ok["mode"].isin(list(DERIVED_KINDS)).any():
         return []
-    rows = []
-    for (bb, ds, q), g in ok.groupby(["backbone", "dataset", "quantizer"], sort=False):
-        kind = DERIVED_KINDS.get(g["mode"].iloc[0])
-        if kind is None:
+    out = []
+    for (bb, ds), grp in ok.groupby(["backbone", "dataset"], sort=False):
+        ref = grp[(grp["quantizer"] == anchor) & (grp["mode"] == "train")]
+        if ref.empty:
+            notes.append(f"variable rate ({bb}, {ds}): no trained {anchor!r} model to compare with")
             continue
-        origin = str(g["origin"].iloc[0]) if "origin" in g.columns else ""
-        base = _trained_label(ok, origin.split("@")[0])
-        trained = ok[(ok["backbone"] == bb) & (ok["dataset"] == ds) & (ok["quantizer"] == base)]
-        bd, ov, flag = float("nan"), float("nan"), ""
-        try:
-            res = bd_rate_checked(
-                trained[["bpp", "psnr"]].values.tolist(),
-                g[["bpp", "psnr"]].values.tolist(),
-                min_overlap=min_overlap,
-            )
-            bd, ov = res.value, 100 * res.overlap
-            flag = "; ".join(res.flags)
-        except BDRateError as exc:
-            notes.append(f"BD-rate of {kind} {q!r} vs trained {base!r} ({bb}, {ds}): {exc}")
-        rows.append(
-            {
-                "backbone": bb,
-                "dataset": ds,
-                "quantizer": q,
-                "kind": kind,
-                "origin": origin,
-                "points": len(g),
-                "bd_rate_vs_trained_%": bd,
-                "overlap_%": ov,
-                "flag": flag,
-                "trained_parameters": float(g["trained_parameters"].mean()),
-                "train_seconds": float(g["train_seconds"].mean()),
-                "trained_model_parameters": float(trained["trained_parameters"].mean())
-                if len(trained)
-                else float("nan"),
-                "trained_model_seconds": float(trained["train_seconds"].mean())
-                if len(trained)
-                else float("nan"),
-            }
-        )
+        lo_ref, hi_ref = float(ref["bpp"].min()), float(ref["bpp"].max())
+        derived = grp[grp["mode"].isin(list(DERIVED_KINDS))]
+        methods = {label: _trained_label(ok, label) for label in derived["quantizer"].unique()}
+        for method in dict.fromkeys(methods.values()):
+            mine = derived[derived["quantizer"].map(methods) == method]
+            root = grp[(grp["quantizer"] == method) & (grp["mode"] == "train")]
+            for kind, pts in (
+                ("derived", mine[mine["mode"] == "refine"]),
+                ("interpolated", mine[mine["mode"] == "interpolate"]),
+                ("all", mine),
+            ):
+                if pts.empty or (kind == "all" and pts["mode"].nunique() < 2):
+                    continue
+                where = f"{bb}, {ds}, {method} {kind} vs trained {anchor}"
+                cell = _bd_over_seeds(ref, pts, min_overlap, notes, where) or {
+                    "bd_rate_%": math.nan,
+                    "ci95_%": math.nan,
+                    "seeds": 0,
+                    "overlap_%": math.nan,
+                    "flag": "not computed",
+                }
+                lo, hi = float(pts["bpp"].min()), float(pts["bpp"].max())
+                span = max(0.0, min(hi, hi_ref) - max(lo, lo_ref)) / max(hi_ref - lo_ref, 1e-12)
+                refined = pts[pts["mode"] == "refine"]
+                overhead = math.nan
+                if "bpp_bitstream" in pts.columns and pts["bpp_bitstream"].notna().any():
+                    overhead = 100 * float((pts["bpp_bitstream"] / pts["bpp"] - 1).mean())
+                out.append(
+                    {
+                        "backbone": bb,
+                        "dataset": ds,
+                        "method": method,
+                        "points": kind,
+                        "n": len(pts),
+                        "bpp_min": lo,
+                        "bpp_max": hi,
+                        "covers_%": 100 * span,
+                        **cell,
+                        "params_per_rate": float(refined["trained_parameters"].mean())
+                        if len(refined)
+                        else 0.0,
+                        "train_s_per_rate": float(refined["train_seconds"].mean())
+                        if len(refined)
+                        else 0.0,
+                        "anchor_train_s": float(root["train_seconds"].mean())
+                        if len(root)
+                        else math.nan,
+                        "bitstream_overhead_%": overhead,
+                    }
+                )
+    return out
+
+
+def _variable_rate_section(rows: list[dict], anchor: str) -> list[str]:
     if not rows:
         return []
     return [
-        "## Variable rate: derived and interpolated models",
+        f"## Variable rate against separately trained models (`{anchor}`)",
         "",
-        "Derived models start from an anchor's checkpoint and train only the quantizer; "
-        "interpolated ones blend two derived quantizers without training. Costs are per "
-        "point (mean), beside a separately trained model's.",
+        "Each method starts from one trained model (its anchor): *derived* points refine only "
+        "the quantizer's parameters at each lambda (backbone frozen), *interpolated* points "
+        f"blend two derived quantizers without training. BD-rate against the `{anchor}` models "
+        "trained separately at every lambda (mean and 95% t-interval over seeds; negative = "
+        "fewer bits); `covers_%`: share of the trained models' bpp range the points span; "
+        "`params_per_rate` and `train_s_per_rate`: what one more rate costs (the anchor model's "
+        "training, `anchor_train_s`, is paid once); `bitstream_overhead_%`: real bitstream bpp "
+        "over likelihood bpp.",
         "",
-        _md(pd.DataFrame(rows), ".2f"),
+        _md(pd.DataFrame(rows), ".3f"),
         "",
     ]
 
@@ -344,7 +388,8 @@ def write_report(
         ]
     summary_table = _md(rd[keys + rd_cols]) if not rd.empty else "(no finished job)"
 
-    variable = _variable_rate_section(ok, notes, min_overlap)
+    vr_rows = variable_rate_rows(ok, anchor, notes, min_overlap)
+    variable = _variable_rate_section(vr_rows, anchor)
     bd_rows = bd_table(ok, anchor, notes, min_overlap)
     if bd_rows:
         sections += [
@@ -385,7 +430,7 @@ def write_report(
     if not write:
         return Report(summary, bd_rows, notes, [])
     try:
-        plots = _plots(run_dir, rd, bd_rows, anchor)
+        plots = _plots(run_dir, rd, bd_rows, anchor, ok if vr_rows else None)
         if plots:
             sections += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
         if notes:
@@ -539,12 +584,21 @@ def _schedule_section(ok: pd.DataFrame, metrics: dict[str, list[str]], notes) ->
     return out
 
 
-def _plots(run_dir: Path, rd: pd.DataFrame, bd_rows: list[dict], anchor: str) -> list[Path]:
-    from qbench.plots import plot_bd, plot_rd, plot_schedule
+def _plots(
+    run_dir: Path,
+    rd: pd.DataFrame,
+    bd_rows: list[dict],
+    anchor: str,
+    variable: pd.DataFrame | None = None,
+) -> list[Path]:
+    from qbench.plots import plot_bd, plot_rd, plot_schedule, plot_variable_rate
 
     plots = plot_rd(rd, run_dir) if not rd.empty else []
     if bd_rows:
         plots += plot_bd(bd_rows, run_dir, anchor)
+    if variable is not None:
+        methods = {q: _trained_label(variable, q) for q in variable["quantizer"].unique()}
+        plots += plot_variable_rate(variable, methods, anchor, run_dir)
     sched = run_dir / "schedule.csv"
     if sched.exists() and sched.stat().st_size > 0:
         with contextlib.suppress(pd.errors.EmptyDataError):
