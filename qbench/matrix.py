@@ -381,27 +381,50 @@ class _Trained:
 
 @dataclass(frozen=True)
 class _FromAnchor:
-    """``from_anchor``: refine the quantizer of the same entry's model at ``lmbda``."""
+    """``from_anchor``: refine only the quantizer, starting from an anchor's model at ``lmbda``.
+
+    The anchor is the plain entry with the same quantizer and parameters
+    (``from_anchor = LAMBDA``), or the plain entry labelled ``of``
+    (``from_anchor = { of = LABEL, lambda = LAMBDA }``): then only its
+    backbone is loaded and the quantizer starts from its own initialisation,
+    so that several methods can be compared on one anchor model.
+    """
 
     lmbda: float
     refine_steps: int
     refine_lr: float | None = None
+    of: str | None = None
     stage = 1
 
     def expand(self, grid: _Grid, q: Spec, path: str) -> None:
-        anchors = [a for a in grid.plain if a.identity() == q.identity()]
-        if not anchors:
-            grid.ck.fail(
-                f"{path}.from_anchor",
-                f"no plain {q.name!r} entry with the same parameters in this matrix to start from",
-            )
+        if self.of is None:
+            anchors = [a for a in grid.plain if a.identity() == q.identity()]
+            if not anchors:
+                grid.ck.fail(
+                    f"{path}.from_anchor",
+                    f"no plain {q.name!r} entry with the same parameters in this matrix to start "
+                    "from (or name one: from_anchor = {{ of = LABEL, lambda = LAMBDA }})",
+                )
+        else:
+            anchors = [a for a in grid.plain if a.label == self.of]
+            if not anchors:
+                grid.ck.fail(
+                    f"{path}.from_anchor.of",
+                    unknown_name_message(
+                        "trained quantizer label", self.of, [a.label for a in grid.plain]
+                    ),
+                )
         grid.require_lambda(self.lmbda, f"{path}.from_anchor")
-        origin = f"{anchors[0].label}@{self.lmbda:g}"
+        anchor_spec = anchors[0]
+        backbone_only = anchor_spec.identity() != q.identity()
+        origin = f"{anchor_spec.label}@{self.lmbda:g}"
         for bb, lam, ds, seed in itertools.product(
             grid.backbones, grid.lambdas, grid.datasets, grid.seeds
         ):
-            anchor = grid.models[(bb.label, anchors[0].label, self.lmbda, seed)]
-            recipe = Refine(anchor.train_id, self.refine_steps, origin, self.refine_lr)
+            anchor = grid.models[(bb.label, anchor_spec.label, self.lmbda, seed)]
+            recipe = Refine(
+                anchor.train_id, self.refine_steps, origin, self.refine_lr, backbone_only
+            )
             grid.add(bb, q, lam, ds, seed, recipe)
 
 
@@ -599,9 +622,18 @@ class _Checker:
         if "from_anchor" in entry and "interpolate" in entry:
             self.fail(f"{path}.interpolate", "cannot be combined with from_anchor")
         if "from_anchor" in entry:
-            lam = entry["from_anchor"]
+            lam, of = entry["from_anchor"], None
+            if isinstance(lam, dict):
+                self.check_keys(lam, {"of", "lambda"}, f"{path}.from_anchor")
+                of, lam = lam.get("of"), lam.get("lambda")
+                if not isinstance(of, str) or not of:
+                    self.fail(f"{path}.from_anchor.of", f"expected a quantizer label, got {of!r}")
             if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam <= 0:
-                self.fail(f"{path}.from_anchor", f"expected the anchor's lambda, got {lam!r}")
+                self.fail(
+                    f"{path}.from_anchor",
+                    f"expected the anchor's lambda (or {{ of = LABEL, lambda = LAMBDA }}), "
+                    f"got {lam!r}",
+                )
             steps = entry.get("refine_steps", 500)
             if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
                 self.fail(f"{path}.refine_steps", f"expected a positive integer, got {steps!r}")
@@ -610,7 +642,7 @@ class _Checker:
                 isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0
             ):
                 self.fail(f"{path}.refine_lr", f"expected a positive learning rate, got {lr!r}")
-            return _FromAnchor(float(lam), steps, None if lr is None else float(lr))
+            return _FromAnchor(float(lam), steps, None if lr is None else float(lr), of)
         if "interpolate" in entry:
             it = entry["interpolate"]
             if not isinstance(it, dict):

@@ -183,17 +183,31 @@ def bd_table(
 DERIVED_KINDS = {"refine": "derived", "interpolate": "interpolated"}
 
 
-def _trained_label(ok: pd.DataFrame, label: str) -> str:
-    """The trained model a derived label goes back to, following ``origin`` (``label@...``)."""
+def _method_label(ok: pd.DataFrame, label: str) -> str:
+    """The variable-rate method a derived or interpolated label belongs to: the derived
+    (``refine``) label it goes back to through ``origin``, or its trained model."""
     seen = set()
     while label not in seen:
         seen.add(label)
         rows = ok[ok["quantizer"] == label]
-        origin = str(rows["origin"].iloc[0]) if len(rows) and "origin" in ok.columns else ""
-        if not origin or origin == "nan":
+        if rows.empty or rows["mode"].iloc[0] != "interpolate":
             return label
-        label = origin.split("@")[0]
+        label = str(rows["origin"].iloc[0]).split("@")[0]
     return label
+
+
+def _anchor_rows(grp: pd.DataFrame, mine: pd.DataFrame) -> pd.DataFrame:
+    """The trained model(s) a method's derived points start from (``origin = label@lambda``)."""
+    origins = mine.loc[mine["mode"] == "refine", "origin"].dropna().astype(str).unique()
+    parts = [o.rsplit("@", 1) for o in origins if "@" in o]
+    keep = pd.Series(False, index=grp.index)
+    for label, lam in parts:
+        keep |= (
+            (grp["quantizer"] == label)
+            & (grp["mode"] == "train")
+            & (np.isclose(grp["lambda"].astype(float), float(lam)))
+        )
+    return grp[keep]
 
 
 def variable_rate_rows(
@@ -201,14 +215,15 @@ def variable_rate_rows(
 ) -> list[dict]:
     """Each variable-rate method against the separately trained ``anchor`` models.
 
-    A *method* is the trained model that derived (``refine``) and interpolated
-    jobs go back to (``origin``); its curve is its derived points, its
-    interpolated points, and both together. Per (backbone, dataset, method,
+    A *method* is a derived (``refine``) label with the interpolations of it
+    (``origin``); its curve is its derived points, its interpolated points,
+    and both together. Per (backbone, dataset, method,
     points): BD-rate against the anchor's trained models (mean and 95%
     t-interval over seeds), the rate range covered (likelihood bpp) and the
     share of the trained models' range it spans, parameters trained and
     training seconds per rate (derived points; interpolation trains nothing),
-    the anchor model's own training seconds (paid once), and the real
+    the anchor model's own training seconds (the model the derived points start
+    from, paid once), and the real
     bitstream's overhead over the likelihood bpp.
     """
     if "mode" not in ok.columns or not ok["mode"].isin(list(DERIVED_KINDS)).any():
@@ -221,10 +236,10 @@ def variable_rate_rows(
             continue
         lo_ref, hi_ref = float(ref["bpp"].min()), float(ref["bpp"].max())
         derived = grp[grp["mode"].isin(list(DERIVED_KINDS))]
-        methods = {label: _trained_label(ok, label) for label in derived["quantizer"].unique()}
+        methods = {label: _method_label(ok, label) for label in derived["quantizer"].unique()}
         for method in dict.fromkeys(methods.values()):
             mine = derived[derived["quantizer"].map(methods) == method]
-            root = grp[(grp["quantizer"] == method) & (grp["mode"] == "train")]
+            root = _anchor_rows(grp, mine)
             for kind, pts in (
                 ("derived", mine[mine["mode"] == "refine"]),
                 ("interpolated", mine[mine["mode"] == "interpolate"]),
@@ -597,7 +612,8 @@ def _plots(
     if bd_rows:
         plots += plot_bd(bd_rows, run_dir, anchor)
     if variable is not None:
-        methods = {q: _trained_label(variable, q) for q in variable["quantizer"].unique()}
+        derived = variable[variable["mode"].isin(list(DERIVED_KINDS))]
+        methods = {q: _method_label(variable, q) for q in derived["quantizer"].unique()}
         plots += plot_variable_rate(variable, methods, anchor, run_dir)
     sched = run_dir / "schedule.csv"
     if sched.exists() and sched.stat().st_size > 0:

@@ -144,12 +144,15 @@ class Refine(Recipe):
     every derived model shares the anchor's transforms (STanH's protocol,
     Presta et al. 2024). ``origin`` names the anchor (``label@lambda``); ``lr``
     (``refine_lr`` in the matrix) replaces ``[train] lr`` for these steps.
+    ``backbone_only``: the anchor was trained with another quantizer; load its
+    backbone and keep this model's freshly initialised quantizer.
     """
 
     anchor: str
     refine_steps: int
     origin: str
     lr: float | None = None
+    backbone_only: bool = False
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -159,6 +162,8 @@ class Refine(Recipe):
         out = {"recipe": "refine", "anchor": self.anchor, "steps": self.refine_steps}
         if self.lr is not None:
             out["lr"] = self.lr
+        if self.backbone_only:
+            out["backbone_only"] = True
         return out
 
     def columns(self) -> dict[str, Any]:
@@ -168,7 +173,12 @@ class Refine(Recipe):
         return self.refine_steps
 
     def produce(self, model: Backbone, ctx: Context) -> Outcome:
-        model.load_state_dict(ctx.source_weights(self.anchor))
+        state = ctx.source_weights(self.anchor)
+        if self.backbone_only:  # an anchor of another quantizer: its backbone, our quantizer
+            own = model.state_dict()
+            state = {k: v for k, v in state.items() if not k.startswith("quantizers.") and k in own}
+            state.update({k: v for k, v in own.items() if k.startswith("quantizers.")})
+        model.load_state_dict(state)
         params = list(model.quantizer_parameters())
         if not params:
             raise QbenchError(

@@ -179,3 +179,69 @@ def test_interpolating_another_kind_is_refused_before_any_job(tmp_path):
     p.write_text(VR.format(q="qvrf", q2="gain"))
     with pytest.raises(MatrixError, match="'qvrf' quantizer; a 'gain' entry cannot blend it"):
         load_matrix(p, qbench.plugins.get_plugins().registry)
+
+
+ONE_ANCHOR = """
+name = "one"
+[matrix]
+backbones = [{ name = "mbt2018-mean", N = 8, M = 8 }]
+quantizers = [
+    "noise",
+    { name = "qvrf", latents = ["y"], from_anchor = { of = "noise", lambda = 0.01 }, refine_steps = 3, refine_lr = 0.05 },
+    { name = "stanh", latents = ["y"], levels = 21, from_anchor = { of = "noise", lambda = 0.01 }, refine_steps = 3 },
+]
+lambdas = [0.003, 0.01]
+datasets = [{ name = "embedded", split = "eval" }]
+[train]
+steps = 2
+batch_size = 2
+crop = 64
+log_every = 0
+[eval]
+metrics = ["bpp", "bpp_bitstream", "psnr"]
+max_images = 1
+"""
+
+
+def test_methods_derived_from_one_anchor_share_its_backbone(tmp_path):
+    p = tmp_path / "m.toml"
+    p.write_text(ONE_ANCHOR)
+    registry = qbench.plugins.get_plugins().registry
+    m = load_matrix(p, registry)
+    derived = [j for j in m.jobs if j.quantizer.label != "noise"]
+    anchor = next(j for j in m.jobs if j.quantizer.label == "noise" and j.lmbda == 0.01)
+    assert {j.recipe.anchor for j in derived} == {anchor.train_id}
+    assert all(j.recipe.backbone_only for j in derived)
+    out = tmp_path / "run"
+    run_matrix(m, out, workers=1, device="cpu", show_progress=False, echo=lambda *_: None)
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["status"] == "ok" for r in rows)
+    ckpt = {r["quantizer"] + r["lambda"]: r["train_id"] for r in rows}
+    a = torch.load(out / "checkpoints" / f"{ckpt['noise0.01']}.pt", weights_only=True)
+    d = torch.load(out / "checkpoints" / f"{ckpt['qvrf0.003']}.pt", weights_only=True)
+    for key in a:  # the derived model's backbone is the anchor's, bit for bit
+        if not key.startswith("quantizers."):
+            assert torch.equal(a[key], d[key]), key
+    assert "quantizers.y.step_param" in d
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ('from_anchor = { of = "nois", lambda = 0.01 }', "did you mean 'noise'"),
+        ('from_anchor = { of = "noise", lambda = 0.5 }', "not in matrix.lambdas"),
+        ('from_anchor = { of = "noise", lamda = 0.01 }', "unknown key"),
+        ("from_anchor = 0.01, refine_lr = -1.0", "positive learning rate"),
+    ],
+)
+def test_bad_anchor_references_are_refused(tmp_path, entry, message):
+    p = tmp_path / "m.toml"
+    p.write_text(
+        ONE_ANCHOR.replace(
+            'from_anchor = { of = "noise", lambda = 0.01 }, refine_steps = 3, refine_lr = 0.05',
+            entry,
+        )
+    )
+    with pytest.raises(MatrixError, match=message):
+        load_matrix(p, qbench.plugins.get_plugins().registry)
