@@ -63,10 +63,19 @@ def cmd_validate(args) -> int:
             headers=["job_id", "backbone", "quantizer", "lambda", "dataset", "seed", "train_id"],
         )
     )
-    groups = len({j.train_id for j in matrix.jobs})
+    steps: dict[str, int] = {}
+    for j in matrix.jobs:
+        steps[j.train_id] = j.recipe.steps(matrix.train)
+    counts: dict[int, int] = {}
+    for n in steps.values():
+        counts[n] = counts.get(n, 0) + 1
+    parts = [
+        f"{c} {'blends (no training)' if n == 0 else f'trainings of {n} steps'}"
+        for n, c in sorted(counts.items(), reverse=True)
+    ]
     print(
-        f"\n{matrix.source}: {len(matrix.jobs)} jobs ({groups} trainings of "
-        f"{matrix.train.steps} steps); anchor {matrix.report['anchor']!r}"
+        f"\n{matrix.source}: {len(matrix.jobs)} jobs ({', '.join(parts)}); "
+        f"anchor {matrix.report['anchor']!r}"
     )
     return 0
 
