@@ -13,6 +13,7 @@ import difflib
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,10 +241,12 @@ def variable_rate_rows(
         for method in dict.fromkeys(methods.values()):
             mine = derived[derived["quantizer"].map(methods) == method]
             root = _anchor_rows(grp, mine)
+            # a blend at a = 0 or 1 is its derived model again: count each model once
+            both = mine.drop_duplicates(subset=["seed", "bpp", "psnr"])
             for kind, pts in (
                 ("derived", mine[mine["mode"] == "refine"]),
                 ("interpolated", mine[mine["mode"] == "interpolate"]),
-                ("all", mine),
+                ("all", both),
             ):
                 if pts.empty or (kind == "all" and pts["mode"].nunique() < 2):
                     continue
@@ -513,6 +516,14 @@ def _quantizer_settings(df: pd.DataFrame, registered: dict, notes: list[str]) ->
         if bounds:
             line += "; Gaussian scale bound in training and coding: " + ", ".join(
                 f"{b:g}" for b in bounds
+            )
+        clamped = sorted(
+            {str(v) for v in g["settings"].dropna() if re.search(r"step_clamped=[1-9]", str(v))}
+        )
+        if clamped:
+            notes.append(
+                f"`{label}` on `{bb}`: a learned quantization step reached its minimum and was "
+                f"clamped there in {len(clamped)} configuration(s) (settings: step_clamped)"
             )
         if idle:
             line += f"; **nothing to act on here: {idle[0]}**"

@@ -4,6 +4,7 @@ bitstreams, clamping, interpolation, and the derived protocol end to end."""
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 import torch
@@ -172,6 +173,14 @@ def test_derived_and_interpolated_protocol_end_to_end(tmp_path, name):
     steps = {r["lambda"]: r["settings"] for r in derived}
     assert len(set(steps.values())) == 2  # the refined step differs between the two lambdas
     assert len([r for r in rows if r["quantizer"] == "interp"]) == 3
+    from qbench.report import write_report
+
+    rep = write_report(tmp_path / "run", anchor="noise")
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "## Variable rate against separately trained models (`noise`)" in text
+    assert (tmp_path / "run" / "vr_mbt2018-mean_embedded.png") in rep.plots
+    kinds = re.findall(r"\|\s*derived\s*\|\s*(derived|interpolated|all)\s*\|", text)
+    assert kinds == ["derived", "interpolated", "all"]
 
 
 def test_interpolating_another_kind_is_refused_before_any_job(tmp_path):
