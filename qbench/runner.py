@@ -252,11 +252,21 @@ def _metric_columns(matrix: Matrix, plugins: PluginSet) -> dict[str, list[str]]:
     }
 
 
+def worker_threads(workers: int) -> int:
+    """Torch threads per worker: ``$QBENCH_THREADS``, else the cores split between workers.
+
+    Recorded in the manifest: on CPU a run is bit-reproducible with the same
+    threads per worker (another count sums floats in another order, which a
+    training amplifies; set ``QBENCH_THREADS`` to match a manifest).
+    """
+    return int(os.environ.get("QBENCH_THREADS", "0") or 0) or max(
+        1, (os.cpu_count() or 1) // workers
+    )
+
+
 def _dispatch(groups, plan, run_dir: RunDir, show: bool, disable, echo, metric_cols) -> None:
     ctx = mp.get_context("spawn")
-    threads = int(os.environ.get("QBENCH_THREADS", "0") or 0) or max(
-        1, (os.cpu_count() or 1) // len(plan)
-    )
+    threads = worker_threads(len(plan))
     env_disable = ",".join(
         sorted(set(disable) | set(n for n in os.environ.get(DISABLE_ENV, "").split(",") if n))
     )
@@ -452,6 +462,7 @@ def _manifest(matrix: Matrix, plugins: PluginSet, plan, disable) -> dict[str, An
         "cuda_devices": [v for _, v in plan if v is not None],
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "workers": len(plan),
+        "threads_per_worker": worker_threads(len(plan)),
         "loss": LOSS,
         "seeds": sorted({j.seed for j in matrix.jobs}),
         "matrix": matrix.resolved(),
