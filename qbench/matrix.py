@@ -457,6 +457,20 @@ class _Interpolation:
                     f"{self.of!r} is a {first.quantizer.name!r} quantizer; a {q.name!r} entry "
                     "cannot blend it (interpolation is between quantizers of one kind)",
                 )
+            theirs = first.quantizer.params
+            for key, value in q.params.items():  # blends are of's models: no other shape
+                if theirs.get(key, value) != value or key not in theirs:
+                    grid.ck.fail(
+                        f"{path}.{key}",
+                        f"{key} = {value!r} differs from {self.of!r} "
+                        f"({key} = {theirs.get(key, 'its default')!r}); the blends are "
+                        f"{self.of!r}'s models: omit {key} or make it match",
+                    )
+            if q.latents is not None and q.latents != first.quantizer.latents:
+                grid.ck.fail(
+                    f"{path}.latents",
+                    f"latents {list(q.latents)} differ from {self.of!r}'s; omit them",
+                )
             for k in range(self.points):
                 a = k / (self.points - 1)
                 nominal = l1 ** (1 - a) * l2**a

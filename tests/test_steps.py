@@ -254,3 +254,13 @@ def test_bad_anchor_references_are_refused(tmp_path, entry, message):
     )
     with pytest.raises(MatrixError, match=message):
         load_matrix(p, qbench.plugins.get_plugins().registry)
+
+
+def test_interpolating_with_other_parameters_is_refused(tmp_path):
+    p = tmp_path / "m.toml"
+    text = VR.format(q="qvrf", q2="qvrf").replace(
+        '{ name = "qvrf", label = "interp",', '{ name = "qvrf", step = 0.5, label = "interp",'
+    )
+    p.write_text(text)
+    with pytest.raises(MatrixError, match="step = 0.5 differs from 'derived'"):
+        load_matrix(p, qbench.plugins.get_plugins().registry)
