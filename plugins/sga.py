@@ -82,6 +82,9 @@ class SGA(qbench.Surrogate):
         self.t0_frac, self.r, self.ref_steps = float(t0_frac), float(r), int(ref_steps)
         self.eps = float(eps)
 
+    def annealing_state(self) -> dict[str, float]:
+        return {"tau": self.tau}
+
     @property
     def tau(self) -> float:
         t = self.progress

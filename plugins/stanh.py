@@ -269,6 +269,9 @@ class STanH(qbench.Surrogate):
                     self._gap = float((mse_soft - mse_hard).abs())
         return qbench.Quantized(rate=s, dist=s)
 
+    def annealing_state(self) -> dict[str, float]:
+        return {"beta": float(self.beta)}
+
     def end_step(self) -> None:
         """Gap-driven annealing after each training step (``annealing``, see the class)."""
         gap, self._gap = getattr(self, "_gap", None), None

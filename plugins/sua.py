@@ -101,6 +101,9 @@ class SUA(qbench.Surrogate):
         self.coefficient = float(coefficient)
         self.t_start, self.t_end = float(t_start), float(t_end)
 
+    def annealing_state(self) -> dict[str, float]:
+        return {"T": self.temperature}
+
     @property
     def temperature(self) -> float:
         t, a, b = self.progress, self.t_start, self.t_end

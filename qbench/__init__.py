@@ -2,7 +2,7 @@
 learned image compression.
 
 Public API: :class:`Quantizer`, :class:`Surrogate`, :class:`Quantized`, :data:`hookimpl`,
-:class:`Backbone`, :class:`ImageDataset`, :class:`Metric` (with :class:`ImageEval`,
+:class:`Backbone`, :class:`ImageDataset`, :class:`Logger`, :class:`Metric` (with :class:`ImageEval`,
 :class:`JobEval`, :class:`ProbeEval` and :class:`Estimate`), and the modules
 ``qbench.bdrate`` and ``qbench.conformance``.
 """
@@ -19,6 +19,7 @@ with _warnings.catch_warnings():
     from qbench.hookspecs import hookimpl
     from qbench.images import ImageDataset, load_image
     from qbench.metric import ImageEval, JobEval, Metric, ProbeEval
+    from qbench.monitor import Logger
     from qbench.quantizer import Quantized, Quantizer, Surrogate
 
 try:
@@ -32,6 +33,7 @@ __all__ = [
     "ImageDataset",
     "ImageEval",
     "JobEval",
+    "Logger",
     "Metric",
     "ProbeEval",
     "Quantized",

@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from qbench import coding
@@ -143,11 +144,18 @@ class Backbone(nn.Module):
 
         ``quantizer(y, means)`` gives the surrogate (training) or the hard
         values (eval); the likelihood of its ``rate`` value is
-        ``likelihood(*quantizer.bins(rate, means))``.
+        ``likelihood(*quantizer.bins(rate, means))``. Quantization and
+        likelihoods always run in float32, also inside a mixed-precision
+        training's autocast region (``[train] amp``): rounding a bfloat16
+        latent is not rounding, and a cell's probability is a difference of
+        two CDFs that half precision cancels to zero.
         """
         q = self.quantizers[latent]
-        out = q(y, means)
-        return out.dist, likelihood(*q.bins(out.rate, means))
+        with torch.autocast(y.device.type, enabled=False):
+            y = y.float()
+            means = means.float() if means is not None else None
+            out = q(y, means)
+            return out.dist, likelihood(*q.bins(out.rate, means))
 
     def code_latent(
         self,

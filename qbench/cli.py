@@ -88,6 +88,19 @@ def cmd_run(args) -> int:
     plugins = _plugins(args)
     matrix = load_matrix(args.matrix, plugins.registry, args.set)
     out = Path(args.out or Path("runs") / matrix.name)
+    executor = {
+        key: value
+        for key, value in (
+            ("kind", args.executor),
+            ("partition", args.slurm_partition),
+            ("gpus_per_job", args.slurm_gpus_per_job),
+            ("cpus_per_job", args.slurm_cpus_per_job),
+            ("mem_gb", args.slurm_mem_gb),
+            ("time_min", args.slurm_time),
+            ("array_parallelism", args.slurm_array_parallelism),
+        )
+        if value is not None
+    }
     summary = run_matrix(
         matrix,
         out,
@@ -98,6 +111,8 @@ def cmd_run(args) -> int:
         rerun_failed=args.rerun_failed,
         disable=tuple(args.disable_plugin),
         show_progress=not args.no_progress,
+        executor=executor,
+        jobs_per_gpu=args.jobs_per_gpu,
     )
     report = write_report(out, anchor=matrix.report["anchor"])
     print()
@@ -108,6 +123,13 @@ def cmd_run(args) -> int:
         f"report in {out}/report.md"
     )
     return 0 if summary.statuses.get("ok", 0) == summary.total else 1
+
+
+def cmd_status(args) -> int:
+    from qbench.status import run_status, status_text
+
+    print(status_text(run_status(Path(args.run_dir)), verbose=args.all))
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -192,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=None,
-        help="worker processes (default: one per GPU, else 1)",
+        help="local worker processes (default: --jobs-per-gpu per GPU, else one single-thread "
+        "worker per core, at most one per train group)",
     )
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument(
@@ -213,8 +236,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-run failed and diverged jobs (finished ones are kept)",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--jobs-per-gpu",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="local executor: K jobs share each GPU at a time (small models)",
+    )
+    r.add_argument(
+        "--executor",
+        choices=["local", "submitit-local", "slurm"],
+        default=None,
+        help="where jobs run (default: the matrix's [executor] kind, else local); "
+        "submitit-local and slurm need pip install 'qbench[cluster]'",
+    )
+    cluster = r.add_argument_group("cluster (--executor slurm; override [executor] in the matrix)")
+    cluster.add_argument("--slurm-partition", metavar="NAME", default=None)
+    cluster.add_argument("--slurm-gpus-per-job", type=int, metavar="N", default=None)
+    cluster.add_argument("--slurm-cpus-per-job", type=_positive_int, metavar="N", default=None)
+    cluster.add_argument("--slurm-mem-gb", type=float, metavar="GB", default=None)
+    cluster.add_argument(
+        "--slurm-time", type=_positive_int, metavar="MINUTES", default=None, help="time limit"
+    )
+    cluster.add_argument(
+        "--slurm-array-parallelism",
+        type=_positive_int,
+        metavar="N",
+        default=None,
+        help="jobs of the array running at once",
+    )
     _add_set(r)
     r.set_defaults(func=cmd_run)
+
+    st = sub.add_parser(
+        "status",
+        help="per job: finished, running, failed or pending, from the run directory alone",
+        description="Read a run directory (no scheduler needed) and say for every job whether "
+        "it finished, failed, is running (with its step), was interrupted (resumable from a "
+        "snapshot) or is pending, with the scheduler job id and log paths where recorded.",
+    )
+    st.add_argument("run_dir")
+    st.add_argument("--all", action="store_true", help="list finished jobs too")
+    st.set_defaults(func=cmd_status)
 
     ls = sub.add_parser("list", help="plugins and what they registered")
     ls.set_defaults(func=cmd_list)

@@ -73,6 +73,17 @@ def qbench_register_metrics(register: Register) -> None:
 
 
 @hookspec
+def qbench_register_loggers(register: Register) -> None:
+    """Register live loggers (TensorBoard, W&B, Aim, ...).
+
+    ``factory(**params)`` must return a :class:`qbench.Logger`; a matrix turns
+    one on with ``[monitor] loggers = ["name"]``. A factory whose library is
+    missing raises :class:`qbench.registry.QbenchError` naming the extra to
+    install: the run stops before any job. The return value is ignored.
+    """
+
+
+@hookspec
 def qbench_job_started(job: Any) -> None:
     """Called in the worker process just before ``job`` (a :class:`qbench.jobs.Job`) runs.
 
@@ -90,4 +101,19 @@ def qbench_job_finished(job: Any, result: dict) -> None:
     the row is on disk before the hook is called. The return value is
     ignored; an exception is reported with the plugin's name and changes
     nothing of the row.
+    """
+
+
+@hookspec
+def qbench_train_step(job: Any, step: int, stats: dict) -> None:
+    """Called in the worker process every ``[train] log_every`` steps of a training.
+
+    ``job`` is the first job of the train group being trained (the jobs of a
+    group share one model); ``step`` counts optimisation steps done;
+    ``stats`` holds ``progress`` (in [0, 1]), the step's training ``loss``,
+    ``bpp``, ``mse`` and ``psnr`` (dB, of the training crops), and each
+    quantizer's annealing state as ``"<latent>/<name>"`` (for example
+    ``"y/tau"``; :meth:`qbench.Quantizer.annealing_state`). Not called when
+    ``log_every`` is 0. For live monitoring: the return value is ignored and
+    an exception is reported with the plugin's name, never failing the job.
     """

@@ -82,6 +82,8 @@ class Job:
         train_id, job_id: see :func:`job_identity`.
         config_id: the configuration apart from the cell's axes (lambda,
             seed, labels): rows of one curve share it.
+        loggers: the matrix's live loggers (``[monitor] loggers``); how a job
+            is watched, not part of its identity.
     """
 
     backbone: Spec
@@ -97,6 +99,7 @@ class Job:
     train_id: str
     job_id: str
     config_id: str = ""
+    loggers: tuple[Spec, ...] = ()
 
     def describe(self) -> str:
         weight = self.recipe.columns().get("interp_weight")

@@ -29,15 +29,16 @@ import math
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from qbench.evaluate import EvalConfig
+from qbench.executors import check_executor
 from qbench.jobs import Job, Spec, fingerprint, make_job, stable_hash
 from qbench.registry import QbenchError, Registry, unknown_name_message
-from qbench.train import TrainConfig
+from qbench.train import AMP_DTYPES, TrainConfig
 from qbench.weights import Blend, Refine, Train
 
 if sys.version_info >= (3, 11):
@@ -45,7 +46,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = {"name", "matrix", "train", "eval", "report"}
+TOP_KEYS = {"name", "matrix", "train", "eval", "report", "monitor", "executor"}
 MATRIX_KEYS = {"backbones", "quantizers", "lambdas", "datasets", "seeds", "unlisted_latents"}
 #: keys of an entry that qbench reads itself rather than passing to the factory
 ENTRY_KEYS = {"name", "label"}
@@ -91,6 +92,8 @@ class Matrix:
     eval: EvalConfig
     report: dict[str, Any]
     overrides: list[str] = field(default_factory=list)
+    loggers: list[Spec] = field(default_factory=list)
+    executor: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """What a run directory records of the matrix it holds: its job set's hash and names."""
@@ -110,6 +113,8 @@ class Matrix:
             "train": {"dataset": self.train_dataset.identity(), **asdict(self.train)},
             "eval": asdict(self.eval),
             "report": self.report,
+            "monitor": {"loggers": [s.identity() for s in self.loggers]},
+            "executor": self.executor,
             "jobs": len(self.jobs),
         }
 
@@ -237,8 +242,20 @@ def parse_matrix(
             "train.clip_max_norm",
             f"must be finite and >= 0 (0 disables), got {train['clip_max_norm']}",
         )
-    if train["log_every"] < 0:
-        ck.fail("train.log_every", f"must be >= 0 (0 disables), got {train['log_every']}")
+    for key in ("log_every", "checkpoint_every"):
+        if train[key] < 0:
+            ck.fail(f"train.{key}", f"must be >= 0 (0 disables), got {train[key]}")
+    if not (train["checkpoint_minutes"] >= 0 and math.isfinite(train["checkpoint_minutes"])):
+        ck.fail(
+            "train.checkpoint_minutes",
+            f"must be finite and >= 0 (0 disables), got {train['checkpoint_minutes']}",
+        )
+    if train["amp"] not in AMP_DTYPES:
+        ck.fail(
+            "train.amp",
+            f'expected one of {", ".join(repr(k) for k in AMP_DTYPES)} ("": float32), '
+            f"got {train['amp']!r}",
+        )
     train_dataset = ck.spec("dataset", train.pop("dataset"), "train.dataset")
     # one spelling per value (1 and 1.0 are one configuration, one job id)
     train_config = TrainConfig(
@@ -302,6 +319,15 @@ def parse_matrix(
     if not 0.0 <= report["min_overlap"] <= 1.0:
         ck.fail("report.min_overlap", f"must lie in [0, 1], got {report['min_overlap']}")
 
+    monitor = _section(ck, raw, "monitor", base["monitor"])
+    loggers = (
+        tuple(ck.spec_list("logger", monitor["loggers"], "monitor.loggers"))
+        if monitor["loggers"]
+        else ()
+    )
+    executor = _section(ck, raw, "executor", base["executor"])
+    check_executor(executor, lambda key, msg: ck.fail(f"executor.{key}", msg))
+
     grid = _Grid(
         ck, backbones, lambdas, datasets, seeds, unlisted, train_dataset, train_config, eval_config
     )
@@ -313,8 +339,19 @@ def parse_matrix(
         for i, q, how in entries:
             if how.stage == stage:
                 how.expand(grid, q, f"matrix.quantizers[{i}]")
+    jobs = [replace(j, loggers=loggers) for j in grid.jobs] if loggers else grid.jobs
     return Matrix(
-        name, source, raw, grid.jobs, train_dataset, train_config, eval_config, report, overrides
+        name,
+        source,
+        raw,
+        jobs,
+        train_dataset,
+        train_config,
+        eval_config,
+        report,
+        overrides,
+        list(loggers),
+        executor,
     )
 
 

@@ -31,6 +31,7 @@ _HOOK_KIND = {
     "qbench_register_backbones": "backbone",
     "qbench_register_datasets": "dataset",
     "qbench_register_metrics": "metric",
+    "qbench_register_loggers": "logger",
 }
 
 

@@ -65,6 +65,9 @@ def preflight(matrix, registry: Registry) -> list[str]:
         except Exception as exc:
             raise PreflightError(f"{source}: eval.metrics ({name!r}): {_reason(exc)}") from exc
 
+    for spec in matrix.loggers:  # a logger whose library is missing names its extra now
+        build("logger", "monitor.loggers", spec)
+
     warnings = []
     train = build("dataset", "train.dataset", matrix.train_dataset)
     crop = matrix.train.crop

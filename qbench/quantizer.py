@@ -255,6 +255,15 @@ class Quantizer(nn.Module):
         """Record the training progress ``t`` in [0, 1] (the caller checks the range)."""
         self.progress = float(t)
 
+    def annealing_state(self) -> dict[str, float]:
+        """The annealing state worth watching live: ``{name: value}`` (``{}`` by default).
+
+        Read by the live monitoring (``qbench_train_step``, the TensorBoard
+        logger) every ``log_every`` steps, e.g. SGA's ``tau``, SUA's ``T``,
+        STanH's ``beta``. Reading it must change nothing.
+        """
+        return {}
+
     def end_step(self) -> None:
         """Called by the training loop once after each optimisation step (no-op by default).
 

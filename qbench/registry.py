@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("quantizer", "backbone", "dataset", "metric")
+KINDS = ("quantizer", "backbone", "dataset", "metric", "logger")
 
 
 class QbenchError(Exception):

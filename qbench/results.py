@@ -10,6 +10,14 @@ Layout of a run directory::
     manifest.json          versions, device, matrix, plugins
     checkpoints/<train_id>.pt  trained weights (shared by jobs that differ
                            only in the evaluation dataset)
+    checkpoints/<train_id>.snap*.pt|json  resumable snapshots of a training
+                           under way (qbench/resume.py)
+    running/<train_id>.json    a group being produced now: host, pid, step
+                           (a heartbeat; removed when its rows are written)
+    submitted/<train_id>.json  the scheduler job id and log paths of its
+                           last submission (submitit and Slurm executors)
+    submitit/              submitit's own job folders (logs, pickles)
+    monitor/<logger>/      live loggers' files (e.g. TensorBoard events)
     run.json               which matrix the directory holds (one per directory)
     .qbench.lock           held by the one qbench run that owns the directory
     superseded/            earlier runs set aside by ``--force`` with another matrix
@@ -28,6 +36,7 @@ import io
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -217,6 +226,35 @@ class RunDir:
         """Job ids that a resumed run skips (all rows; only ``ok`` ones with ``rerun_failed``)."""
         return {r["job_id"] for r in self.rows() if not rerun_failed or r.get("status") == "ok"}
 
+    # -- where each train group is ----------------------------------------------
+    @property
+    def running_dir(self) -> Path:
+        return self.root / "running"
+
+    def mark_running(self, train_id: str, info: dict[str, Any]) -> None:
+        """Record that ``train_id`` is being produced now (host, pid, step; a heartbeat)."""
+        record = {"host": socket.gethostname(), "pid": os.getpid(), **info, "updated": time.time()}
+        with contextlib.suppress(OSError):
+            atomic_write_text(self.running_dir / f"{train_id}.json", json.dumps(record))
+
+    def clear_running(self, train_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.running_dir / f"{train_id}.json").unlink()
+
+    def running(self) -> dict[str, dict[str, Any]]:
+        """``train_id -> heartbeat record`` of the groups marked running."""
+        return _read_records(self.running_dir)
+
+    def record_submission(self, train_id: str, record: dict[str, Any]) -> None:
+        """Record a scheduler submission of ``train_id`` (``submitted/<train_id>.json``)."""
+        atomic_write_text(self.root / "submitted" / f"{train_id}.json", json.dumps(record))
+
+    def submission(self, train_id: str) -> dict[str, Any] | None:
+        return _read_records(self.root / "submitted").get(train_id)
+
+    def submissions(self) -> dict[str, dict[str, Any]]:
+        return _read_records(self.root / "submitted")
+
     # -- checkpoints -----------------------------------------------------------
     def checkpoint_path(self, train_id: str) -> Path:
         return self.ckpt_dir / f"{train_id}.pt"
@@ -320,6 +358,16 @@ class RunDir:
         atomic_write_text(
             self.root / "manifest.json", json.dumps(manifest, indent=2, default=_json_default)
         )
+
+
+def _read_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """``stem -> JSON record`` of every ``*.json`` file in ``folder`` (unreadable ones skipped)."""
+    out = {}
+    if folder.is_dir():
+        for p in sorted(folder.glob("*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                out[p.stem] = json.loads(p.read_text(encoding="utf-8"))
+    return out
 
 
 def _flatten(rows: list[dict[str, Any]], field: str, ids: tuple[str, ...]) -> list[dict]:

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -35,14 +36,20 @@ from torch import Tensor
 
 from qbench.backbone import Backbone
 from qbench.rd import rd_loss
+from qbench.resume import Snapshots, rng_state, set_rng_state
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The ``[train]`` section of a matrix, less its dataset (see DESIGN.md).
 
-    ``log_every`` sets how often the training statistics are recorded; it is a
-    probe setting, not part of a job's identity.
+    ``log_every`` sets how often the training statistics are recorded, and
+    ``checkpoint_every`` (steps) and ``checkpoint_minutes`` how often a
+    resumable snapshot is written (:mod:`qbench.resume`); none of them changes
+    the trained weights, so none is part of a job's identity. ``amp`` is the
+    mixed precision of the transforms in training (``""``: float32,
+    ``"bf16"``, ``"fp16"``); it changes the weights and is part of the
+    identity when set.
     """
 
     steps: int
@@ -52,10 +59,23 @@ class TrainConfig:
     aux_lr: float
     clip_max_norm: float
     log_every: int
+    checkpoint_every: int = 0
+    checkpoint_minutes: float = 0.0
+    amp: str = ""
+
+    #: settings that do not change the trained weights
+    PROBES = ("log_every", "checkpoint_every", "checkpoint_minutes")
 
     def identity(self) -> dict[str, Any]:
-        """What determines the trained weights (everything but ``log_every``)."""
-        return {k: v for k, v in asdict(self).items() if k != "log_every"}
+        """What determines the trained weights (``amp`` only when set: old ids stay)."""
+        out = {k: v for k, v in asdict(self).items() if k not in self.PROBES}
+        if not self.amp:
+            out.pop("amp")
+        return out
+
+
+#: ``[train] amp`` values and the autocast dtype of each (float32 when absent)
+AMP_DTYPES = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
@@ -140,15 +160,25 @@ def train(
     train_aux: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     log_every: int = 0,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
     probe_steps: Collection[int] = (),
-    on_probe: Callable[[int], None] | None = None,
+    on_probe: Callable[[int], dict[str, Any]] | None = None,
+    snapshots: Snapshots | None = None,
+    amp: str = "",
 ) -> Outcome:
     """Train ``model`` in place for ``steps`` steps; see the module docstring.
 
     ``parameters`` restricts the main optimizer (e.g. STanH refinement trains
     only the quantizer) and ``train_aux=False`` freezes the auxiliary
-    parameters too; by default every parameter trains.
+    parameters too; by default every parameter trains. ``on_log(step, stats)``
+    is called with each record of the history (every ``log_every`` steps).
+    ``on_probe(step)`` returns the schedule record of that step. With
+    ``snapshots`` the training continues from the newest usable snapshot and
+    writes new ones as their policy says (:mod:`qbench.resume`). ``amp``
+    (``"bf16"``, ``"fp16"``) runs the transforms under autocast; the
+    quantizers, the likelihoods and the loss stay in float32.
     """
+    device = torch.device(device)
     model.to(device).train()
     params = list(parameters) if parameters is not None else list(model.main_parameters())
     trainable = {id(p) for p in params}
@@ -160,35 +190,61 @@ def train(
     n_trained = sum(p.numel() for p in params)
     opt = torch.optim.Adam(params, lr=lr)
     aux_opt = torch.optim.Adam(aux, lr=aux_lr) if aux else None
-    start = time.perf_counter()
+    dtype = AMP_DTYPES[amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     stats: dict[str, float] = {}
     history: list[dict[str, Any]] = []
-    probe_seconds = 0.0
+    schedule: list[dict[str, Any]] = []
     probe_steps = set(probe_steps) if on_probe is not None else set()
-    for step in range(steps):
+    first, spent = 0, 0.0
+    restored = snapshots.load(steps) if snapshots is not None else None
+    if restored is not None:
+        model.load_state_dict(restored["model"])
+        opt.load_state_dict(restored["opt"])
+        if aux_opt is not None:
+            aux_opt.load_state_dict(restored["aux_opt"])
+        if scaler.is_enabled():
+            scaler.load_state_dict(restored["scaler"])
+        sampler.gen.set_state(restored["sampler"])
+        first, spent, stats = restored["step"], restored["seconds"], restored["stats"]
+        history, schedule = json.loads(restored["history"]), json.loads(restored["schedule"])
+        set_rng_state(restored["rng"])  # last: loading above draws nothing, but be sure
+
+    def outcome(status: str, done: int, reason: str = "") -> Outcome:
+        return Outcome(
+            status,
+            done,
+            spent + time.perf_counter() - start - probe_seconds,
+            reason,
+            trained_parameters=n_trained,
+            history=history,
+            final=stats if status == "ok" else {},
+            schedule=schedule,
+        )
+
+    start = time.perf_counter()
+    probe_seconds = 0.0
+    for step in range(first, steps):
         model.set_progress(step / steps)
         if step in probe_steps:
             probe_start = time.perf_counter()
-            on_probe(step)
+            schedule.append(on_probe(step))
             probe_seconds += time.perf_counter() - probe_start
         x = sampler.batch(batch_size).to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
-        out = model(x)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(x)
+        out = {**out, "x_hat": out["x_hat"].float()}
         loss, bpp, mse = rd_loss(out, x, lmbda)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
-            return Outcome(
-                "diverged",
-                step,
-                time.perf_counter() - start - probe_seconds,
-                f"loss became {loss_value} at step {step}",
-                trained_parameters=n_trained,
-                history=history,
-            )
-        loss.backward()
+            return outcome("diverged", step, f"loss became {loss_value} at step {step}")
+        scaler.scale(loss).backward()
         if clip_max_norm > 0:
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, clip_max_norm)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         if aux_opt is not None:
             aux_opt.zero_grad(set_to_none=True)
             aux_loss = model.aux_loss()
@@ -199,11 +255,39 @@ def train(
         if on_step is not None:
             on_step(step + 1, stats)
         if log_every > 0 and (step % log_every == 0 or step == steps - 1):
-            history.append({"step": step + 1, "progress": (step + 1) / steps, **stats})
-    seconds = time.perf_counter() - start - probe_seconds  # the probes are not training
+            record = {"step": step + 1, "progress": (step + 1) / steps, **stats}
+            history.append(record)
+            if on_log is not None:
+                on_log(step + 1, record)
+        if snapshots is not None and snapshots.policy.due(
+            step + 1, steps, time.monotonic() - snapshots.last_saved
+        ):
+            snap_start = time.perf_counter()
+            state = {
+                "steps": steps,
+                "step": step + 1,
+                "seconds": spent + snap_start - start - probe_seconds,
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "aux_opt": aux_opt.state_dict() if aux_opt is not None else {},
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "sampler": sampler.gen.get_state(),
+                "stats": stats,
+                "history": json.dumps(history),
+                "schedule": json.dumps(schedule, default=_plain),
+                "rng": rng_state(),
+            }
+            snapshots.save(step + 1, state)
+            probe_seconds += time.perf_counter() - snap_start  # writing is not training
+    done = outcome("ok", steps)
     model.set_progress(1.0)
     if steps in probe_steps:
-        on_probe(steps)
+        schedule.append(on_probe(steps))
     for p in model.parameters():
         p.requires_grad_(True)
-    return Outcome("ok", steps, seconds, trained_parameters=n_trained, history=history, final=stats)
+    return done
+
+
+def _plain(obj: Any) -> Any:
+    """JSON for the few non-JSON values a schedule record may hold (infinities as strings)."""
+    return str(obj)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from qbench.backbone import Backbone
 from qbench.registry import QbenchError
+from qbench.resume import Snapshots
 from qbench.train import CropSampler, Outcome, TrainConfig, train
 
 
@@ -43,6 +44,9 @@ class Context:
         config: the matrix's ``[train]`` settings.
         lmbda, seed, device: the job's.
         on_step: progress callback ``(step, stats)`` after every step, or None.
+        on_log: ``(step, record)`` with each history record (every ``log_every``
+            steps), or None: the live monitoring of the job.
+        snapshots: where the training keeps resumable snapshots, or None.
         probe: ``(model, steps) -> (probe_steps, measure)``: the schedule
             statistics of a run of ``steps`` steps, measured by ``measure(step)``
             at each of ``probe_steps``; or None. It must not change the
@@ -60,6 +64,8 @@ class Context:
     probe: Callable[[Backbone, int], tuple[list[int], Callable[[int], dict[str, Any]]]] | None = (
         None
     )
+    on_log: Callable[[int, dict[str, float]], None] | None = None
+    snapshots: Snapshots | None = None
 
 
 class Recipe:
@@ -88,17 +94,11 @@ class Recipe:
 def _optimise(
     model: Backbone, ctx: Context, steps: int, parameters: list | None, train_aux: bool
 ) -> Outcome:
-    """The training loop with the worker's probes attached (shared by Train and Refine)."""
+    """The training loop with the worker's probes, logs and snapshots attached (shared by
+    Train and Refine)."""
     sampler = CropSampler(ctx.train_images(), ctx.config.crop, ctx.seed)
-    schedule: list[dict[str, Any]] = []
-    probe_steps, on_probe = [], None
-    if ctx.probe is not None:
-        probe_steps, measure = ctx.probe(model, steps)
-
-        def on_probe(step: int) -> None:
-            schedule.append(measure(step))
-
-    outcome = train(
+    probe_steps, measure = ctx.probe(model, steps) if ctx.probe is not None else ([], None)
+    return train(
         model,
         sampler,
         lmbda=ctx.lmbda,
@@ -112,11 +112,12 @@ def _optimise(
         train_aux=train_aux,
         on_step=ctx.on_step,
         log_every=ctx.config.log_every,
+        on_log=ctx.on_log,
         probe_steps=probe_steps,
-        on_probe=on_probe,
+        on_probe=measure,
+        snapshots=ctx.snapshots,
+        amp=ctx.config.amp,
     )
-    outcome.schedule = schedule
-    return outcome
 
 
 @dataclass(frozen=True)

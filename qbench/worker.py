@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 import traceback
 from dataclasses import asdict
 from typing import Any
@@ -26,9 +27,11 @@ from qbench.backbone import Backbone
 from qbench.evaluate import evaluate
 from qbench.jobs import Job, Spec
 from qbench.metric import JobEval, Metric, ProbeEval
+from qbench.monitor import Monitor
 from qbench.plugins import PluginSet
 from qbench.registry import QbenchError, Registry
 from qbench.results import RunDir
+from qbench.resume import SnapshotPolicy, Snapshots
 from qbench.train import CropSampler, Outcome, seed_everything
 from qbench.weights import Context
 
@@ -108,6 +111,8 @@ def run_group(
     for _, job in jobs:
         call_hook(plugins, "qbench_job_started", job=job)
     rows: dict[str, dict[str, Any]] = {}
+    monitor, resumed = None, ""
+    run_dir.mark_running(first.train_id, {"step": 0, "steps": first.recipe.steps(first.train)})
     try:
         statistics = [
             m
@@ -121,9 +126,24 @@ def run_group(
         if cached is not None:
             state, meta = cached
             model.load_state_dict(state)
+            resumed = meta.pop("resumed", "")
             outcome = Outcome(**meta)
         else:
-            bar = _progress(first, first.recipe.steps(first.train), position, show_progress)
+            steps = first.recipe.steps(first.train)
+            bar = _progress(first, steps, position, show_progress)
+            heartbeat = _Heartbeat(run_dir, first.train_id, steps, bar)
+            monitor = Monitor(
+                first,
+                plugins,
+                [(s.label, registry.build("logger", s.name, **s.params)) for s in first.loggers],
+                run_dir.root,
+            )
+            monitor.model = model
+            snapshots = Snapshots(
+                run_dir.ckpt_dir,
+                first.train_id,
+                SnapshotPolicy(first.train.checkpoint_every, first.train.checkpoint_minutes),
+            )
             ctx = Context(
                 build_model=lambda: build_model(first, registry),
                 source_weights=lambda train_id: _source_weights(run_dir, train_id),
@@ -132,15 +152,20 @@ def run_group(
                 lmbda=first.lmbda,
                 seed=first.seed,
                 device=device,
-                on_step=bar.update if bar else None,
+                on_step=heartbeat.update,
                 probe=probe,
+                on_log=monitor.log,
+                snapshots=snapshots,
             )
             outcome = first.recipe.produce(model, ctx)
             outcome.probe_settings = first.eval.probe_settings()
+            resumed = snapshots.resumed
             if bar:
                 bar.close()
             if outcome.status == "ok":
-                run_dir.save_checkpoint(first.train_id, model.state_dict(), asdict(outcome))
+                meta = {**asdict(outcome), "resumed": resumed}
+                run_dir.save_checkpoint(first.train_id, model.state_dict(), meta)
+                snapshots.clear()
         if outcome.status != "ok":
             for order, job in jobs:
                 rows[job.job_id] = failure_row(
@@ -163,8 +188,12 @@ def run_group(
                 _log_exception(run_dir, job, exc)
     for _, job in jobs:
         row = rows[job.job_id]
+        row.setdefault("resumed", resumed)
         run_dir.write_row(row)
         call_hook(plugins, "qbench_job_finished", job=job, result=row)
+    if monitor is not None:
+        monitor.finish(rows[first.job_id])
+    run_dir.clear_running(first.train_id)
 
 
 def _schedule_columns(
@@ -308,6 +337,21 @@ def _schedule_probe(job: Job, device: torch.device, datasets: DatasetCache, stat
         return sorted(points), measure
 
     return start
+
+
+class _Heartbeat:
+    """After every step: the progress bar, and (every 30 s) the group's ``running/`` record."""
+
+    def __init__(self, run_dir: RunDir, train_id: str, steps: int, bar) -> None:
+        self.run_dir, self.train_id, self.steps, self.bar = run_dir, train_id, steps, bar
+        self.last = time.monotonic()
+
+    def update(self, step: int, stats: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(step, stats)
+        if time.monotonic() - self.last >= 30.0:
+            self.last = time.monotonic()
+            self.run_dir.mark_running(self.train_id, {"step": step, "steps": self.steps})
 
 
 def _reason(exc: BaseException) -> str:

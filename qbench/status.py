@@ -1,0 +1,132 @@
+"""What is my run doing? The state of every job, from the run directory alone.
+
+``qbench status RUN_DIR`` reads only files (no scheduler, no lock), so it
+works while a run is going on, after it was killed, on a login node while the
+jobs run on a cluster. A job is
+
+* ``ok`` / ``failed`` / ``diverged`` / ``nonfinite``: it has a row;
+* ``running``: its train group's heartbeat (``running/<train_id>.json``) is
+  fresh: written by a live process on this host, or less than
+  :data:`STALE_SECONDS` ago from another host;
+* ``interrupted``: a heartbeat that is no longer fresh, or a snapshot without
+  one: the next ``qbench run`` continues it from its snapshot's step;
+* ``pending``: nothing yet (``queued`` when a scheduler submission is recorded).
+
+Scheduler job ids and log paths come from ``submitted/<train_id>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qbench.registry import QbenchError
+from qbench.results import RunDir
+from qbench.resume import SnapshotPolicy, Snapshots
+
+#: a heartbeat from another host older than this is taken as a dead job (seconds)
+STALE_SECONDS = 300.0
+
+
+@dataclass
+class JobStatus:
+    """One job's line of ``qbench status``."""
+
+    job_id: str
+    train_id: str
+    describe: str
+    state: str
+    detail: str = ""
+    scheduler_job_id: str = ""
+    log: str = ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fresh(beat: dict) -> bool:
+    if beat.get("host") == socket.gethostname():
+        return _alive(int(beat.get("pid", -1)))
+    return time.time() - float(beat.get("updated", 0)) < STALE_SECONDS
+
+
+def run_status(root: Path) -> list[JobStatus]:
+    """Every job of the run directory ``root`` with its state (see the module docstring)."""
+    run_dir = RunDir(root)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise QbenchError(f"{root}: no manifest.json: not a qbench run directory (or not started)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise QbenchError(f"{manifest_path}: unreadable ({exc})") from exc
+    rows = {r["job_id"]: r for r in run_dir.rows()}
+    running = run_dir.running()
+    submitted = run_dir.submissions()
+    out = []
+    for entry in manifest.get("jobs", []):
+        job_id, train_id = entry["job_id"], entry["train_id"]
+        sub = submitted.get(train_id, {})
+        status = JobStatus(
+            job_id,
+            train_id,
+            entry.get("describe", job_id),
+            "pending",
+            scheduler_job_id=sub.get("scheduler_job_id", ""),
+            log=sub.get("stderr", ""),
+        )
+        row = rows.get(job_id)
+        snapshot = Snapshots(run_dir.ckpt_dir, train_id, SnapshotPolicy()).latest_step()
+        beat = running.get(train_id)
+        if row is not None:
+            status.state = row.get("status", "?")
+            status.detail = row.get("reason", "") or (
+                f"resumed from {row['resumed']}" if row.get("resumed") else ""
+            )
+            log = run_dir.logs_dir / f"{job_id}.log"
+            if status.state != "ok" and log.exists():
+                status.log = str(log)
+        elif beat is not None and _fresh(beat):
+            status.state = "running"
+            status.detail = f"step {beat.get('step', '?')}/{beat.get('steps', '?')} on " + (
+                f"{beat.get('host')} (pid {beat.get('pid')})"
+            )
+        elif beat is not None or snapshot is not None:
+            status.state = "interrupted"
+            status.detail = (
+                f"resumes from step {snapshot}" if snapshot is not None else "restarts"
+            ) + " at the next qbench run"
+        elif sub:
+            status.state = "queued"
+            status.detail = f"submitted {sub.get('submitted', '')} (attempt {sub.get('attempt')})"
+        out.append(status)
+    return out
+
+
+def status_text(statuses: list[JobStatus], verbose: bool = False) -> str:
+    """The table ``qbench status`` prints: counts, then each job not finished ``ok``."""
+    from tabulate import tabulate
+
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    head = f"{len(statuses)} jobs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    shown = [s for s in statuses if verbose or s.state != "ok"]
+    if not shown:
+        return head
+    table = tabulate(
+        [[s.state, s.describe, s.detail, s.scheduler_job_id, s.log] for s in shown],
+        headers=["state", "job", "detail", "scheduler id", "log"],
+    )
+    return f"{head}\n\n{table}"

@@ -1,0 +1,205 @@
+"""Snapshots during training: a job killed mid-training continues bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from qbench.results import RunDir
+from qbench.resume import SnapshotPolicy, Snapshots
+
+from .conftest import run_command
+
+#: one train group: mbt2018-mean with STanH in the authors' preset (its beta is drawn
+#: from torch's RNG after each step) on y, SUA on z, schedule statistics on the way
+MATRIX = """
+name = "resume"
+[matrix]
+backbones = [{{ name = "mbt2018-mean", N = 16, M = 16 }}]
+quantizers = [{{ name = "stanh", preset = "authors", latents = ["y"] }}]
+unlisted_latents = "sua"
+lambdas = [0.01]
+datasets = [{{ name = "embedded", split = "eval" }}]
+[train]
+steps = {steps}
+batch_size = 2
+crop = 64
+lr = 1e-3
+log_every = 7
+checkpoint_every = {every}
+checkpoint_minutes = 0
+[eval]
+metrics = ["bpp", "psnr", "mismatch"]
+max_images = 1
+schedule = [0.25, 0.5]
+probe_batches = 2
+probe_crops = 1
+draws = 2
+"""
+
+
+def write_matrix(path, steps, every):
+    path.write_text(MATRIX.format(steps=steps, every=every))
+    return path
+
+
+def start_run(matrix, out, *extra):
+    return subprocess.Popen(
+        run_command(matrix, out, *extra),
+        env={**os.environ, "QBENCH_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def run(matrix, out, *extra):
+    proc = start_run(matrix, out, *extra)
+    text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, text
+    return text
+
+
+def snapshot_step(out):
+    for p in (out / "checkpoints").glob("*.snap.json"):
+        try:
+            return json.loads(p.read_text())["step"]
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def kill_after_snapshot(matrix, out, *extra, after=0, timeout=300):
+    """Start the run, SIGKILL its whole process group once a snapshot of a step past
+    ``after`` exists; return that step."""
+    proc = start_run(matrix, out, *extra)
+    deadline = time.time() + timeout
+    step = None
+    while time.time() < deadline and proc.poll() is None:
+        step = snapshot_step(out)
+        if step is not None and step > after:
+            break
+        time.sleep(0.02)
+    assert step is not None and step > after, f"no new snapshot: {proc.communicate()[0]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return step
+
+
+def final_state(out):
+    (ckpt,) = [p for p in (out / "checkpoints").glob("*.pt") if ".snap" not in p.name]
+    return torch.load(ckpt, weights_only=True)
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_resumes_bit_for_bit(tmp_path):
+    steps = 240
+    plain = run(write_matrix(tmp_path / "plain.toml", steps, 0), tmp_path / "plain")
+    assert "1 ok" in plain
+    m = write_matrix(tmp_path / "m.toml", steps, 10)
+    out = tmp_path / "cut"
+    step = kill_after_snapshot(m, out)
+    assert 0 < step < steps
+    # qbench status reads the files alone: the job is interrupted, resumable from its snapshot
+    status = subprocess.run(
+        [sys.executable, "-m", "qbench.cli", "status", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "interrupted" in status and "resumes from step" in status, status
+    # kill it a second time, later, and corrupt the newest snapshot: the previous one is used
+    step2 = kill_after_snapshot(m, out, after=step)
+    snap = next((out / "checkpoints").glob("*.snap.pt"))
+    data = bytearray(snap.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    snap.write_bytes(bytes(data))
+    run(m, out)
+    row = json.loads(next((out / "rows").glob("*.json")).read_text())
+    assert row["status"] == "ok"
+    assert "previous snapshot" in row["resumed"] and "SHA-256" in row["resumed"], row["resumed"]
+    assert row["steps"] == steps
+    assert_same_weights(final_state(tmp_path / "plain"), final_state(out))
+    # every record of the history and the schedule is there once, as in the plain run
+    plain_row = json.loads(next((tmp_path / "plain" / "rows").glob("*.json")).read_text())
+    assert row["history"] == plain_row["history"]
+    assert [r["step"] for r in row["schedule"]] == [r["step"] for r in plain_row["schedule"]]
+    assert row["bpp"] == plain_row["bpp"] and row["psnr"] == plain_row["psnr"]
+    assert not list((out / "checkpoints").glob("*.snap*")), "snapshots are removed at the end"
+    assert step2 > step
+
+
+def test_snapshots_fall_back_to_the_previous_one_then_to_a_fresh_start(tmp_path):
+    snaps = Snapshots(tmp_path, "abc", SnapshotPolicy(every_steps=5))
+    snaps.save(5, {"steps": 20, "x": torch.ones(3)})
+    snaps.save(10, {"steps": 20, "x": torch.full((3,), 2.0)})
+    assert snaps.latest_step() == 10
+    state = Snapshots(tmp_path, "abc", SnapshotPolicy()).load(20)
+    assert torch.equal(state["x"], torch.full((3,), 2.0))
+    # killed between the two renames: the newest .json is missing
+    (tmp_path / "abc.snap.json").unlink()
+    again = Snapshots(tmp_path, "abc", SnapshotPolicy())
+    assert torch.equal(again.load(20)["x"], torch.ones(3))
+    assert again.resumed.startswith("step 5 (previous snapshot; the newest snapshot is incomplete")
+    # a snapshot of another training length is not used
+    other = Snapshots(tmp_path, "abc", SnapshotPolicy())
+    assert other.load(30) is None
+    assert other.resumed.startswith("fresh start (") and "not 30" in other.resumed
+    # a truncated file (a disk that filled up) is caught by its checksum
+    (tmp_path / "abc.snap-prev.pt").write_bytes(b"\x00" * 10)
+    broken = Snapshots(tmp_path, "abc", SnapshotPolicy())
+    assert broken.load(20) is None and "SHA-256" in broken.resumed
+    snaps.clear()
+    assert not list(tmp_path.iterdir())
+
+
+def test_snapshot_policy():
+    by_steps = SnapshotPolicy(every_steps=10)
+    assert by_steps.due(10, 100, 0.0) and not by_steps.due(11, 100, 1e9)
+    assert not by_steps.due(100, 100, 0.0), "never after the last step"
+    by_time = SnapshotPolicy(minutes=1.0)
+    assert by_time.due(3, 100, 61.0) and not by_time.due(3, 100, 59.0)
+    assert not SnapshotPolicy().due(10, 100, 1e9)
+
+
+def test_running_record_and_status_of_a_fresh_run_dir(tmp_path):
+    from qbench.status import run_status
+
+    rd = RunDir(tmp_path)
+    rd.ensure()
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "jobs": [
+                    {"job_id": "j1", "train_id": "t1", "describe": "a"},
+                    {"job_id": "j2", "train_id": "t2", "describe": "b"},
+                    {"job_id": "j3", "train_id": "t3", "describe": "c"},
+                ]
+            }
+        )
+    )
+    rd.mark_running("t1", {"step": 3, "steps": 10})  # this live process
+    rd.record_submission("t2", {"scheduler_job_id": "77_1", "stderr": "x.err", "attempt": 1})
+    states = {s.job_id: s for s in run_status(tmp_path)}
+    assert states["j1"].state == "running" and "step 3/10" in states["j1"].detail
+    assert states["j2"].state == "queued" and states["j2"].scheduler_job_id == "77_1"
+    assert states["j3"].state == "pending"
+    # a heartbeat of a dead process is an interrupted job
+    record = json.loads((tmp_path / "running" / "t1.json").read_text())
+    record["pid"] = 2**22 + 12345
+    (tmp_path / "running" / "t1.json").write_text(json.dumps(record))
+    assert {s.job_id: s for s in run_status(tmp_path)}["j1"].state == "interrupted"
