@@ -208,16 +208,17 @@ def plan_devices(
     return [("cpu", None)] * (workers or max(1, min(os.cpu_count() or 1, groups)))
 
 
-def worker_threads(workers: int) -> int:
-    """Torch threads per CPU worker: ``$QBENCH_THREADS``, else the cores split between workers.
+def worker_threads() -> int:
+    """Torch threads per CPU worker: ``$QBENCH_THREADS``, else 1.
 
-    Recorded in the manifest: on CPU a run is bit-reproducible with the same
-    threads per worker (another count sums floats in another order, which a
-    training amplifies; set ``QBENCH_THREADS`` to match a manifest).
+    One thread per worker and one worker per core (:func:`plan_devices`):
+    on CPU a training is bit-reproducible only with the same threads (another
+    count sums floats in another order, which a training amplifies), so a
+    fixed default makes a job's numbers independent of the matrix it is part
+    of and of the machine's core count. Recorded in the manifest;
+    ``QBENCH_THREADS`` trades that for intra-op threads.
     """
-    return int(os.environ.get("QBENCH_THREADS", "0") or 0) or max(
-        1, (os.cpu_count() or 1) // workers
-    )
+    return int(os.environ.get("QBENCH_THREADS", "0") or 0) or 1
 
 
 #: Exit signals of a worker that mean "interrupted", not "the job failed".
@@ -296,7 +297,7 @@ class LocalExecutor(Executor):
         return [d for d, _ in self._plan(dispatch, groups)]
 
     def threads(self, dispatch: Dispatch, groups: int) -> int:
-        return worker_threads(len(self._plan(dispatch, groups)))
+        return worker_threads()
 
     @staticmethod
     def _plan(dispatch: Dispatch, groups: int) -> list[tuple[str, str | None]]:
@@ -306,7 +307,7 @@ class LocalExecutor(Executor):
     def run(self, groups: list[Group], dispatch: Dispatch) -> None:
         ctx = mp.get_context("spawn")
         plan = self._plan(dispatch, len(groups))
-        threads = worker_threads(len(plan))
+        threads = worker_threads()
         env_disable = dispatch.disabled_env()
         run_dir = dispatch.run_dir
         queue = list(groups)

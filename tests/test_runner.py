@@ -184,18 +184,26 @@ def test_sigkill_whole_run_then_resume(tmp_path):
 
 @pytest.mark.slow
 def test_rd_ordering_on_embedded_images(tmp_path):
-    """Trained long enough, bpp falls and PSNR rises with lambda (a real RD trade-off)."""
-    text = textwrap.dedent("""
+    """Trained long enough, bpp falls and PSNR rises with lambda (a real RD trade-off).
+
+    Fine-tuned from the shipped initialisation, as the default run is: 1000 steps from
+    scratch left the curve at the mercy of float summation order (PSNR 21.10 dB at
+    lambda 0.001 and 20.71 dB at 0.01 with one thread per worker).
+    """
+    from qbench.matrix import default_matrix_path
+
+    init = default_matrix_path().parent / "init" / "mbt2018-mean-48-64.pt"
+    text = textwrap.dedent(f"""
         [matrix]
-        backbones = [{ name = "bmshj2018-factorized", N = 48, M = 64 }]
+        backbones = [{{ name = "mbt2018-mean", N = 48, M = 64, checkpoint = "{init}" }}]
         quantizers = ["noise"]
-        lambdas = [0.0003, 0.001, 0.01]
-        datasets = [{ name = "embedded", split = "eval" }]
+        lambdas = [0.0009, 0.0067, 0.018]
+        datasets = [{{ name = "embedded", split = "eval" }}]
         [train]
-        steps = 1000
+        steps = 150
         batch_size = 8
         crop = 64
-        lr = 1e-3
+        lr = 2e-4
         [eval]
         metrics = ["bpp", "bpp_bitstream", "psnr"]
     """)
@@ -288,8 +296,9 @@ def test_job_result_does_not_depend_on_its_place_in_the_worker(tmp_path):
     reg = qbench.plugins.get_plugins().registry
     alone = load_matrix(tiny(tmp_path, '["ste"]', steps=2, name="a.toml"), reg)
     after = load_matrix(tiny(tmp_path, '["noise", "ste"]', steps=2, name="b.toml"), reg)
-    run_matrix(alone, tmp_path / "a", device="cpu", show_progress=False, echo=lambda *_: None)
-    run_matrix(after, tmp_path / "b", device="cpu", show_progress=False, echo=lambda *_: None)
+    kw = {"device": "cpu", "workers": 1, "show_progress": False, "echo": lambda *_: None}
+    run_matrix(alone, tmp_path / "a", **kw)
+    run_matrix(after, tmp_path / "b", **kw)  # ste after noise, in the same worker
     a = {r["quantizer"]: r for r in read_csv(tmp_path / "a" / "results.csv")}
     b = {r["quantizer"]: r for r in read_csv(tmp_path / "b" / "results.csv")}
     assert a["ste"]["job_id"] == b["ste"]["job_id"]
