@@ -96,7 +96,7 @@ def _optimise(
 ) -> Outcome:
     """The training loop with the worker's probes, logs and snapshots attached (shared by
     Train and Refine)."""
-    sampler = CropSampler(ctx.train_images(), ctx.config.crop, ctx.seed)
+    sampler = CropSampler(ctx.train_images(), ctx.config.crop, ctx.seed, ctx.device)
     probe_steps, measure = ctx.probe(model, steps) if ctx.probe is not None else ([], None)
     return train(
         model,
