@@ -122,7 +122,7 @@ def run_group(
         probe = _schedule_probe(first, device, datasets, statistics) if statistics else None
         seed_everything(first.seed)  # before the weights are initialised
         model = build_model(first, registry)
-        cached = run_dir.load_checkpoint(first.train_id)
+        cached, unreadable = _cached_weights(run_dir, first.train_id)
         if cached is not None:
             state, meta = cached
             model.load_state_dict(state)
@@ -159,7 +159,7 @@ def run_group(
             )
             outcome = first.recipe.produce(model, ctx)
             outcome.probe_settings = first.eval.probe_settings()
-            resumed = snapshots.resumed
+            resumed = "; ".join(x for x in (unreadable, snapshots.resumed) if x)
             if bar:
                 bar.close()
             if outcome.status == "ok":
@@ -290,6 +290,19 @@ def _setting_columns(job: Job, model: Backbone) -> dict[str, Any]:
         "idle": "; ".join(f"{k} ({why})" for k, why in idle.items()),
         **model.settings(),
     }
+
+
+def _cached_weights(run_dir: RunDir, train_id: str) -> tuple[Any, str]:
+    """``(the group's finished checkpoint or None, why it was not used)``.
+
+    A checkpoint that does not load (a disk that failed under it) is never
+    used: the group is produced again (from its snapshot, if any), and the
+    row says so.
+    """
+    try:
+        return run_dir.load_checkpoint(train_id), ""
+    except Exception as exc:
+        return None, f"the trained checkpoint was unreadable ({_reason(exc)[:160]}): produced again"
 
 
 def _source_weights(run_dir: RunDir, train_id: str) -> dict[str, Any]:

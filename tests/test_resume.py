@@ -203,3 +203,24 @@ def test_running_record_and_status_of_a_fresh_run_dir(tmp_path):
     record["pid"] = 2**22 + 12345
     (tmp_path / "running" / "t1.json").write_text(json.dumps(record))
     assert {s.job_id: s for s in run_status(tmp_path)}["j1"].state == "interrupted"
+
+
+def test_an_unreadable_trained_checkpoint_is_never_loaded(tmp_path, registry):
+    from qbench.matrix import load_matrix
+    from qbench.runner import run_matrix
+
+    from .test_runner import tiny
+
+    m = load_matrix(tiny(tmp_path, steps=3), registry)
+    kw = {"device": "cpu", "show_progress": False, "echo": lambda *_: None}
+    run_matrix(m, tmp_path / "run", **kw)
+    (row_file,) = (tmp_path / "run" / "rows").glob("*.json")
+    first = json.loads(row_file.read_text())
+    ckpt = tmp_path / "run" / "checkpoints" / f"{first['train_id']}.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # a disk that failed under it
+    row_file.unlink()  # the job runs again and finds the broken checkpoint
+    run_matrix(m, tmp_path / "run", **kw)
+    again = json.loads(row_file.read_text())
+    assert again["status"] == "ok"
+    assert again["resumed"].startswith("the trained checkpoint was unreadable"), again["resumed"]
+    assert again["bpp"] == first["bpp"], "produced again, the same"
