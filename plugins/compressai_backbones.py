@@ -87,22 +87,44 @@ class _CompressAIBackbone(qbench.Backbone):
         N: int = 128,
         M: int = 192,
         checkpoint: str | None = None,
+        pretrained: int | None = None,
         pretrained_quality: int | None = None,
     ) -> None:
         super().__init__()
         if int(N) < 1 or int(M) < 1:
             raise ValueError(f"N and M (channel counts) must be >= 1, got N={N}, M={M}")
-        if pretrained_quality is not None:
-            from compressai.zoo import image_models
-
-            # The real zoo path (downloads into torch hub's cache unless the file is there).
-            self.net = image_models[self.zoo_name](quality=int(pretrained_quality), pretrained=True)
+        quality = pretrained if pretrained is not None else pretrained_quality
+        if quality is not None:
+            self.net = self._zoo(quality)
         else:
-            self.net = self.model_class(int(N), int(M))
+            self.net = self._new_net(int(N), int(M))
         if checkpoint is not None:
             load_checkpoint(self.net, checkpoint)
         gc = getattr(self.net, "gaussian_conditional", None)
         self._default_scale_bound = gc.lower_bound_scale if gc is not None else None
+
+    def _new_net(self, N: int, M: int):
+        """CompressAI's model with ``N`` and ``M`` channels, freshly initialised."""
+        return self.model_class(N, M)
+
+    def _zoo(self, quality: int):
+        """CompressAI's pretrained model of ``quality`` (MSE), through its own zoo loader:
+        the weights come from torch hub's cache (``$TORCH_HOME/hub/checkpoints``) and are
+        downloaded there only when absent."""
+        from compressai.zoo.image import model_architectures, model_urls
+
+        qualities = sorted(model_urls[self.zoo_name]["mse"])
+        if isinstance(quality, bool) or int(quality) != quality or quality not in qualities:
+            raise QbenchError(
+                f"pretrained = {quality!r}: CompressAI's {self.zoo_name} zoo has qualities "
+                f"{qualities[0]}..{qualities[-1]}"
+            )
+        from compressai.zoo import image_models
+
+        net = image_models[self.zoo_name](quality=int(quality), pretrained=True)
+        if not isinstance(net, model_architectures[self.zoo_name]):  # pragma: no cover
+            raise QbenchError(f"the zoo's {self.zoo_name} is not {self.model_class.__name__}")
+        return net
 
     def set_quantizers(self, quantizers):
         super().set_quantizers(quantizers)
