@@ -39,7 +39,7 @@ from qbench.executors import check_executor
 from qbench.jobs import Job, Spec, fingerprint, make_job, stable_hash
 from qbench.registry import QbenchError, Registry, unknown_name_message
 from qbench.train import AMP_DTYPES, TrainConfig
-from qbench.weights import Blend, Refine, Train
+from qbench.weights import Blend, Refine, RefineBackbone, Train
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -466,6 +466,27 @@ class _FromAnchor:
 
 
 @dataclass(frozen=True)
+class _FromBackbone:
+    """``from_anchor = "backbone"``: refine only the quantizer of the backbone as built.
+
+    The backbone's own weights are the anchor (``pretrained = Q`` from
+    CompressAI's zoo, or ``checkpoint = FILE``): STanH's protocol on a
+    fixed-rate pretrained model, with no backbone training in the matrix.
+    """
+
+    refine_steps: int
+    refine_lr: float | None = None
+    stage = 1
+
+    def expand(self, grid: _Grid, q: Spec, path: str) -> None:
+        for bb, lam, ds, seed in itertools.product(
+            grid.backbones, grid.lambdas, grid.datasets, grid.seeds
+        ):
+            recipe = RefineBackbone(self.refine_steps, bb.label, self.refine_lr)
+            grid.add(bb, q, lam, ds, seed, recipe)
+
+
+@dataclass(frozen=True)
 class _Interpolation:
     """``interpolate``: ``points`` blends of the models of ``of`` at two lambdas."""
 
@@ -663,7 +684,21 @@ class _Checker:
             self.fail("matrix.seeds", f"duplicate seed in {value}")
         return list(value)
 
-    def derivation(self, entry: Any, path: str) -> _Trained | _FromAnchor | _Interpolation:
+    def refine_settings(self, entry: dict, path: str) -> tuple[int, float | None]:
+        """``(refine_steps, refine_lr)`` of a derived entry, checked."""
+        steps = entry.get("refine_steps", 500)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            self.fail(f"{path}.refine_steps", f"expected a positive integer, got {steps!r}")
+        lr = entry.get("refine_lr")
+        if lr is not None and (
+            isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0
+        ):
+            self.fail(f"{path}.refine_lr", f"expected a positive learning rate, got {lr!r}")
+        return steps, None if lr is None else float(lr)
+
+    def derivation(
+        self, entry: Any, path: str
+    ) -> _Trained | _FromAnchor | _FromBackbone | _Interpolation:
         """What a quantizer entry asks for: a trained model, a derived one, or blends."""
         if not isinstance(entry, dict):
             return _Trained()
@@ -672,6 +707,9 @@ class _Checker:
                 self.fail(f"{path}.{key}", "only meaningful with from_anchor")
         if "from_anchor" in entry and "interpolate" in entry:
             self.fail(f"{path}.interpolate", "cannot be combined with from_anchor")
+        if entry.get("from_anchor") == "backbone":
+            steps, lr = self.refine_settings(entry, path)
+            return _FromBackbone(steps, lr)
         if "from_anchor" in entry:
             lam, of = entry["from_anchor"], None
             if isinstance(lam, dict):
@@ -682,18 +720,11 @@ class _Checker:
             if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam <= 0:
                 self.fail(
                     f"{path}.from_anchor",
-                    f"expected the anchor's lambda (or {{ of = LABEL, lambda = LAMBDA }}), "
-                    f"got {lam!r}",
+                    f"expected the anchor's lambda, {{ of = LABEL, lambda = LAMBDA }} or "
+                    f'"backbone" (the backbone\'s own weights), got {lam!r}',
                 )
-            steps = entry.get("refine_steps", 500)
-            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-                self.fail(f"{path}.refine_steps", f"expected a positive integer, got {steps!r}")
-            lr = entry.get("refine_lr")
-            if lr is not None and (
-                isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0
-            ):
-                self.fail(f"{path}.refine_lr", f"expected a positive learning rate, got {lr!r}")
-            return _FromAnchor(float(lam), steps, None if lr is None else float(lr), of)
+            steps, lr = self.refine_settings(entry, path)
+            return _FromAnchor(float(lam), steps, lr, of)
         if "interpolate" in entry:
             it = entry["interpolate"]
             if not isinstance(it, dict):

@@ -2,12 +2,15 @@
 
 Every job carries one :class:`Recipe`, and :meth:`Recipe.produce` turns a
 freshly built model into the job's trained model. The built-in recipes are the
-three ways a matrix can ask for weights:
+four ways a matrix can ask for weights:
 
 * :class:`Train`: train backbone and quantizers from scratch (the ordinary job);
 * :class:`Refine`: load an anchor's trained weights, freeze the backbone and the
   auxiliary parameters, and train only the quantizers for a few steps (a
   *derived* model of the variable-rate protocol; ``from_anchor`` in a matrix);
+* :class:`RefineBackbone`: train only the quantizers of the backbone as built,
+  whose own weights (pretrained or from a checkpoint) are the anchor
+  (``from_anchor = "backbone"``);
 * :class:`Blend`: load two refined models and blend their quantizers with
   ``Quantizer.interpolate``, no training (``interpolate`` in a matrix).
 
@@ -187,6 +190,45 @@ class Refine(Recipe):
                 f"({self.origin})"
             )
         if self.lr is not None:  # a quantizer's few parameters may need their own rate
+            ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, lr=self.lr))
+        return _optimise(model, ctx, self.refine_steps, params, train_aux=False)
+
+
+@dataclass(frozen=True)
+class RefineBackbone(Recipe):
+    """Refine only the quantizers of the backbone as built (its own weights are the anchor).
+
+    For a backbone that starts from pretrained weights (``pretrained = Q``,
+    ``checkpoint = FILE``): the quantizers are inserted into the fixed-rate
+    model and only they are trained, for ``refine_steps`` (``from_anchor =
+    "backbone"`` in a matrix; STanH's protocol on a pretrained model). The
+    backbone and the auxiliary parameters stay frozen. ``origin`` names the
+    backbone.
+    """
+
+    refine_steps: int
+    origin: str
+    lr: float | None = None
+
+    def identity(self) -> dict[str, Any]:
+        out = {"recipe": "refine", "anchor": "backbone", "steps": self.refine_steps}
+        if self.lr is not None:
+            out["lr"] = self.lr
+        return out
+
+    def columns(self) -> dict[str, Any]:
+        return {"mode": "refine", "origin": self.origin, "interp_weight": None}
+
+    def steps(self, config: TrainConfig) -> int:
+        return self.refine_steps
+
+    def produce(self, model: Backbone, ctx: Context) -> Outcome:
+        params = list(model.quantizer_parameters())
+        if not params:
+            raise QbenchError(
+                f"the quantizer has no trainable parameters to refine on backbone {self.origin}"
+            )
+        if self.lr is not None:
             ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, lr=self.lr))
         return _optimise(model, ctx, self.refine_steps, params, train_aux=False)
 

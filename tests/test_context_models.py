@@ -133,3 +133,85 @@ def test_tiny_matrix_on_odd_grayscale_and_palette_images(tmp_path, backbone, che
         per_image = {row["image"] for row in csv.DictReader(f)}
     assert per_image == {"odd.png", "gray.png", "palette.png"}
     assert json.loads((out / "manifest.json").read_text())["statuses"] == {"ok": 5}
+
+
+def zoo_cache(tmp_path, monkeypatch, architecture, quality):
+    """A torch hub cache holding CompressAI's zoo file for ``architecture`` at ``quality``,
+    made here with random weights (no download): CompressAI's own loader reads it."""
+    from compressai.zoo.image import cfgs, model_architectures, model_urls
+
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(quality)
+    net = model_architectures[architecture](*cfgs[architecture][quality])
+    if hasattr(net, "context_prediction"):  # as trained weights are: masked taps are zero
+        net.context_prediction.weight.data *= net.context_prediction.mask
+    url = model_urls[architecture]["mse"][quality]
+    torch.save(net.state_dict(), cache / url.split("/")[-1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    return net
+
+
+PRETRAINED = """
+[matrix]
+backbones = [{{ name = "{backbone}", pretrained = {quality} }}]
+quantizers = [
+    {{ name = "stanh", latents = ["y"], from_anchor = "backbone", refine_steps = 3, refine_lr = 1e-2 }},
+    {{ name = "stanh", label = "stanh-interp", interpolate = {{ of = "stanh", between = [0.001, 0.01], points = 3 }} }},
+]
+lambdas = [0.001, 0.01]
+datasets = [{{ name = "embedded", split = "eval" }}]
+[train]
+steps = 1
+batch_size = 2
+crop = 64
+[eval]
+metrics = ["bpp", "bpp_bitstream", "psnr"]
+max_images = 1
+"""
+
+
+@pytest.mark.parametrize("backbone", ["mbt2018-mean", "mbt2018"])
+def test_stanh_derived_from_a_pretrained_backbone_that_stays_frozen(
+    tmp_path, monkeypatch, backbone
+):
+    """STanH's protocol on a zoo model: inserted, only its parameters refined, then blended."""
+    net = zoo_cache(tmp_path, monkeypatch, backbone, 1)
+    qbench.plugins.reset()
+    registry = qbench.plugins.get_plugins().registry
+    p = tmp_path / "m.toml"
+    p.write_text(PRETRAINED.format(backbone=backbone, quality=1))
+    m = load_matrix(p, registry)
+    assert not any(j.recipe.sources for j in m.jobs if j.quantizer.label == "stanh")
+    out = tmp_path / "run"
+    s = run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
+    assert s.statuses == {"ok": 5}, s.statuses
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    derived = [r for r in rows if r["quantizer"] == "stanh"]
+    assert {r["mode"] for r in derived} == {"refine"} and {r["origin"] for r in derived} == {
+        backbone
+    }
+    assert all(r["bitexact"] == "1.0" and r["steps"] == "3" for r in derived)
+    assert all(int(r["trained_parameters"]) == 120 for r in derived)  # STanH's, not the net's
+    assert {r["mode"] for r in rows if r["quantizer"] == "stanh-interp"} == {"interpolate"}
+    reference = net.state_dict()
+    for r in derived:
+        state = torch.load(out / "checkpoints" / f"{r['train_id']}.pt", weights_only=True)
+        for key, value in reference.items():  # the backbone is the zoo's, untouched
+            if not key.endswith(("_quantized_cdf", "_offset", "_cdf_length", "scale_table")):
+                assert torch.equal(state[f"net.{key}"], value), key
+        init = registry.build("quantizer", "stanh").state_dict()
+        moved = [k for k, v in init.items() if not torch.equal(state[f"quantizers.y.{k}"], v)]
+        assert moved, "the quantizer was refined"
+
+
+def test_pretrained_quality_outside_the_zoo_is_refused(registry):
+    from qbench.registry import QbenchError
+
+    with pytest.raises(
+        QbenchError, match=r"pretrained = 9: CompressAI's mbt2018 zoo has qualities 1\.\.8"
+    ):
+        registry.build("backbone", "mbt2018", pretrained=9)
+    with pytest.raises(QbenchError, match=r"cheng2020-attn zoo has qualities 1\.\.6"):
+        registry.build("backbone", "cheng2020-attn", pretrained=7)
