@@ -311,16 +311,19 @@ def qbench_register_backbones(register):
         Factorized,
         description="factorized prior (Balle et al. 2018), CompressAI FactorizedPrior",
         paths=("checkpoint",),
+        reference="compressai/bmshj2018-factorized",
     )
     register(
         "bmshj2018-hyperprior",
         Hyperprior,
         description="scale hyperprior (Balle et al. 2018), CompressAI ScaleHyperprior",
         paths=("checkpoint",),
+        reference="compressai/bmshj2018-hyperprior",
     )
     register(
         "mbt2018-mean",
         MeanScale,
         description="mean-scale hyperprior (Minnen et al. 2018), CompressAI MeanScaleHyperprior",
         paths=("checkpoint",),
+        reference="compressai/mbt2018-mean",
     )

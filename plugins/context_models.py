@@ -212,6 +212,7 @@ def qbench_register_backbones(register):
         description="joint autoregressive + hyperprior (Minnen et al. 2018), CompressAI "
         "JointAutoregressiveHierarchicalPriors; serial context coding",
         paths=("checkpoint",),
+        reference="compressai/mbt2018",
     )
     register(
         "cheng2020-anchor",
@@ -219,10 +220,12 @@ def qbench_register_backbones(register):
         description="Cheng et al. 2020 anchor (residual blocks, context model), CompressAI "
         "Cheng2020Anchor(N)",
         paths=("checkpoint",),
+        reference="compressai/cheng2020-anchor",
     )
     register(
         "cheng2020-attn",
         Cheng2020Attn,
         description="Cheng et al. 2020 with attention, CompressAI Cheng2020Attention(N)",
         paths=("checkpoint",),
+        reference="compressai/cheng2020-attn",
     )

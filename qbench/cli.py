@@ -132,6 +132,57 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_reference_curves(args) -> int:
+    from tabulate import tabulate
+
+    from qbench import reference
+
+    settings, curves = reference.catalogue()
+    if args.download:
+        reference.download(args.name or None, args.dir, args.url)
+    where = reference.folder(args.dir)
+    rows = [
+        [
+            name,
+            src.dataset,
+            src.psnr,
+            "yes" if (where / src.file).is_file() else "no",
+            src.description,
+        ]
+        for name, src in curves.items()
+    ]
+    print(tabulate(rows, headers=["name", "dataset", "psnr", "downloaded", "description"]))
+    print(
+        f"\nfolder: {where}; source: CompressAI results/image/kodak at {settings['commit'][:10]} "
+        "(BSD 3-Clause Clear License, InterDigital)"
+    )
+    return 0
+
+
+def cmd_verify_zoo(args) -> int:
+    from qbench.zoo import checks_table, verify_zoo
+
+    registry = _plugins(args).registry
+    kodak = registry.build("dataset", "kodak", path=args.kodak)
+    checks = verify_zoo(
+        registry,
+        kodak,
+        backbones=args.backbone or None,
+        qualities=args.quality or None,
+        bpp_tolerance=args.bpp_tolerance,
+        psnr_tolerance=args.psnr_tolerance,
+        reference_dir=args.reference_dir,
+    )
+    print()
+    print(checks_table(checks))
+    verdicts = [c.verdict for c in checks]
+    print(
+        f"\n{verdicts.count('ok')} ok, {verdicts.count('FAIL')} FAIL, "
+        f"{verdicts.count('skipped')} skipped"
+    )
+    return 1 if "FAIL" in verdicts or "ok" not in verdicts else 0
+
+
 def cmd_report(args) -> int:
     from qbench.report import bd_table_text, write_report
 
@@ -316,6 +367,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="store the weights as float16 (small tensors, e.g. bounds, stay exact)",
     )
     ex.set_defaults(func=cmd_export)
+
+    rc = sub.add_parser(
+        "reference-curves",
+        help="published Kodak curves (CompressAI's zoo, VTM, BPG, ...): list, --download",
+        description="List the published rate-distortion curves a matrix can draw with "
+        "[report] reference_curves, and fetch them once with --download (SHA-256 checked).",
+    )
+    rc.add_argument("name", nargs="*", help="curves to download (default: all)")
+    rc.add_argument("--download", action="store_true", help="fetch the files")
+    rc.add_argument(
+        "--dir",
+        help="where they are kept (default: $QBENCH_REFERENCE_CURVES or "
+        "~/.cache/qbench/reference-curves)",
+    )
+    rc.add_argument("--url", help="a mirror: a URL template with {commit} and {file}")
+    rc.set_defaults(func=cmd_reference_curves)
+
+    vz = sub.add_parser(
+        "verify-zoo",
+        help="evaluate CompressAI's pretrained models on Kodak and compare with the published "
+        "points",
+        description="Build each backbone that declares a published curve with pretrained = Q "
+        "(CompressAI's zoo loader, torch hub's cache), evaluate it on Kodak with qbench's "
+        "evaluation and compare bitstream bpp and PSNR with the published point. Needs the "
+        "reference curves (qbench reference-curves --download) and the zoo weights.",
+    )
+    vz.add_argument("--kodak", required=True, help="folder holding kodim01..24.png")
+    vz.add_argument("--backbone", action="append", default=[], help="repeatable (default: all)")
+    vz.add_argument("--quality", action="append", type=int, default=[], help="repeatable")
+    vz.add_argument("--bpp-tolerance", type=float, default=0.01, help="relative (0.01 = 1 %%)")
+    vz.add_argument("--psnr-tolerance", type=float, default=0.05, help="dB")
+    vz.add_argument("--reference-dir", help="where the reference curves are")
+    vz.set_defaults(func=cmd_verify_zoo)
 
     rep = sub.add_parser("report", help="rebuild tables and plots of a run directory")
     rep.add_argument("run_dir")

@@ -37,6 +37,7 @@ from typing import Any
 from qbench.evaluate import EvalConfig
 from qbench.executors import check_executor
 from qbench.jobs import Job, Spec, fingerprint, make_job, stable_hash
+from qbench.reference import check_names
 from qbench.registry import QbenchError, Registry, unknown_name_message
 from qbench.train import AMP_DTYPES, TrainConfig
 from qbench.weights import Blend, Refine, RefineBackbone, Train
@@ -318,6 +319,10 @@ def parse_matrix(
         report["anchor"] = labels[0]
     if not 0.0 <= report["min_overlap"] <= 1.0:
         ck.fail("report.min_overlap", f"must lie in [0, 1], got {report['min_overlap']}")
+    check_names(
+        report["reference_curves"],
+        lambda i, msg: ck.fail(f"report.reference_curves[{i}]", msg),
+    )
 
     monitor = _section(ck, raw, "monitor", base["monitor"])
     loggers = (

@@ -15,11 +15,14 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))
 
 
-def plot_rd(rd: pd.DataFrame, out: Path) -> list[Path]:
-    """One PNG per (backbone, dataset): PSNR vs bpp, a line per quantizer, seed std as bars."""
+def plot_rd(rd: pd.DataFrame, out: Path, references: dict | None = None) -> list[Path]:
+    """One PNG per (backbone, dataset): PSNR vs bpp, a line per quantizer, seed std as bars;
+    the published curves of ``references`` (``{dataset: [ReferenceCurve]}``) dashed."""
     paths = []
     for (bb, ds), grp in rd.groupby(["backbone", "dataset"], sort=False):
         fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+        for curve in (references or {}).get(ds, []):
+            ax.plot(curve.bpp, curve.psnr, "--", marker="x", alpha=0.7, label=curve.label)
         for q, qg in grp.groupby("quantizer", sort=False):
             qg = qg.sort_values("bpp")
             ax.errorbar(

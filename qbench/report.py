@@ -310,6 +310,69 @@ def _variable_rate_section(rows: list[dict], anchor: str) -> list[str]:
     ]
 
 
+def _reference_curves(manifest: dict, settings: dict, notes: list[str]) -> dict[str, list]:
+    """``{dataset label: [ReferenceCurve]}``: the curves the matrix asked for, on the
+    datasets they were measured on (a curve not downloaded is said in the notes)."""
+    from qbench.reference import catalogue, load
+
+    names = settings.get("reference_curves") or []
+    if not names:
+        return {}
+    _, sources = catalogue()
+    labels = manifest.get("datasets") or {}
+    out: dict[str, list] = {}
+    for name in names:
+        if name not in sources:
+            notes.append(f"reference curve {name!r} is not in this qbench's catalogue")
+            continue
+        on = [label for label, ds in labels.items() if ds == sources[name].dataset]
+        if not on:
+            notes.append(
+                f"reference curve {name!r} was measured on {sources[name].dataset!r}, which "
+                "this run does not evaluate"
+            )
+            continue
+        try:
+            curve = load(name)
+        except QbenchError as exc:
+            notes.append(str(exc))
+            continue
+        for label in on:
+            out.setdefault(label, []).append(curve)
+    return out
+
+
+def reference_rows(
+    ok: pd.DataFrame,
+    references: dict[str, list],
+    notes: list[str],
+    min_overlap: float = DEFAULT_MIN_OVERLAP,
+) -> list[dict]:
+    """Per (backbone, dataset, quantizer, published curve): the BD-rate of the run's curve
+    against the published one, mean and 95% CI over seeds, with overlap and flags."""
+    rows: list[dict] = []
+    if not references or "bpp" not in ok.columns or "psnr" not in ok.columns:
+        return rows
+    for (bb, ds), grp in ok.groupby(["backbone", "dataset"], sort=False):
+        for curve in references.get(ds, []):
+            ref = pd.DataFrame({"bpp": curve.bpp, "psnr": curve.psnr, "seed": -1})
+            for q in grp["quantizer"].unique():
+                where = f"{bb}, {ds}, {q} vs {curve.source.name}"
+                cell = _bd_over_seeds(ref, grp[grp["quantizer"] == q], min_overlap, notes, where)
+                if cell is not None:
+                    rows.append(
+                        {
+                            "backbone": bb,
+                            "dataset": ds,
+                            "quantizer": q,
+                            "published": curve.source.name,
+                            "psnr": curve.source.psnr,
+                            **cell,
+                        }
+                    )
+    return rows
+
+
 def bd_table_text(rows: list[dict], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2, default=lambda v: None)
@@ -422,6 +485,22 @@ def write_report(
             "",
         ]
 
+    references = _reference_curves(manifest, settings, notes)
+    ref_rows = reference_rows(ok, references, notes, min_overlap)
+    if ref_rows:
+        sections += [
+            "## Against published curves",
+            "",
+            "BD-rate of each run curve against each published curve asked for in `[report] "
+            "reference_curves` (the published curve is the anchor: negative = fewer bits); "
+            "mean and 95% t-interval over seeds, overlap and flags as above. `psnr`: how the "
+            "published PSNR was measured (`float`: reconstructions clamped in [0, 1], qbench's "
+            "convention; `8bit`: decoded 8-bit images, at most a few hundredths of a dB below "
+            "`float`).",
+            "",
+            _md(pd.DataFrame(ref_rows), ".2f"),
+            "",
+        ]
     sections += variable
     scheduled = [m for m in manifest.get("schedule_metrics", []) if m in declared]
     if not ok.empty and scheduled:
@@ -448,7 +527,7 @@ def write_report(
     if not write:
         return Report(summary, bd_rows, notes, [])
     try:
-        plots = _plots(run_dir, rd, bd_rows, anchor, ok if vr_rows else None)
+        plots = _plots(run_dir, rd, bd_rows, anchor, ok if vr_rows else None, references)
         if plots:
             sections += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
         if notes:
@@ -616,10 +695,11 @@ def _plots(
     bd_rows: list[dict],
     anchor: str,
     variable: pd.DataFrame | None = None,
+    references: dict | None = None,
 ) -> list[Path]:
     from qbench.plots import plot_bd, plot_rd, plot_schedule, plot_variable_rate
 
-    plots = plot_rd(rd, run_dir) if not rd.empty else []
+    plots = plot_rd(rd, run_dir, references) if not rd.empty else []
     if bd_rows:
         plots += plot_bd(bd_rows, run_dir, anchor)
     if variable is not None:

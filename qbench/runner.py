@@ -255,6 +255,7 @@ def _manifest(
         ],
         "plugin_problems": [vars(p) for p in plugins.problems],
         "disabled_plugins": list(disable),
+        "datasets": {j.dataset.label: j.dataset.name for j in matrix.jobs},
         "quantizers": {
             j.quantizer.label: {
                 "name": j.quantizer.name,

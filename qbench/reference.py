@@ -1,0 +1,186 @@
+"""How far is my curve from the published ones? Reference rate-distortion curves.
+
+The catalogue (``qbench/data/reference_curves.toml``) names published Kodak
+curves kept in CompressAI's repository: its zoo models (as evaluated by
+CompressAI, real bitstream) and classical codecs (VTM, HM, BPG, AV1, JPEG,
+JPEG 2000, WebP), each with its file, SHA-256, dataset and PSNR convention.
+qbench does not ship the points: :func:`download` fetches the files of the
+pinned commit once (``qbench reference-curves --download``), checks each
+SHA-256 and keeps them in :func:`folder` (``$QBENCH_REFERENCE_CURVES``, default
+``~/.cache/qbench/reference-curves``). A matrix asks for curves with
+``[report] reference_curves = ["compressai/mbt2018-mean", "vtm"]``; the report
+draws them on the RD plots of the datasets they were measured on and gives
+the BD-rate of every run curve against each of them (with the overlap and
+flags of :mod:`qbench.bdrate`). A curve asked for but not downloaded is said
+in the report's notes with the command that fetches it; it never fails a run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from qbench.registry import QbenchError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV = "QBENCH_REFERENCE_CURVES"
+CATALOGUE_ENV = "QBENCH_REFERENCE_CATALOGUE"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One catalogue entry: where a published curve comes from and how it was measured."""
+
+    name: str
+    file: str
+    sha256: str
+    dataset: str
+    psnr: str
+    description: str
+    zoo: str = ""
+
+
+@dataclass(frozen=True)
+class ReferenceCurve:
+    """A published curve: ``bpp`` and ``psnr`` (and ``ms_ssim``) per operating point."""
+
+    source: Source
+    label: str
+    bpp: tuple[float, ...]
+    psnr: tuple[float, ...]
+    ms_ssim: tuple[float, ...] = ()
+
+    def points(self) -> list[tuple[float, float]]:
+        return list(zip(self.bpp, self.psnr))
+
+
+def catalogue() -> tuple[dict[str, Any], dict[str, Source]]:
+    """``(settings, {name: Source})`` of ``qbench/data/reference_curves.toml``, or of the
+    catalogue file ``$QBENCH_REFERENCE_CATALOGUE`` (your own curves, same format)."""
+    own = os.environ.get(CATALOGUE_ENV)
+    if own:
+        try:
+            text = Path(own).read_text("utf-8")
+        except OSError as exc:
+            raise QbenchError(f"${CATALOGUE_ENV}: cannot read {own} ({exc})") from exc
+    else:
+        text = (resources.files("qbench") / "data" / "reference_curves.toml").read_text("utf-8")
+    data = tomllib.loads(text)
+    curves = {name: Source(name=name, **entry) for name, entry in data.pop("curves").items()}
+    return data, curves
+
+
+def folder(path: str | Path | None = None) -> Path:
+    """Where the downloaded curves are kept: ``path``, ``$QBENCH_REFERENCE_CURVES`` or the
+    user cache."""
+    if path:
+        return Path(path)
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV])
+    return Path.home() / ".cache" / "qbench" / "reference-curves"
+
+
+def check_names(names: Iterable[Any], fail: Callable[[str, str], None]) -> None:
+    """Every name must be in the catalogue (``fail(index, message)`` names the closest)."""
+    _, curves = catalogue()
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or name not in curves:
+            close = difflib.get_close_matches(str(name), list(curves), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            fail(
+                str(i),
+                f"unknown reference curve {name!r}{hint} (known: {', '.join(sorted(curves))})",
+            )
+
+
+def _refuse(index: str, message: str) -> None:
+    raise QbenchError(message)
+
+
+def load(name: str, where: str | Path | None = None) -> ReferenceCurve:
+    """The curve ``name`` from the downloaded files (QbenchError naming the fix if absent)."""
+    _, curves = catalogue()
+    if name not in curves:
+        raise QbenchError(f"unknown reference curve {name!r}")
+    src = curves[name]
+    path = folder(where) / src.file
+    if not path.is_file():
+        raise QbenchError(
+            f"reference curve {name!r}: {path} is missing; fetch it with "
+            f"`qbench reference-curves --download` (or set ${ENV})"
+        )
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != src.sha256:
+        raise QbenchError(f"reference curve {name!r}: {path} does not match its SHA-256")
+    doc = json.loads(data)
+    results = doc["results"]
+    bpp, psnr = results.get("bpp", []), results.get("psnr-rgb", [])
+    if not bpp or len(bpp) != len(psnr):
+        raise QbenchError(f"reference curve {name!r}: {path} holds no (bpp, psnr-rgb) points")
+    ms_ssim = results.get("ms-ssim-rgb") or [float("nan")] * len(bpp)
+    order = sorted(range(len(bpp)), key=lambda i: bpp[i])
+    return ReferenceCurve(
+        src,
+        f"{doc.get('name', name)} (published)",
+        tuple(float(bpp[i]) for i in order),
+        tuple(float(psnr[i]) for i in order),
+        tuple(float(ms_ssim[i]) for i in order),
+    )
+
+
+def download(
+    names: Iterable[str] | None = None,
+    where: str | Path | None = None,
+    url: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[Path]:
+    """Fetch the catalogue's files (all, or ``names``) into :func:`folder`, SHA-256 checked.
+
+    ``url`` replaces the catalogue's URL template (``{commit}`` and ``{file}``
+    are filled in; a ``file://`` mirror works too). A file already there with
+    the right checksum is kept. A download whose checksum differs is not kept.
+    """
+    settings, curves = catalogue()
+    wanted = list(curves) if names is None else list(names)
+    check_names(wanted, _refuse)
+    target = folder(where)
+    target.mkdir(parents=True, exist_ok=True)
+    template = url or settings["url"]
+    done = []
+    for name in wanted:
+        src = curves[name]
+        path = target / src.file
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == src.sha256:
+            done.append(path)
+            continue
+        address = template.format(commit=settings["commit"], file=src.file)
+        try:
+            with urllib.request.urlopen(address, timeout=60) as response:  # noqa: S310
+                data = response.read()
+        except OSError as exc:
+            raise QbenchError(f"reference curve {name!r}: cannot fetch {address}: {exc}") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != src.sha256:
+            raise QbenchError(
+                f"reference curve {name!r}: {address} has SHA-256 {digest}, expected "
+                f"{src.sha256}; not kept"
+            )
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        echo(f"fetched {name} -> {path}")
+        done.append(path)
+    return done

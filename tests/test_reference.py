@@ -1,0 +1,202 @@
+"""Published reference curves (download, checks, report) and qbench verify-zoo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from qbench import reference
+from qbench.matrix import MatrixError, load_matrix
+from qbench.registry import QbenchError
+from qbench.report import reference_rows
+
+from .test_context_models import zoo_cache
+from .test_runner import tiny
+
+
+def curve_file(folder, name, bpp, psnr):
+    """A published-curve file in CompressAI's results format; returns its SHA-256."""
+    doc = {"name": name, "description": "test", "results": {"bpp": bpp, "psnr-rgb": psnr}}
+    data = json.dumps(doc).encode()
+    (folder / f"{name}.json").write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def own_catalogue(tmp_path, monkeypatch, curves: dict, dataset="embedded"):
+    """A catalogue of test-made curves (``$QBENCH_REFERENCE_CATALOGUE``, the format of
+    qbench/data/reference_curves.toml) and the folder holding them."""
+    store = tmp_path / "curves"
+    store.mkdir(exist_ok=True)
+    lines = ['commit = "test"', 'url = "unused/{commit}/{file}"']
+    for name, (bpp, psnr) in curves.items():
+        digest = curve_file(store, name.replace("/", "_"), bpp, psnr)
+        lines += [
+            f'[curves."{name}"]',
+            f'file = "{name.replace("/", "_")}.json"',
+            f'sha256 = "{digest}"',
+            f'dataset = "{dataset}"',
+            'psnr = "float"',
+            'description = "made by the test"',
+        ]
+    cat = tmp_path / "catalogue.toml"
+    cat.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv(reference.CATALOGUE_ENV, str(cat))
+    monkeypatch.setenv(reference.ENV, str(store))
+    return store
+
+
+def test_the_shipped_catalogue_is_complete():
+    settings, curves = reference.catalogue()
+    assert len(settings["commit"]) == 40 and "{file}" in settings["url"]
+    for name in ("compressai/bmshj2018-hyperprior", "compressai/mbt2018", "vtm", "bpg", "jpeg"):
+        assert name in curves
+    for src in curves.values():
+        assert len(src.sha256) == 64 and src.psnr in ("float", "8bit") and src.dataset == "kodak"
+
+
+def test_unknown_curve_in_a_matrix_names_the_key_and_the_closest(tmp_path, registry):
+    p = tiny(tmp_path)
+    p.write_text(p.read_text() + '\n[report]\nreference_curves = ["compresai/mbt2018-mean"]\n')
+    with pytest.raises(MatrixError) as info:
+        load_matrix(p, registry)
+    msg = str(info.value)
+    assert "report.reference_curves[0]" in msg and "did you mean 'compressai/mbt2018-mean'" in msg
+
+
+def test_download_from_a_mirror_checks_the_sha256(tmp_path, monkeypatch):
+    store = own_catalogue(tmp_path, monkeypatch, {"lab/model": ([0.1, 0.2], [28.0, 30.0])})
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "lab_model.json").write_bytes((store / "lab_model.json").read_bytes())
+    target = tmp_path / "cache"
+    lines = []
+    (path,) = reference.download(None, target, f"file://{mirror}/{{file}}", echo=lines.append)
+    assert path == target / "lab_model.json" and lines == [f"fetched lab/model -> {path}"]
+    curve = reference.load("lab/model", target)
+    assert curve.bpp == (0.1, 0.2) and curve.psnr == (28.0, 30.0)
+    # a mirror serving other bytes is refused and nothing is kept
+    (mirror / "lab_model.json").write_text("{}")
+    path.unlink()
+    with pytest.raises(QbenchError, match="has SHA-256 .* expected"):
+        reference.download(None, target, f"file://{mirror}/{{file}}")
+    assert not path.exists()
+    with pytest.raises(QbenchError, match=r"is missing; fetch it with `qbench reference-curves"):
+        reference.load("lab/model", target)
+
+
+def test_bd_rate_against_a_published_curve():
+    """A run needing 10 % more bits than the published curve at every PSNR reads +10 %."""
+    psnr = [26.0, 28.0, 30.0, 32.0]
+    published = reference.ReferenceCurve(
+        reference.Source("lab/x", "x.json", "0" * 64, "kodak", "float", "test"),
+        "x (published)",
+        (0.1, 0.2, 0.4, 0.8),
+        tuple(psnr),
+    )
+    ok = pd.DataFrame(
+        {
+            "backbone": "b",
+            "dataset": "kodak",
+            "quantizer": "noise",
+            "seed": 0,
+            "bpp": [1.1 * b for b in published.bpp],
+            "psnr": psnr,
+        }
+    )
+    notes: list[str] = []
+    (row,) = reference_rows(ok, {"kodak": [published]}, notes)
+    assert row["published"] == "lab/x" and row["psnr"] == "float"
+    assert row["bd_rate_%"] == pytest.approx(10.0, abs=1e-6) and row["overlap_%"] == 100.0
+    assert not notes
+
+
+def test_report_draws_the_curves_and_says_what_it_could_not_compute(
+    tmp_path, monkeypatch, registry
+):
+    from qbench.report import write_report
+    from qbench.runner import run_matrix
+
+    own_catalogue(tmp_path, monkeypatch, {"lab/ref": ([0.1, 0.3, 0.6, 1.0], [22, 25, 28, 31])})
+    p = tiny(tmp_path, steps=2)
+    p.write_text(p.read_text() + '\n[report]\nreference_curves = ["lab/ref", "lab/ref"]\n')
+    m = load_matrix(p, registry)
+    run_matrix(m, tmp_path / "run", device="cpu", show_progress=False, echo=lambda *_: None)
+    report = write_report(tmp_path / "run")
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "fewer than 4" in text or "not computed" in text
+    assert any("vs lab/ref" in n for n in report.notes), report.notes
+    assert (tmp_path / "run" / "rd_bmshj2018-factorized_embedded.png").exists()
+
+
+def kodak_folder(tmp_path, registry):
+    folder = tmp_path / "kodak"
+    folder.mkdir()
+    ds = registry.build("dataset", "embedded", split="eval")
+    for i in range(2):
+        Image.fromarray(ds.uint8(i).permute(1, 2, 0).numpy()).save(folder / f"kodim0{i + 1}.png")
+    return folder
+
+
+def test_verify_zoo_compares_with_the_published_points(tmp_path, monkeypatch, registry):
+    """CompressAI's loader on a locally made cache file; the published point is what the
+    model gives (ok), then a point it does not give (FAIL, with the reason)."""
+    from qbench.evaluate import evaluate
+    from qbench.zoo import verify_zoo
+
+    zoo_cache(tmp_path, monkeypatch, "bmshj2018-factorized", 1)
+    kodak = registry.build("dataset", "kodak", path=str(kodak_folder(tmp_path, registry)))
+    model = registry.build("backbone", "bmshj2018-factorized", pretrained=1)
+    import qbench
+
+    model.set_quantizers({k: qbench.Quantizer() for k in model.latents})
+    metrics = [registry.build("metric", m) for m in ("bpp_bitstream", "psnr")]
+    avg, _ = evaluate(model, [kodak[i] for i in range(2)], kodak.names, metrics)
+    bpp, psnr = avg["bpp_bitstream"], avg["psnr"]
+    own_catalogue(
+        tmp_path,
+        monkeypatch,
+        {"compressai/bmshj2018-factorized": ([bpp, 2 * bpp], [psnr, psnr + 3])},
+        dataset="kodak",
+    )
+    lines: list[str] = []
+    (check,) = verify_zoo(registry, kodak, ["bmshj2018-factorized"], [1], echo=lines.append)
+    assert check.verdict == "ok" and check.bpp == pytest.approx(bpp)
+    own_catalogue(
+        tmp_path,
+        monkeypatch,
+        {"compressai/bmshj2018-factorized": ([bpp * 1.05, 2 * bpp], [psnr, psnr + 3])},
+        dataset="kodak",
+    )
+    (check,) = verify_zoo(registry, kodak, ["bmshj2018-factorized"], [1], echo=lines.append)
+    assert check.verdict == "FAIL" and "bpp off by" in check.reason
+    (check,) = verify_zoo(registry, kodak, ["bmshj2018-factorized"], [3], echo=lines.append)
+    assert check.verdict == "skipped" and "qualities 1..2" in check.reason
+    with pytest.raises(QbenchError, match="declares no published curve"):
+        verify_zoo(registry, kodak, ["nope"], [1])
+    torch.manual_seed(0)
+
+
+def test_verify_zoo_skips_cleanly_without_weights(tmp_path, monkeypatch, registry):
+    from qbench.zoo import verify_zoo
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    own_catalogue(
+        tmp_path,
+        monkeypatch,
+        {"compressai/bmshj2018-factorized": ([0.1, 0.2], [27.0, 30.0])},
+        dataset="kodak",
+    )
+    kodak = registry.build("dataset", "kodak", path=str(kodak_folder(tmp_path, registry)))
+    # no network here: CompressAI's loader cannot fetch the weights, the check is skipped
+    monkeypatch.setattr("compressai.zoo.image.load_state_dict_from_url", _offline)
+    (check,) = verify_zoo(registry, kodak, ["bmshj2018-factorized"], [1], echo=lambda *_: 0)
+    assert check.verdict == "skipped" and "weights not available" in check.reason
+
+
+def _offline(url, *args, **kwargs):
+    raise OSError(f"no network to fetch {url}")
