@@ -1,4 +1,11 @@
-"""Image datasets: ``folder``, ``kodak`` and the embedded ``embedded`` set."""
+"""Image datasets: ``folder``, the test sets of the papers (``kodak``, ``tecnick``,
+``clic-pro``) and the embedded ``embedded`` set.
+
+Each test set reads a local folder, keeps the real download code (an archive
+or the files, checked against the published digest, unpacked into the
+folder; tested on local mirrors, never downloaded in the tests) and names the
+images it expects when some are missing (in the rows' ``skipped`` column).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import hashlib
 import os
 import shutil
 import urllib.request
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -102,7 +110,145 @@ def kodak(path: str | None = None, download: bool = False) -> ImageDataset:
     files = [root / n for n in KODAK_SHA256 if (root / n).exists()]
     if not files:
         raise DatasetError(f"Kodak folder {root} holds none of kodim01..24.png")
-    return ImageDataset(files, description=f"kodak {root}")
+    return _test_set(root, "kodak", files, list(KODAK_SHA256))
+
+
+#: Tecnick TESTIMAGES, SAMPLING set (Asuni, Giachetti, "TESTIMAGES: a large-scale archive
+#: for testing visual devices and basic image processing algorithms", STAG 2014): the 100
+#: RGB 1200x1200 images the STanH paper evaluates on, in the archive's RGB/RGB_OR_1200x1200.
+TECNICK_URL = (
+    "https://sourceforge.net/projects/testimages/files/OLD/OLD_SAMPLING/testimages.zip/download"
+)
+TECNICK_MEMBERS = "RGB/RGB_OR_1200x1200/"
+TECNICK_NAMES = [f"RGB_OR_1200x1200_{i:03d}.png" for i in range(1, 101)]
+
+#: CLIC professional sets: (archive URL, SHA-1 as published with it, images expected).
+#: The 2020 validation set (41 images) and the 2021 test set.
+CLIC_PRO = {
+    "valid": (
+        "https://data.vision.ee.ethz.ch/cvl/clic/professional_valid_2020.zip",
+        "196a602548afcc1949e5ec3a5dd0f6e713b34201",
+        41,
+    ),
+    "test": (
+        "https://storage.googleapis.com/clic2021_public/professional_test_2021.zip",
+        "6dadb31eeae6cee8d2455a35818129eb68b0adbb",
+        None,
+    ),
+}
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_archive(
+    url: str,
+    dest: str | Path,
+    members: str = "",
+    sha1: str | None = None,
+    expect: list[str] | None = None,
+) -> Path:
+    """Fetch a zip archive, check it, and unpack its PNG images under ``members`` into ``dest``.
+
+    ``sha1``: the archive's published digest (a mismatch deletes the download
+    and raises). ``expect``: file names that must all be in the archive (the
+    content check of an archive published without a digest). Only image files
+    are written, flat, by their base name; ``url`` may be ``file://`` (a mirror).
+    """
+    dest = Path(dest).expanduser()
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / ".download.zip"
+    with urllib.request.urlopen(url, timeout=600) as r, open(archive, "wb") as f:
+        shutil.copyfileobj(r, f)
+    try:
+        if sha1 is not None:
+            got = _digest(archive, "sha1")
+            if got != sha1:
+                raise DatasetError(f"{url}: SHA-1 mismatch ({got} != {sha1}); nothing kept")
+        with zipfile.ZipFile(archive) as z:
+            wanted = [
+                n
+                for n in z.namelist()
+                if n.startswith(members)
+                and n.lower().endswith(".png")
+                and not Path(n).name.startswith("._")
+            ]
+            names = {Path(n).name for n in wanted}
+            missing = sorted(set(expect or ()) - names)
+            if missing:
+                raise DatasetError(
+                    f"{url}: the archive lacks {len(missing)} expected images under "
+                    f"{members or '/'} (e.g. {', '.join(missing[:3])}); nothing kept"
+                )
+            for n in wanted:
+                (dest / Path(n).name).write_bytes(z.read(n))
+    finally:
+        archive.unlink(missing_ok=True)
+    return dest
+
+
+def _test_set(root: Path, name: str, files: list[Path], expected: list[str] | int | None):
+    """The dataset of ``files`` with the expected images that are missing named as skipped."""
+    if not files:
+        raise DatasetError(f"{name} folder {root} holds none of its images")
+    ds = ImageDataset(files, description=f"{name} {root}", root=root)
+    if isinstance(expected, list):
+        present = {f.name for f in files}
+        ds.skipped += [
+            (str(root / n), f"missing from {root} ({name} expects it)")
+            for n in expected
+            if n not in present
+        ]
+    elif isinstance(expected, int) and len(files) != expected:
+        ds.skipped.append((str(root), f"{name} expects {expected} images, {len(files)} found"))
+    return ds
+
+
+def _root(path: str | None, env: str, default: str) -> Path:
+    return Path(path or os.environ.get(env, default)).expanduser()
+
+
+def tecnick(path: str | None = None, download: bool = False) -> ImageDataset:
+    """Tecnick TESTIMAGES SAMPLING, RGB 1200x1200: ``RGB_OR_1200x1200_001..100.png``.
+
+    ``path`` defaults to ``$QBENCH_TECNICK`` or ``~/.cache/qbench/tecnick``.
+    ``download = true`` fetches the TESTIMAGES archive and unpacks that folder
+    (no digest is published with it: the archive must hold all 100 images).
+    """
+    root = _root(path, "QBENCH_TECNICK", "~/.cache/qbench/tecnick")
+    if download and not all((root / n).exists() for n in TECNICK_NAMES):
+        download_archive(TECNICK_URL, root, TECNICK_MEMBERS, expect=TECNICK_NAMES)
+    if not root.is_dir():
+        raise DatasetError(
+            f"Tecnick folder {root} does not exist (set path = ..., $QBENCH_TECNICK, or "
+            "download = true)"
+        )
+    files = [root / n for n in TECNICK_NAMES if (root / n).exists()]
+    return _test_set(root, "tecnick", files, TECNICK_NAMES)
+
+
+def clic_pro(split: str = "valid", path: str | None = None, download: bool = False):
+    """CLIC professional images: ``split = "valid"`` (2020 validation, 41 images) or
+    ``"test"`` (2021 test). ``path`` defaults to ``$QBENCH_CLIC/professional-<split>`` or
+    ``~/.cache/qbench/clic/professional-<split>``; ``download = true`` fetches the
+    archive and checks its published SHA-1."""
+    if split not in CLIC_PRO:
+        raise ValueError(f"split must be one of {', '.join(CLIC_PRO)}, got {split!r}")
+    url, sha1, count = CLIC_PRO[split]
+    base = os.environ.get("QBENCH_CLIC", "~/.cache/qbench/clic")
+    root = Path(path).expanduser() if path else Path(base).expanduser() / f"professional-{split}"
+    if download and not (root.is_dir() and list_images(root, recursive=False)):
+        download_archive(url, root, sha1=sha1)
+    if not root.is_dir():
+        raise DatasetError(
+            f"CLIC folder {root} does not exist (set path = ..., $QBENCH_CLIC, or download = true)"
+        )
+    return _test_set(root, f"clic-pro {split}", list_images(root, recursive=False), count)
 
 
 def embedded(split: str = "eval") -> ImageDataset:
@@ -127,6 +273,19 @@ def qbench_register_datasets(register):
         "kodak",
         kodak,
         description="Kodak kodim01..24 (path = ..., download = true)",
+        paths=("path",),
+    )
+    register(
+        "tecnick",
+        tecnick,
+        description="Tecnick TESTIMAGES RGB 1200x1200, 100 images (path = ..., download = true)",
+        paths=("path",),
+    )
+    register(
+        "clic-pro",
+        clic_pro,
+        description="CLIC professional, split = valid (2020) | test (2021) (path = ..., "
+        "download = true)",
         paths=("path",),
     )
     register("embedded", embedded, description="small Kodak crops shipped with qbench")

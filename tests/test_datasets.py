@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +131,73 @@ def test_kodak_from_local_folder(registry):
     # the shared copy is the published one: checksums verify without a download
     for name, digest in list(dsmod.KODAK_SHA256.items())[:3]:
         assert hashlib.sha256((KODAK / name).read_bytes()).hexdigest() == digest
+
+
+def _zip_of_pngs(path, names, size=8):
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as z:
+        for n in names:
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+            z.writestr(n, buf.getvalue())
+        z.writestr("README.txt", "not an image")
+    return path
+
+
+def test_tecnick_downloads_from_a_mirror_and_names_missing_images(tmp_path, monkeypatch, registry):
+    import qbench_plugins.datasets as d
+
+    members = [f"testimages/RGB/RGB_OR_1200x1200/{n}" for n in d.TECNICK_NAMES]
+    monkeypatch.setattr(d, "TECNICK_MEMBERS", "testimages/RGB/RGB_OR_1200x1200/")
+    mirror = _zip_of_pngs(tmp_path / "testimages.zip", members + ["testimages/RGB/other/x.png"])
+    monkeypatch.setattr(d, "TECNICK_URL", mirror.as_uri())
+    ds = registry.build("dataset", "tecnick", path=str(tmp_path / "tecnick"), download=True)
+    assert len(ds) == 100 and ds.names[0] == "RGB_OR_1200x1200_001.png" and not ds.skipped
+    assert not (tmp_path / "tecnick" / "x.png").exists(), "only the 1200x1200 folder is unpacked"
+    for n in ("RGB_OR_1200x1200_007.png", "RGB_OR_1200x1200_100.png"):
+        (tmp_path / "tecnick" / n).unlink()
+    ds = registry.build("dataset", "tecnick", path=str(tmp_path / "tecnick"))
+    assert len(ds) == 98
+    assert [Path(p).name for p, _ in ds.skipped] == [
+        "RGB_OR_1200x1200_007.png",
+        "RGB_OR_1200x1200_100.png",
+    ]
+    # an archive without the expected images is refused, nothing kept
+    bad = _zip_of_pngs(tmp_path / "bad.zip", ["testimages/RGB/RGB_OR_1200x1200/a.png"])
+    monkeypatch.setattr(d, "TECNICK_URL", bad.as_uri())
+    with pytest.raises(DatasetError, match="lacks 100 expected images"):
+        registry.build("dataset", "tecnick", path=str(tmp_path / "t2"), download=True)
+    assert not list((tmp_path / "t2").glob("*.png"))
+
+
+def test_clic_pro_checks_the_published_digest(tmp_path, monkeypatch, registry):
+    import hashlib
+
+    import qbench_plugins.datasets as d
+
+    mirror = _zip_of_pngs(tmp_path / "valid.zip", [f"valid/img{i}.png" for i in range(3)])
+    sha1 = hashlib.sha1(mirror.read_bytes()).hexdigest()
+    monkeypatch.setitem(d.CLIC_PRO, "valid", (mirror.as_uri(), sha1, 41))
+    ds = registry.build("dataset", "clic-pro", path=str(tmp_path / "clic"), download=True)
+    assert len(ds) == 3
+    assert ds.skipped == [(str(tmp_path / "clic"), "clic-pro valid expects 41 images, 3 found")]
+    monkeypatch.setitem(d.CLIC_PRO, "valid", (mirror.as_uri(), "0" * 40, 41))
+    with pytest.raises(DatasetError, match="SHA-1 mismatch"):
+        registry.build("dataset", "clic-pro", path=str(tmp_path / "c2"), download=True)
+    assert not list((tmp_path / "c2").iterdir())
+    with pytest.raises(Exception, match="split must be one of valid, test"):
+        registry.build("dataset", "clic-pro", split="train", path=str(tmp_path))
+
+
+def test_kodak_names_the_missing_images(tmp_path, registry):
+    folder = tmp_path / "kodak"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(folder / "kodim03.png")
+    ds = registry.build("dataset", "kodak", path=str(folder))
+    assert len(ds) == 1 and len(ds.skipped) == 23
+    assert ds.skipped[0] == (
+        str(folder / "kodim01.png"),
+        f"missing from {folder} (kodak expects it)",
+    )
