@@ -310,6 +310,27 @@ def _variable_rate_section(rows: list[dict], anchor: str) -> list[str]:
     ]
 
 
+#: relative difference of the likelihood and bitstream bpp beyond which the report says so
+RATE_GAP = 0.05
+
+
+def rate_gaps(ok: pd.DataFrame) -> list[str]:
+    """A note per curve whose likelihood bpp and real bitstream bpp differ by more than
+    :data:`RATE_GAP` on average: there the likelihood is no proxy for the coded rate."""
+    if "bpp" not in ok.columns or "bpp_bitstream" not in ok.columns or ok.empty:
+        return []
+    gap = ok["bpp_bitstream"] / ok["bpp"] - 1.0
+    out = []
+    for (bb, ds, q), g in gap.groupby([ok["backbone"], ok["dataset"], ok["quantizer"]]):
+        mean = float(g.mean())
+        if math.isfinite(mean) and abs(mean) > RATE_GAP:
+            out.append(
+                f"{bb}, {ds}, {q}: the real bitstream is {100 * mean:+.1f} % off the likelihood "
+                f"bpp on average (more than {RATE_GAP:.0%}): read `bpp_bitstream` for its rate"
+            )
+    return out
+
+
 def _reference_curves(manifest: dict, settings: dict, notes: list[str]) -> dict[str, list]:
     """``{dataset label: [ReferenceCurve]}``: the curves the matrix asked for, on the
     datasets they were measured on (a curve not downloaded is said in the notes)."""
@@ -431,6 +452,7 @@ def write_report(
             for (ds, text), _ in ok.groupby(["dataset", col], dropna=True):
                 if str(text):
                     notes.append(f"{ds}: {what}: {text}")
+    notes += rate_gaps(ok)
     n_flag = int((ok["status"] != "ok").sum()) if "status" in ok.columns else 0
     sections = [
         f"# qbench report: {run_dir.name}",

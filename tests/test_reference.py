@@ -200,3 +200,19 @@ def test_verify_zoo_skips_cleanly_without_weights(tmp_path, monkeypatch, registr
 
 def _offline(url, *args, **kwargs):
     raise OSError(f"no network to fetch {url}")
+
+
+def test_report_says_when_the_likelihood_is_no_proxy_for_the_bitstream():
+    from qbench.report import rate_gaps
+
+    ok = pd.DataFrame(
+        {
+            "backbone": "b",
+            "dataset": "kodak",
+            "quantizer": ["stanh", "stanh", "noise", "noise"],
+            "bpp": [0.30, 0.50, 0.30, 0.50],
+            "bpp_bitstream": [0.35, 0.58, 0.303, 0.51],
+        }
+    )
+    (note,) = rate_gaps(ok)
+    assert note.startswith("b, kodak, stanh: the real bitstream is +16.3 % off")
