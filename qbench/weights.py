@@ -123,6 +123,20 @@ def _optimise(
     )
 
 
+def _refine_quantizers(
+    model: Backbone, ctx: Context, steps: int, lr: float | None, origin: str
+) -> Outcome:
+    """Train only the quantizers' parameters of ``model`` as it stands (Refine and
+    RefineBackbone); ``lr`` replaces ``[train] lr`` (a quantizer's few parameters may
+    need their own rate)."""
+    params = list(model.quantizer_parameters())
+    if not params:
+        raise QbenchError(f"the quantizer has no trainable parameters to refine ({origin})")
+    if lr is not None:
+        ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, lr=lr))
+    return _optimise(model, ctx, steps, params, train_aux=False)
+
+
 @dataclass(frozen=True)
 class Train(Recipe):
     """Train every parameter from the freshly initialised model for ``[train] steps``."""
@@ -183,15 +197,7 @@ class Refine(Recipe):
             state = {k: v for k, v in state.items() if not k.startswith("quantizers.") and k in own}
             state.update({k: v for k, v in own.items() if k.startswith("quantizers.")})
         model.load_state_dict(state)
-        params = list(model.quantizer_parameters())
-        if not params:
-            raise QbenchError(
-                "the quantizer has no trainable parameters to refine from an anchor "
-                f"({self.origin})"
-            )
-        if self.lr is not None:  # a quantizer's few parameters may need their own rate
-            ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, lr=self.lr))
-        return _optimise(model, ctx, self.refine_steps, params, train_aux=False)
+        return _refine_quantizers(model, ctx, self.refine_steps, self.lr, self.origin)
 
 
 @dataclass(frozen=True)
@@ -223,14 +229,7 @@ class RefineBackbone(Recipe):
         return self.refine_steps
 
     def produce(self, model: Backbone, ctx: Context) -> Outcome:
-        params = list(model.quantizer_parameters())
-        if not params:
-            raise QbenchError(
-                f"the quantizer has no trainable parameters to refine on backbone {self.origin}"
-            )
-        if self.lr is not None:
-            ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, lr=self.lr))
-        return _optimise(model, ctx, self.refine_steps, params, train_aux=False)
+        return _refine_quantizers(model, ctx, self.refine_steps, self.lr, self.origin)
 
 
 @dataclass(frozen=True)
