@@ -103,19 +103,21 @@ metrics = ["bpp", "bpp_bitstream", "psnr"]
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "backbone, check_rate",
-    [("mbt2018", True), ("cheng2020-anchor", False), ("cheng2020-attn", False)],
+    "backbone, steps, check_rate",
+    [("mbt2018", 400, True), ("cheng2020-anchor", 100, False), ("cheng2020-attn", 100, False)],
 )
-def test_tiny_matrix_on_odd_grayscale_and_palette_images(tmp_path, backbone, check_rate):
+def test_tiny_matrix_on_odd_grayscale_and_palette_images(tmp_path, backbone, steps, check_rate):
     """Every surrogate trains and codes bit-exactly; on mbt2018 the likelihood bpp is
     within 5 % of the bitstream's after 400 steps. The Cheng models are not calibrated
-    that soon on a CPU (up to 14 % apart for stanh, the bitstream the smaller: an
-    untrained model's tails), so for them only the coding is checked here."""
+    that soon on a CPU (stanh on cheng2020-attn stays 12-17 % apart, docs/backbones.md),
+    so for them only the coding is checked, after 100 steps."""
     qbench.plugins.reset()
     registry = qbench.plugins.get_plugins().registry
     folder = odd_images(tmp_path, registry)
     p = tmp_path / "m.toml"
-    p.write_text(TINY.format(backbone=backbone, folder=folder))
+    p.write_text(
+        TINY.format(backbone=backbone, folder=folder).replace("steps = 400", f"steps = {steps}")
+    )
     out = tmp_path / "run"
     s = run_matrix(
         load_matrix(p, registry), out, device="cpu", show_progress=False, echo=lambda *_: None
