@@ -10,7 +10,7 @@ Layout of a run directory::
     manifest.json          versions, device, matrix, plugins
     checkpoints/<train_id>.pt  trained weights (shared by jobs that differ
                            only in the evaluation dataset)
-    checkpoints/<train_id>.snap*.pt|json  resumable snapshots of a training
+    checkpoints/<train_id>.snap-[ab].pt|json  resumable snapshots of a training
                            under way (qbench/resume.py)
     running/<train_id>.json    a group being produced now: host, pid, step
                            (a heartbeat; removed when its rows are written)

@@ -10,16 +10,17 @@ schedule records so far and the training seconds spent. A job resumed from it
 ends with weights bit-identical to an uninterrupted run's (on the same device
 and threads; ``tests/test_resume.py``).
 
-Files, under ``checkpoints/`` of the run directory::
+Files, under ``checkpoints/`` of the run directory, two slots written in
+turn (a new snapshot always overwrites the older one)::
 
-    <train_id>.snap.pt        the newest snapshot
-    <train_id>.snap.json      its step and SHA-256 (written after the .pt)
-    <train_id>.snap-prev.pt   the one before (and its .json)
+    <train_id>.snap-a.pt, <train_id>.snap-a.json   one snapshot and its record
+    <train_id>.snap-b.pt, <train_id>.snap-b.json   (step, SHA-256), written after it
 
-A snapshot is written to a temporary file and renamed into place; the newest
-becomes ``-prev`` first. A snapshot whose ``.json`` is missing, whose bytes do
-not match the recorded SHA-256, or that does not load is never used: the
-previous one is, or a fresh start, and the job's row says which (``resumed``).
+A slot's ``.pt`` is written to a temporary file and renamed into place, then
+its ``.json``; a kill at any instant leaves the other slot whole. A snapshot
+whose record is missing or stale, whose bytes do not match the recorded
+SHA-256, or that does not load is never used: the other slot is (the older
+snapshot), or a fresh start, and the job's row says which (``resumed``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -93,61 +93,75 @@ class Snapshots:
             (``""``: nothing to resume from).
     """
 
+    SLOTS = ("snap-a", "snap-b")
+
     def __init__(self, folder: Path, train_id: str, policy: SnapshotPolicy) -> None:
         self.folder = Path(folder)
         self.train_id = train_id
         self.policy = policy
         self.resumed = ""
         self.last_saved = time.monotonic()
+        self._next: str | None = None
 
-    def _paths(self, generation: str) -> tuple[Path, Path]:
-        stem = f"{self.train_id}.{generation}"
+    def _paths(self, slot: str) -> tuple[Path, Path]:
+        stem = f"{self.train_id}.{slot}"
         return self.folder / f"{stem}.pt", self.folder / f"{stem}.json"
+
+    def _records(self) -> dict[str, dict[str, Any]]:
+        """``slot -> record`` of the slots whose record reads."""
+        out = {}
+        for slot in self.SLOTS:
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                record = json.loads(self._paths(slot)[1].read_text())
+                out[slot] = {"step": int(record["step"]), "sha256": str(record["sha256"])}
+        return out
 
     # -- writing ----------------------------------------------------------------
     def save(self, step: int, state: dict[str, Any]) -> None:
-        """Write the snapshot after ``step`` steps; the newest one becomes the previous."""
+        """Write the snapshot after ``step`` steps into the slot of the older one."""
+        if self._next is None:
+            records = self._records()
+            self._next = min(self.SLOTS, key=lambda s: records.get(s, {"step": -1})["step"])
         buf = io.BytesIO()
         torch.save(state, buf)
         data = buf.getvalue()
-        pt, meta = self._paths("snap")
-        prev_pt, prev_meta = self._paths("snap-prev")
-        if pt.exists() and meta.exists():
-            os.replace(pt, prev_pt)
-            os.replace(meta, prev_meta)
+        pt, meta = self._paths(self._next)
+        meta.unlink(missing_ok=True)  # the slot is being rewritten: no record until it is whole
         atomic_write_bytes(pt, data)
         record = {"step": step, "sha256": hashlib.sha256(data).hexdigest(), "time": time.time()}
         atomic_write_text(meta, json.dumps(record))
+        self._next = self.SLOTS[1 - self.SLOTS.index(self._next)]
         self.last_saved = time.monotonic()
 
     def clear(self) -> None:
         """Remove every snapshot (the job's final checkpoint is written)."""
-        for generation in ("snap", "snap-prev"):
-            for p in self._paths(generation):
+        for slot in self.SLOTS:
+            for p in self._paths(slot):
                 with contextlib.suppress(OSError):
                     p.unlink()
 
     # -- reading ----------------------------------------------------------------
     def latest_step(self) -> int | None:
         """The step of the newest snapshot on record (for ``qbench status``), or None."""
-        for generation in ("snap", "snap-prev"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                return int(json.loads(self._paths(generation)[1].read_text())["step"])
-        return None
+        steps = [r["step"] for r in self._records().values()]
+        return max(steps) if steps else None
 
     def load(self, expect_steps: int) -> dict[str, Any] | None:
         """The newest usable snapshot of a training of ``expect_steps`` steps, or None.
 
         Sets :attr:`resumed` to what was used and why: ``"step N"``,
-        ``"step N (previous snapshot; the newest ...)"`` or ``"fresh start (...)"``.
+        ``"step N (older snapshot; the newest ...)"`` or ``"fresh start (...)"``.
         """
-        problems = []
-        for generation in ("snap", "snap-prev"):
-            pt, meta = self._paths(generation)
-            if not pt.exists() and not meta.exists():
-                continue
+        records = self._records()
+        problems = [
+            f"a snapshot without its record ({self._paths(slot)[0].name}: killed while writing)"
+            for slot in self.SLOTS
+            if slot not in records and self._paths(slot)[0].exists()
+        ]
+        for slot in sorted(records, key=lambda s: -records[s]["step"]):
+            record = records[slot]
+            pt = self._paths(slot)[0]
             try:
-                record = json.loads(meta.read_text())
                 data = pt.read_bytes()
                 if hashlib.sha256(data).hexdigest() != record["sha256"]:
                     raise ValueError("its bytes do not match the recorded SHA-256")
@@ -157,20 +171,15 @@ class Snapshots:
                         f"it belongs to a training of {state.get('steps')} steps, not "
                         f"{expect_steps}"
                     )
-            except FileNotFoundError as exc:
-                problems.append(f"the {_NAMES[generation]} snapshot is incomplete ({exc.filename})")
-                continue
             except Exception as exc:  # any unreadable snapshot is skipped, said and never used
                 reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200]
-                problems.append(f"the {_NAMES[generation]} snapshot is unusable: {reason}")
+                problems.append(f"the snapshot of step {record['step']} is unusable: {reason}")
                 continue
+            newer = [p for p in problems if "unusable" in p]
             self.resumed = f"step {record['step']}" + (
-                f" (previous snapshot; {'; '.join(problems)})" if problems else ""
+                f" (older snapshot; {'; '.join(newer)})" if newer else ""
             )
             return state
         if problems:
             self.resumed = f"fresh start ({'; '.join(problems)})"
         return None
-
-
-_NAMES = {"snap": "newest", "snap-prev": "previous"}

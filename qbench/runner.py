@@ -130,7 +130,7 @@ def _run_locked(
         groups.setdefault(j.train_id, []).append((o, j))
     if force:  # re-train too: forget the checkpoints and snapshots of the jobs that run again
         for train_id in groups:
-            for generation in ("", ".snap", ".snap-prev"):
+            for generation in ("", ".snap-a", ".snap-b"):
                 for suffix in (".pt", ".json"):
                     (run_dir.ckpt_dir / f"{train_id}{generation}{suffix}").unlink(missing_ok=True)
     plan = runner.plan(dispatch, len(groups))

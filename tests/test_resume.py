@@ -68,13 +68,21 @@ def run(matrix, out, *extra):
     return text
 
 
-def snapshot_step(out):
-    for p in (out / "checkpoints").glob("*.snap.json"):
+def newest_snapshot(out):
+    """``(step, path of its .pt)`` of the newest snapshot on record, or ``(None, None)``."""
+    best = (None, None)
+    for p in (out / "checkpoints").glob("*.snap-*.json"):
         try:
-            return json.loads(p.read_text())["step"]
+            step = json.loads(p.read_text())["step"]
         except (OSError, ValueError):
-            return None
-    return None
+            continue
+        if best[0] is None or step > best[0]:
+            best = (step, p.with_suffix(".pt"))
+    return best
+
+
+def snapshot_step(out):
+    return newest_snapshot(out)[0]
 
 
 def kill_after_snapshot(matrix, out, *extra, after=0, timeout=300):
@@ -124,14 +132,14 @@ def test_kill_9_mid_training_resumes_bit_for_bit(tmp_path):
     assert "interrupted" in status and "resumes from step" in status, status
     # kill it a second time, later, and corrupt the newest snapshot: the previous one is used
     step2 = kill_after_snapshot(m, out, after=step)
-    snap = next((out / "checkpoints").glob("*.snap.pt"))
+    _, snap = newest_snapshot(out)
     data = bytearray(snap.read_bytes())
     data[len(data) // 2] ^= 0xFF
     snap.write_bytes(bytes(data))
     run(m, out)
     row = json.loads(next((out / "rows").glob("*.json")).read_text())
     assert row["status"] == "ok"
-    assert "previous snapshot" in row["resumed"] and "SHA-256" in row["resumed"], row["resumed"]
+    assert "older snapshot" in row["resumed"] and "SHA-256" in row["resumed"], row["resumed"]
     assert row["steps"] == steps
     assert_same_weights(final_state(tmp_path / "plain"), final_state(out))
     # every record of the history and the schedule is there once, as in the plain run
@@ -143,28 +151,60 @@ def test_kill_9_mid_training_resumes_bit_for_bit(tmp_path):
     assert step2 > step
 
 
-def test_snapshots_fall_back_to_the_previous_one_then_to_a_fresh_start(tmp_path):
+def test_snapshots_fall_back_to_the_older_one_then_to_a_fresh_start(tmp_path):
     snaps = Snapshots(tmp_path, "abc", SnapshotPolicy(every_steps=5))
     snaps.save(5, {"steps": 20, "x": torch.ones(3)})
     snaps.save(10, {"steps": 20, "x": torch.full((3,), 2.0)})
     assert snaps.latest_step() == 10
     state = Snapshots(tmp_path, "abc", SnapshotPolicy()).load(20)
     assert torch.equal(state["x"], torch.full((3,), 2.0))
-    # killed between the two renames: the newest .json is missing
-    (tmp_path / "abc.snap.json").unlink()
+    # the third snapshot overwrites the oldest slot; killed before its record was written
+    snaps.save(15, {"steps": 20, "x": torch.full((3,), 3.0)})
+    (newest,) = [
+        p for p in tmp_path.glob("abc.snap-*.json") if json.loads(p.read_text())["step"] == 15
+    ]
+    newest.unlink()
     again = Snapshots(tmp_path, "abc", SnapshotPolicy())
-    assert torch.equal(again.load(20)["x"], torch.ones(3))
-    assert again.resumed.startswith("step 5 (previous snapshot; the newest snapshot is incomplete")
+    assert torch.equal(again.load(20)["x"], torch.full((3,), 2.0))
+    assert again.resumed == "step 10"
+    # a snapshot whose bytes were damaged: the older one is used, and the row says why
+    resumed = Snapshots(tmp_path, "abc", SnapshotPolicy(every_steps=5))  # a resumed process
+    resumed.save(19, {"steps": 20, "x": torch.full((3,), 4.0)})  # writes the slot without record
+    _, pt = max(
+        (json.loads(p.read_text())["step"], p.with_suffix(".pt"))
+        for p in tmp_path.glob("abc.snap-*.json")
+    )
+    pt.write_bytes(pt.read_bytes()[:-1] + b"x")
+    hurt = Snapshots(tmp_path, "abc", SnapshotPolicy())
+    assert torch.equal(hurt.load(20)["x"], torch.full((3,), 2.0))
+    assert hurt.resumed.startswith("step 10 (older snapshot; the snapshot of step 19 is unusable")
+    assert "SHA-256" in hurt.resumed
     # a snapshot of another training length is not used
     other = Snapshots(tmp_path, "abc", SnapshotPolicy())
     assert other.load(30) is None
     assert other.resumed.startswith("fresh start (") and "not 30" in other.resumed
-    # a truncated file (a disk that filled up) is caught by its checksum
-    (tmp_path / "abc.snap-prev.pt").write_bytes(b"\x00" * 10)
-    broken = Snapshots(tmp_path, "abc", SnapshotPolicy())
-    assert broken.load(20) is None and "SHA-256" in broken.resumed
     snaps.clear()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_kill_at_any_instant_of_a_save_leaves_a_usable_snapshot(tmp_path, monkeypatch):
+    """A save killed after the slot's .pt but before its record: the other slot stands."""
+    from qbench import resume
+
+    snaps = Snapshots(tmp_path, "abc", SnapshotPolicy(every_steps=5))
+    snaps.save(5, {"steps": 20, "x": torch.ones(3)})
+    snaps.save(10, {"steps": 20, "x": torch.full((3,), 2.0)})
+
+    def killed(path, text):
+        raise KeyboardInterrupt  # as a kill between the two writes
+
+    monkeypatch.setattr(resume, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        snaps.save(15, {"steps": 20, "x": torch.full((3,), 3.0)})
+    monkeypatch.undo()
+    after = Snapshots(tmp_path, "abc", SnapshotPolicy())
+    assert torch.equal(after.load(20)["x"], torch.full((3,), 2.0))
+    assert after.resumed == "step 10"
 
 
 def test_snapshot_policy():
