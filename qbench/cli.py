@@ -238,7 +238,8 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a matrix key (train.steps=200, eval.max_images=4); repeatable; "
-        "validated like the file and part of the job ids",
+        "validated like the file and part of the job ids (except the keys that change no "
+        "weight: train.log_every, train.checkpoint_*, [monitor], [executor])",
     )
 
 
