@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import threading
 import time
@@ -501,6 +502,12 @@ class SubmititExecutor(Executor):
         self.submitit = _submitit()
         self.settings = dict(settings)
         self.kind = settings["kind"]
+        missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+        if self.kind == "slurm" and missing:
+            raise ExecutorError(
+                f"--executor slurm: {' and '.join(missing)} not found on PATH: this machine is "
+                "not a Slurm login node (run qbench there, or use --executor submitit-local)"
+            )
         self.poll_seconds = poll_seconds if self.kind != "slurm" else max(poll_seconds, 30.0)
 
     def plan(self, dispatch: Dispatch, groups: int) -> list[str]:

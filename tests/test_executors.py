@@ -197,3 +197,13 @@ def test_cpu_plan_uses_one_single_thread_worker_per_core(monkeypatch):
     assert len(plan_devices("cpu", 3, groups=4)) == 3
     with pytest.raises(ExecutorError, match="--jobs-per-gpu"):
         plan_devices("cpu", None, jobs_per_gpu=0)
+
+
+def test_slurm_without_slurm_is_refused_before_anything_is_written(tmp_path, registry, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    with pytest.raises(ExecutorError, match="sbatch and srun not found on PATH"):
+        build_executor({**SETTINGS, "kind": "slurm"})
+    m = load_matrix(tiny(tmp_path), registry)
+    with pytest.raises(ExecutorError, match="not a Slurm login node"):
+        run_matrix(m, tmp_path / "run", executor={"kind": "slurm"}, echo=lambda *_: 0)
+    assert not (tmp_path / "run").exists()
