@@ -23,10 +23,13 @@ serial coding of CompressAI's ``_compress_ar`` / ``_decompress_ar``):
   ``q.symbols(y, mu)`` are coded with ``q.tables`` (uniform, a quantization
   step, or STanH's non-uniform cells: the index protocol). The decoder runs
   the same operations on the same values, so the decoded latents equal the
-  encoder's bit for bit. The eval forward runs the same loop: its latents
-  are the decoder's values and its likelihoods those of the distribution the
-  coder uses, so the likelihood bpp is the bitstream's up to the coder's
-  overhead. (CompressAI's own eval forward rounds ``y`` without means, which
+  encoder's bit for bit. The eval forward runs the same loop for the means
+  and scales, then quantizes ``y`` itself with them: its latents are the
+  decoder's values and its likelihoods those of the cells the coder codes,
+  so the likelihood bpp is the bitstream's up to the coder's overhead.
+  (Re-quantizing the decoded values instead would be wrong for a quantizer
+  whose reconstruction levels lie outside their own decision cells, as
+  STanH's learned ones can.) (CompressAI's own eval forward rounds ``y`` without means, which
   its bitstream never does.)
 
 The serial loops run in Python over the latent positions (as CompressAI's
@@ -116,9 +119,9 @@ class JointAutoregressive(MeanScale):
             ctx = self.net.context_prediction(context_input)
             scales, means = self._gaussian_params(params, ctx)
             y_hat, y_lik = self._gaussian(y, scales, means)
-        else:  # the decoder's values and the distribution they are coded with
-            y_serial, scales, means = self._serial(y, params)
-            y_hat, y_lik = self._gaussian(y_serial, scales, means)
+        else:  # the distribution the coder uses, and y quantized in it: the decoder's values
+            _, scales, means = self._serial(y, params)
+            y_hat, y_lik = self._gaussian(y, scales, means)
         return {
             "x_hat": self.net.g_s(y_hat),
             "likelihoods": {"y": y_lik, "z": z_lik},
