@@ -72,15 +72,12 @@ def plot_bd(rows: list[dict], out: Path, anchor: str) -> list[Path]:
     return paths
 
 
-#: The schedule statistics plotted against training progress (when present).
-SCHEDULE_PLOTS = ("mismatch_rate", "mismatch_dist", "mismatch_latent", "grad_var", "grad_bias")
-
-
 def plot_schedule(h: pd.DataFrame, out: Path) -> list[Path]:
     """Each schedule statistic against training progress: a line per quantizer (darker =
     larger lambda), the 95 % interval shaded; exact values (zero by construction) drawn
-    as hollow markers."""
-    cols = [c for c in SCHEDULE_PLOTS if c in h.columns]
+    as hollow markers. Every statistic of ``schedule.csv`` is plotted (a column ``c`` with
+    its ``c_exact``, as :func:`qbench.schedule.record` writes it), whichever metric made it."""
+    cols = [c for c in h.columns if f"{c}_exact" in h.columns]
     if not cols or h.empty:
         return []
     fig, axes = plt.subplots(1, len(cols), figsize=(3.8 * len(cols), 3.4), dpi=110)

@@ -679,9 +679,10 @@ def _schedule_section(ok: pd.DataFrame, metrics: dict[str, list[str]], notes) ->
         "its length; *final*: the state after training (t = 1), the one evaluated. Brackets: "
         "95 % interval over the probe batches (jackknife, Student t). A value that is zero "
         "by construction (a deterministic surrogate has no gradient variance; a surrogate "
-        "equal to rounding has no mismatch) says so and is not a finding. `grad_bias` is "
-        "1 - (hard-loss derivative) / (surrogate derivative) along the mean surrogate "
-        "gradient (0: faithful), see docs/statistics.md.",
+        "equal to rounding has no mismatch) says so and is not a finding. `grad_slope_ratio` "
+        "is the hard loss's smoothed slope along the mean surrogate gradient over the slope "
+        "the surrogate promises (1: faithful; its bias is 1 - ratio); it replaces `grad_bias`, "
+        "which is zero within its interval on real models; see docs/statistics.md.",
         "",
     ]
     for metric, cols in metrics.items():

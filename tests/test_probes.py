@@ -83,7 +83,7 @@ def test_a_dataset_is_evaluated_as_if_alone(tmp_path, registry):
         p.write_text(body)
         quiet(load_matrix(p, registry), tmp_path / name)
         rows[name] = {r["dataset"]: r for r in read_csv(tmp_path / name / "results.csv")}
-    for col in ("bpp", "psnr", "mismatch_rate", "mismatch_dist", "grad_var", "grad_bias"):
+    for col in ("bpp", "psnr", "mismatch_rate", "mismatch_dist", "grad_var", "grad_slope_ratio"):
         # before the fixes, the gradients metric's forward passes moved STanH's beta and
         # its finite differences left rounding residue in the weights
         assert rows["both"]["b"][col] == rows["alone"]["b"][col], col

@@ -2,8 +2,16 @@
 
 The model is the default run's shared initialisation (``qbench/data/init``: a
 mean-scale hyperprior, N = 48, M = 64, trained 4000 steps with additive noise
-at lambda = 0.0067 by ``qbench/data/init.toml``). The probe set is 16 batches
-of 4 crops of 64 px of the embedded training images, K = 16 draws.
+at lambda = 0.0067 by ``qbench/data/init.toml``), with K = 16 draws.
+
+The finite-difference reference averages the jumps of the latents that cross a
+rounding boundary, so it is smooth in the step size only on a probe population
+with many distinct latents: the acceptance test of ``grad_slope_ratio`` draws
+its crops from the 40 photographs of ``../shared/datasets/photos-train`` (and
+skips without them). The embedded training set is 4 images of 128 x 192 px:
+random crops of it keep re-measuring the same few latents, and there the
+smoothed hard loss is rough in ``h`` (a property of that population, which the
+flag reports, test below).
 """
 
 from __future__ import annotations
@@ -16,9 +24,14 @@ import torch
 from qbench.analysis import model_gradient_statistics
 from qbench.train import CropSampler
 
+from .conftest import PHOTOS
+
 pytestmark = pytest.mark.slow
 
 INIT = resources.files("qbench") / "data" / "init" / "mbt2018-mean-48-64.pt"
+needs_photos = pytest.mark.skipif(
+    not PHOTOS.is_dir(), reason=f"training photographs not found at {PHOTOS}"
+)
 
 
 def trained(registry, quantizer: str, progress: float = 1.0):
@@ -28,62 +41,71 @@ def trained(registry, quantizer: str, progress: float = 1.0):
     return m
 
 
-def crops(batches: int, size: int) -> list[torch.Tensor]:
-    from qbench.plugins import get_plugins
-
-    ds = get_plugins().registry.build("dataset", "embedded", split="train")
-    sampler = CropSampler([ds.uint8(i) for i in range(len(ds))], size, 1)
+def crops(registry, dataset, batches: int, size: int, seed: int = 1) -> list[torch.Tensor]:
+    sampler = CropSampler([dataset.uint8(i) for i in range(len(dataset))], size, seed)
     return [sampler.batch(4) for _ in range(batches)]
 
 
-@pytest.fixture(scope="module")
-def probe_set():
-    return crops(16, 64)
-
-
-def stats(registry, quantizer, batches, progress=1.0, factors=(0.5, 1.0, 2.0)):
+def stats(registry, quantizer, batches, factors=(0.5, 1.0, 2.0), progress=1.0, **kw):
     torch.manual_seed(0)
-    return model_gradient_statistics(
-        trained(registry, quantizer, progress), batches, 0.0067, draws=16, step_factors=factors
-    )
-
-
-UNMET = (
-    "issue 13's acceptance criterion, not met on this model (measured 2026-11-25, 16 batches "
-    "of 4 crops of 64 px: grad_bias moves with h: noise 0.136 / -0.047 / -0.341 and STE "
-    "-0.19 / -0.49 at h/2, h, 2h; 64 batches of 128 px: noise -0.098 [-0.152, -0.044], "
-    "2h: -0.398); the report flags it; see docs/statistics.md"
-)
+    model = trained(registry, quantizer, progress)
+    return model_gradient_statistics(model, batches, 0.0067, draws=16, step_factors=factors, **kw)
 
 
 def test_grad_var_is_resolved_on_a_trained_model(registry):
     """The normalised variance of additive noise on the model it trained: with 80 probe
     batches of 4 crops of 128 px the 95 % interval's half-width is below 25 % of the
     estimate (with 16 batches of 64 px it was 64 %: 0.061 [0.022, 0.100])."""
+    embedded = registry.build("dataset", "embedded", split="train")
     torch.manual_seed(0)
     var = model_gradient_statistics(
-        trained(registry, "noise"), crops(80, 128), 0.0067, draws=16, step_factors=(1.0,)
+        trained(registry, "noise"),
+        crops(registry, embedded, 80, 128),
+        0.0067,
+        draws=16,
+        step_factors=(1.0,),
     )["grad_var"]
     assert var.exact == "" and var.value > 0
     assert var.half_width < 0.25 * var.value, var
 
 
-@pytest.mark.xfail(strict=True, reason=UNMET)
-def test_grad_bias_has_a_plateau_in_the_step_size(registry, probe_set):
-    """Across a 4x range of the finite-difference step (h/2 .. 2h) the estimate moves by less
-    than its interval (else it carries the 'no plateau in h' flag), for a surrogate that is
-    deterministic (STE) and one that is not (noise)."""
-    bias = stats(registry, "ste", probe_set)["grad_bias"]
-    assert bias.flag == "", bias
-    assert bias.half_width < 0.25 * abs(bias.value), bias
+@needs_photos
+@pytest.mark.parametrize(
+    ("quantizer", "progress", "expected"),
+    [("ste", 1.0, (0.9, 1.1)), ("noise", 1.0, (0.9, 1.1)), ("sua", 0.5, (0.5, 0.8))],
+)
+def test_grad_slope_ratio_is_resolved_and_has_a_plateau_in_the_step_size(
+    registry, quantizer, progress, expected
+):
+    """Issue 13's acceptance criterion on a real trained model, for a deterministic
+    surrogate (STE), a random one (noise) and an annealed one halfway (SUA, t = 0.5):
+    32 batches of 4 crops of 128 px of the training photographs, the default step
+    (latents moved by 0.05 quantization steps rms). The 95 % interval's half-width is
+    below 25 % of the estimate, and across the 4x range h/2 .. 2h the estimate moves by
+    less than its interval (else the flag says "no plateau in h"); and the statistic
+    tells SUA mid-schedule (over-promising) from STE and noise (faithful). Measured
+    2026-11-30 (docs/statistics.md): STE 1.018 +- 0.044 (h/2: 0.987, 2h: 1.004), noise
+    1.027 +- 0.039 (1.001, 1.012), SUA at t = 0.5 0.642 +- 0.037 (0.624, 0.638); at the
+    old default step (0.1) 2h gave 1.08 for STE and was flagged."""
+    photos = registry.build("dataset", "folder", path=str(PHOTOS))
+    batches = crops(registry, photos, 32, 128)
+    ratio = stats(registry, quantizer, batches, progress=progress)["grad_slope_ratio"]
+    assert ratio.exact == "" and ratio.flag == "", ratio
+    assert ratio.half_width < 0.25 * ratio.value, ratio
+    low, high = expected
+    assert low < ratio.low and ratio.high < high, ratio
 
 
-def test_a_step_size_dependence_is_flagged_not_hidden(registry, probe_set):
-    """Whatever the model, an estimate that moves across h/2 .. 2h by more than its interval
-    says so: the flag names the step sizes and their values."""
-    bias = stats(registry, "ste", probe_set[:8], factors=(0.25, 1.0, 4.0))["grad_bias"]
-    per_h = stats(registry, "ste", probe_set[:8], factors=(1.0,))["grad_bias"]
-    assert bias.value == per_h.value and bias.low == per_h.low  # same estimate at h
-    if bias.flag:
-        assert bias.flag.startswith("no plateau in h (") and "h: " in bias.flag
-    assert per_h.flag == ""  # one step size: nothing to compare
+def test_a_step_size_dependence_is_flagged_not_hidden(registry):
+    """On the embedded training set (4 small images) at large steps (latents moved by 0.1
+    to 0.4 quantization steps rms) the smoothed hard loss is not linear: the estimate at h
+    is the one a single step size gives, and the flag names the step sizes that moved it
+    and their values."""
+    embedded = registry.build("dataset", "embedded", split="train")
+    batches = crops(registry, embedded, 8, 128)
+    flagged = stats(registry, "ste", batches, factors=(1.0, 4.0), latent_rms=0.1)
+    single = stats(registry, "ste", batches, factors=(1.0,), latent_rms=0.1)
+    ratio, alone = flagged["grad_slope_ratio"], single["grad_slope_ratio"]
+    assert (ratio.value, ratio.low, ratio.high) == (alone.value, alone.low, alone.high)
+    assert ratio.flag.startswith("no plateau in h (4h: "), ratio
+    assert alone.flag == ""  # one step size: nothing to compare
