@@ -83,6 +83,13 @@ class Mismatch(qbench.Metric):
     """
 
     columns = MISMATCH_COLUMNS
+    column_notes = {
+        "mismatch_rate": "Relative rate gap, surrogate vs hard rounding on the same weights: "
+        "sum (bpp_s - bpp_h) / sum bpp_h over the probe batches (0: no mismatch).",
+        "mismatch_dist": "PSNR with the surrogate minus PSNR with hard rounding [dB].",
+        "mismatch_latent": "Mean squared difference between the surrogate's latents and the "
+        "rounded ones, in quantization steps squared (additive noise: about 1/12).",
+    }
 
     def per_probe(self, ev: qbench.ProbeEval) -> dict[str, Estimate]:
         return mismatch(ev.model, ev.batches, ev.draws)
@@ -103,6 +110,17 @@ class Gradients(qbench.Metric):
     """
 
     columns = GRADIENT_COLUMNS
+    column_notes = {
+        "grad_var": "Noise-to-signal power of one surrogate draw of the analysis gradient, "
+        "tr(Cov g) / ||E g||^2, each part unbiased (0 and exact for a deterministic "
+        "surrogate).",
+        "grad_slope_ratio": "Along the mean surrogate gradient, the hard loss's slope "
+        "(central difference moving the latents by a fixed rms, checked at half and twice "
+        "that step) over the slope the surrogate promises: 1 is faithful, below 1 the "
+        "surrogate over-promises; its bias is 1 - ratio. It replaces `grad_bias`, which is "
+        "zero within its interval on real models and cannot be stated to a relative "
+        "precision.",
+    }
 
     def __init__(self, latent_rms: float = 0.05) -> None:
         self.latent_rms = float(latent_rms)

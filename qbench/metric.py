@@ -97,10 +97,14 @@ class Metric:
         aggregate: ``{column: reduction}`` for per-image columns whose
             reduction over the images is not the mean of the finite values
             (one of :data:`AGGREGATIONS`).
+        column_notes: ``{column: how to read it}``, one or two sentences that
+            the report prints under the column's table (recorded in the run's
+            manifest, so a report rebuilt later says the same).
     """
 
     columns: ClassVar[tuple[str, ...]] = ()
     aggregate: ClassVar[Mapping[str, str]] = {}
+    column_notes: ClassVar[Mapping[str, str]] = {}
 
     def per_image(self, ev: ImageEval) -> dict[str, float]:
         """Values of (some of) ``columns`` for one image; reduced over the set."""

@@ -526,7 +526,9 @@ def write_report(
     sections += variable
     scheduled = [m for m in manifest.get("schedule_metrics", []) if m in declared]
     if not ok.empty and scheduled:
-        sections += _schedule_section(ok, {m: declared[m] for m in scheduled}, notes)
+        sections += _schedule_section(
+            ok, {m: declared[m] for m in scheduled}, notes, manifest.get("column_notes", {})
+        )
     if not ok.empty:
         sections += ["## Metrics (mean over seeds)", ""]
         for metric, cols in declared.items():
@@ -662,8 +664,14 @@ def _num(v) -> str:
     return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
 
 
-def _schedule_section(ok: pd.DataFrame, metrics: dict[str, list[str]], notes) -> list[str]:
-    """Training average and final state of each schedule statistic, with intervals."""
+def _schedule_section(
+    ok: pd.DataFrame,
+    metrics: dict[str, list[str]],
+    notes: list[str],
+    column_notes: dict[str, str],
+) -> list[str]:
+    """Training average and final state of each schedule statistic, with intervals (and,
+    under each table, the metric's note on how to read the column)."""
     keys = ["backbone", "quantizer", "lambda"]
     if "interp_weight" in ok.columns and (ok["interp_weight"] >= 0).any():
         keys.append("interp_weight")
@@ -679,10 +687,8 @@ def _schedule_section(ok: pd.DataFrame, metrics: dict[str, list[str]], notes) ->
         "its length; *final*: the state after training (t = 1), the one evaluated. Brackets: "
         "95 % interval over the probe batches (jackknife, Student t). A value that is zero "
         "by construction (a deterministic surrogate has no gradient variance; a surrogate "
-        "equal to rounding has no mismatch) says so and is not a finding. `grad_slope_ratio` "
-        "is the hard loss's smoothed slope along the mean surrogate gradient over the slope "
-        "the surrogate promises (1: faithful; its bias is 1 - ratio); it replaces `grad_bias`, "
-        "which is zero within its interval on real models; see docs/statistics.md.",
+        "equal to rounding has no mismatch) says so and is not a finding. Definitions, "
+        "estimators and assumptions: docs/statistics.md.",
         "",
     ]
     for metric, cols in metrics.items():
@@ -706,7 +712,10 @@ def _schedule_section(ok: pd.DataFrame, metrics: dict[str, list[str]], notes) ->
             t = pd.DataFrame(rows)
             if "interp_weight" in t.columns:
                 t["interp_weight"] = t["interp_weight"].where(t["interp_weight"] >= 0, None)
-            out += [f"### `{col}` ({metric})", "", _md(t), ""]
+            out += [f"### `{col}` ({metric})", ""]
+            if column_notes.get(col):
+                out += [column_notes[col], ""]
+            out += [_md(t), ""]
             if marks:
                 out += [f"- {m}" for m in marks] + [""]
     return out
@@ -722,7 +731,9 @@ def _plots(
 ) -> list[Path]:
     from qbench.plots import plot_bd, plot_rd, plot_schedule, plot_variable_rate
 
-    plots = plot_rd(rd, run_dir, references) if not rd.empty else []
+    # an RD plot needs both axes: a matrix may evaluate neither bpp nor psnr
+    has_axes = not rd.empty and {"bpp", "psnr"} <= set(rd.columns)
+    plots = plot_rd(rd, run_dir, references) if has_axes else []
     if bd_rows:
         plots += plot_bd(bd_rows, run_dir, anchor)
     if variable is not None:

@@ -202,6 +202,14 @@ def _metric_columns(matrix: Matrix, plugins: PluginSet) -> dict[str, list[str]]:
     }
 
 
+def _column_notes(matrix: Matrix, plugins: PluginSet) -> dict[str, str]:
+    """``{column: how to read it}`` from each metric's ``column_notes``, for the report."""
+    notes: dict[str, str] = {}
+    for name in matrix.eval.metrics:
+        notes.update(plugins.registry.build("metric", name).column_notes)
+    return notes
+
+
 def _git_commit() -> str:
     import subprocess
 
@@ -244,6 +252,7 @@ def _manifest(
         "matrix": matrix.resolved(),
         "metric_columns": _metric_columns(matrix, plugins),
         "schedule_metrics": _schedule_metrics(matrix, plugins),
+        "column_notes": _column_notes(matrix, plugins),
         "matrix_file": matrix.raw,
         "jobs": [
             {"job_id": j.job_id, "train_id": j.train_id, "describe": j.describe()}

@@ -102,3 +102,32 @@ def test_forward_changes_no_quantizer_state(registry, name):
             q(y)
     after = q.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_report_shows_schedule_statistics_as_measured(tmp_path, registry):
+    """A run with mismatch and gradients: the report has each statistic's table (training
+    average and final state with intervals) and the metric's note on how to read it, an
+    exact zero says why instead of standing as a finding, and every statistic is plotted."""
+    from qbench.report import write_report
+
+    p = tiny(tmp_path, '["noise", "ste"]', steps=4)
+    sets = [
+        'eval.metrics=["bpp", "mismatch", "gradients"]',
+        "eval.schedule=[0.5, 1.0]",
+        "eval.probe_batches=2",
+        "eval.probe_crops=1",
+        "eval.draws=2",
+    ]
+    out = tmp_path / "run"
+    quiet(load_matrix(p, registry, sets), out)
+    rep = write_report(out, anchor="noise")
+    text = (out / "report.md").read_text()
+    section = text.split("## Statistics over the training schedule")[1]
+    assert "### `grad_slope_ratio` (gradients)\n\nAlong the mean surrogate gradient" in section
+    assert "### `mismatch_latent` (mismatch)\n\nMean squared difference" in section
+    grad_var = section.split("### `grad_var`")[1].split("###")[0]
+    ste_row = next(line for line in grad_var.splitlines() if "| ste " in line)
+    assert "0 (exact: deterministic surrogate)" in ste_row
+    noise_row = next(line for line in grad_var.splitlines() if "| noise " in line)
+    assert "[" in noise_row and "exact" not in noise_row  # an estimate with its interval
+    assert any(p.name == "schedule.png" for p in rep.plots)
