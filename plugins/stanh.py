@@ -330,7 +330,7 @@ def qbench_register_quantizers(register):
     register(
         "stanh",
         STanH,
-        description="learnable sum of tanh steps (Presta et al., TIP 2024); "
-        'preset = "authors": their code\'s defaults',
+        description="learnable sum of tanh steps (Presta et al., TIP 2024); qbench's "
+        'defaults, or preset = "authors" for their code\'s',
         parameters=_count(),
     )
