@@ -123,21 +123,38 @@ class Job:
         }
 
 
+#: Content digests already computed in this process, by (real path, size, mtime).
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _digest(path: Path, st: os.stat_result) -> str:
+    """SHA-256 of a file's bytes (memoised per process while its size and mtime stay)."""
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
 def fingerprint(path: Path) -> str:
-    """A cheap fingerprint of a file's or folder's content: names, sizes and modification times.
+    """A fingerprint of a file's or folder's content: the SHA-256 of every file's bytes.
 
     A folder contributes every file below it (symlinked subfolders followed,
-    each real folder once), by path relative to the folder. Changing,
-    adding, removing or touching a file changes the fingerprint; the same
-    files under another path or spelling give the same one. Contents are not
-    hashed (a training set may be large); ``"missing"`` when nothing is there.
+    each real folder once) by path relative to the folder and digest. Changing,
+    adding, removing or renaming a file inside a folder changes the fingerprint;
+    the same bytes under another path, spelling, clone or machine give the same
+    one (modification times do not count: a fresh clone or a copy without
+    ``rsync -t`` keeps its ids). Every file is read once per process (about
+    2 s per GB); ``"missing"`` when nothing is there.
     """
     path = Path(path)
     if not path.exists():
         return "missing"
     if path.is_file():
-        st = path.stat()
-        return stable_hash([path.name, st.st_size, st.st_mtime_ns], 16)
+        return stable_hash(["file", _digest(path, path.stat())], 16)
     entries = []
     seen = set()
     for folder, dirs, files in os.walk(path, followlinks=True):
@@ -150,10 +167,9 @@ def fingerprint(path: Path) -> str:
         for f in sorted(files):
             full = Path(folder) / f
             try:
-                st = full.stat()
+                entries.append([str(full.relative_to(path)), _digest(full, full.stat())])
             except OSError:
                 continue
-            entries.append([str(full.relative_to(path)), st.st_size, st.st_mtime_ns])
     return stable_hash(entries, 16)
 
 

@@ -258,9 +258,14 @@ def test_job_identity_follows_the_data(tmp_path, registry, monkeypatch):
     p.write_text(p.read_text().replace("N = 16, M = 16", 'N = 16, M = 16, checkpoint = "w.pt"'))
     first = load_matrix(p, registry).jobs[0]
     assert first.backbone.params["checkpoint"] == str(tmp_path / "proj" / "w.pt")
-    time.sleep(0.01)
-    torch.save(net.state_dict(), tmp_path / "proj" / "w.pt")
+    # the same bytes with another modification time (a fresh clone, a copy): the same ids
     os.utime(tmp_path / "proj" / "w.pt", ns=(1, 1))
+    os.utime(data / "b.png", ns=(1, 1))
+    again = load_matrix(p, registry).jobs[0]
+    assert (again.train_id, again.job_id) == (first.train_id, first.job_id)
+    # other bytes: another model
+    net.g_a[0].bias.data += 1
+    torch.save(net.state_dict(), tmp_path / "proj" / "w.pt")
     assert load_matrix(p, registry).jobs[0].train_id != first.train_id
 
 
