@@ -186,28 +186,19 @@ def _run_locked(
     )
 
 
-def _schedule_metrics(matrix: Matrix, plugins: PluginSet) -> list[str]:
-    """The matrix's metrics that are measured over the training schedule (``per_probe``)."""
-    return [
-        name
-        for name in matrix.eval.metrics
-        if plugins.registry.build("metric", name).measures_schedule()
-    ]
-
-
-def _metric_columns(matrix: Matrix, plugins: PluginSet) -> dict[str, list[str]]:
-    """``{metric name: its declared columns}``, in the matrix's order."""
-    return {
-        name: list(plugins.registry.build("metric", name).columns) for name in matrix.eval.metrics
-    }
-
-
-def _column_notes(matrix: Matrix, plugins: PluginSet) -> dict[str, str]:
-    """``{column: how to read it}`` from each metric's ``column_notes``, for the report."""
+def _metric_manifest(matrix: Matrix, plugins: PluginSet) -> dict[str, Any]:
+    """What the report needs of the matrix's metrics, each built once: their declared
+    columns (in the matrix's order), which are schedule statistics (``per_probe``), and
+    each column's ``column_notes``."""
+    metrics = {name: plugins.registry.build("metric", name) for name in matrix.eval.metrics}
     notes: dict[str, str] = {}
-    for name in matrix.eval.metrics:
-        notes.update(plugins.registry.build("metric", name).column_notes)
-    return notes
+    for m in metrics.values():
+        notes.update(m.column_notes)
+    return {
+        "metric_columns": {name: list(m.columns) for name, m in metrics.items()},
+        "schedule_metrics": [name for name, m in metrics.items() if m.measures_schedule()],
+        "column_notes": notes,
+    }
 
 
 def _git_commit() -> str:
@@ -250,9 +241,7 @@ def _manifest(
         "loss": LOSS,
         "seeds": sorted({j.seed for j in matrix.jobs}),
         "matrix": matrix.resolved(),
-        "metric_columns": _metric_columns(matrix, plugins),
-        "schedule_metrics": _schedule_metrics(matrix, plugins),
-        "column_notes": _column_notes(matrix, plugins),
+        **_metric_manifest(matrix, plugins),
         "matrix_file": matrix.raw,
         "jobs": [
             {"job_id": j.job_id, "train_id": j.train_id, "describe": j.describe()}
