@@ -81,7 +81,7 @@ def bench_train_step(reg, steps: int) -> tuple[float, float]:
 def bench_eval(reg, images, backbone: str = "bmshj2018-factorized") -> tuple[float, float]:
     from pytorch_msssim import ms_ssim
 
-    from qbench.evaluate import crop_back, evaluate, pad_to
+    from qbench.run.evaluate import crop_back, evaluate, pad_to
 
     torch.manual_seed(0)
     m = reg.build("backbone", backbone, N=64, M=96)
@@ -136,8 +136,8 @@ def bench_workers(steps: int, configs=((1, None), (2, None))) -> list[float]:
     """Wall time of a 4-job matrix for each (workers, threads per worker) in ``configs``
     (None: qbench's default)."""
     import qbench.plugins
-    from qbench.matrix import load_matrix
-    from qbench.runner import run_matrix
+    from qbench.plan.matrix import load_matrix
+    from qbench.run.runner import run_matrix
 
     times = []
     with tempfile.TemporaryDirectory() as d:
@@ -163,9 +163,9 @@ def bench_workers(steps: int, configs=((1, None), (2, None))) -> list[float]:
 
 def bench_resume() -> tuple[float, float]:
     import qbench.plugins
-    from qbench.matrix import load_matrix
+    from qbench.plan.matrix import load_matrix
     from qbench.results import RunDir
-    from qbench.runner import run_matrix
+    from qbench.run.runner import run_matrix
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "m.toml"
@@ -240,8 +240,8 @@ def bench_gpu(jobs_per_gpu: int, steps: int) -> str:
     if not torch.cuda.is_available():
         return "5. GPU          no CUDA GPU is present on this machine: nothing measured"
     import qbench.plugins
-    from qbench.matrix import load_matrix
-    from qbench.runner import run_matrix
+    from qbench.plan.matrix import load_matrix
+    from qbench.run.runner import run_matrix
 
     lines = [f"5. GPU          {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"]
     results = {}

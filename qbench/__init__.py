@@ -19,7 +19,7 @@ with _warnings.catch_warnings():
     from qbench.hookspecs import hookimpl
     from qbench.images import ImageDataset, load_image
     from qbench.metric import ImageEval, JobEval, Metric, ProbeEval
-    from qbench.monitor import Logger
+    from qbench.run.monitor import Logger
     from qbench.quantizer import Quantized, Quantizer, Surrogate
 
 try:

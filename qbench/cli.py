@@ -38,8 +38,8 @@ def cmd_list(args) -> int:
 def cmd_validate(args) -> int:
     from tabulate import tabulate
 
-    from qbench.matrix import load_matrix
-    from qbench.preflight import preflight
+    from qbench.plan.matrix import load_matrix
+    from qbench.plan.preflight import preflight
 
     registry = _plugins(args).registry
     matrix = load_matrix(args.matrix, registry, args.set)
@@ -81,9 +81,9 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from qbench.matrix import load_matrix
+    from qbench.plan.matrix import load_matrix
     from qbench.report import write_report
-    from qbench.runner import run_matrix
+    from qbench.run.runner import run_matrix
 
     plugins = _plugins(args)
     matrix = load_matrix(args.matrix, plugins.registry, args.set)
@@ -126,7 +126,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from qbench.status import run_status, status_text
+    from qbench.report.status import run_status, status_text
 
     print(status_text(run_status(Path(args.run_dir)), verbose=args.all))
     return 0
@@ -160,7 +160,7 @@ def cmd_reference_curves(args) -> int:
 
 
 def cmd_verify_zoo(args) -> int:
-    from qbench.zoo import checks_table, verify_zoo
+    from qbench.report.zoo import checks_table, verify_zoo
 
     registry = _plugins(args).registry
     kodak = registry.build("dataset", "kodak", path=args.kodak)

@@ -14,7 +14,7 @@ carries at least an optional ``description``; quantizers may also declare
 shown by ``qbench list``). Any factory may declare ``paths=("path", ...)``:
 the parameters that name files or folders; qbench resolves them against the
 matrix file's folder and identifies them by their content's fingerprint
-(:func:`qbench.jobs.fingerprint`), not by their spelling. The first
+(:func:`qbench.plan.jobs.fingerprint`), not by their spelling. The first
 registration of a name wins; a later one is reported as a clash naming both
 distributions.
 """
@@ -85,7 +85,7 @@ def qbench_register_loggers(register: Register) -> None:
 
 @hookspec
 def qbench_job_started(job: Any) -> None:
-    """Called in the worker process just before ``job`` (a :class:`qbench.jobs.Job`) runs.
+    """Called in the worker process just before ``job`` (a :class:`qbench.plan.jobs.Job`) runs.
 
     For loggers and progress reporters; the return value is ignored. An
     exception raised here is reported on stderr with the plugin's name; the

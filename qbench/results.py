@@ -11,7 +11,7 @@ Layout of a run directory::
     checkpoints/<train_id>.pt  trained weights (shared by jobs that differ
                            only in the evaluation dataset)
     checkpoints/<train_id>.snap-[ab].pt|json  resumable snapshots of a training
-                           under way (qbench/resume.py)
+                           under way (qbench/run/resume.py)
     running/<train_id>.json    a group being produced now: host, pid, step
                            (a heartbeat; removed when its rows are written)
     submitted/<train_id>.json  the scheduler job id and log paths of its

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qbench.evaluate import crop_back, pad_to
+from qbench.run.evaluate import crop_back, pad_to
 
 BACKBONES = ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean"]
 

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 import qbench.plugins
-from qbench.evaluate import pad_to
-from qbench.matrix import load_matrix
-from qbench.runner import run_matrix
+from qbench.run.evaluate import pad_to
+from qbench.plan.matrix import load_matrix
+from qbench.run.runner import run_matrix
 
 CONTEXT = ["mbt2018", "cheng2020-anchor", "cheng2020-attn"]
 QUANTIZERS = ["round", "noise", "ste", "mixed", "sua", "stanh", "qvrf", "gain"]

@@ -85,7 +85,7 @@ def test_embedded_sets(registry):
 
 
 def test_odd_size_evaluates_by_pad_and_crop(registry, odd_folder):
-    from qbench.evaluate import evaluate_image
+    from qbench.run.evaluate import evaluate_image
 
     torch.manual_seed(0)
     m = registry.build("backbone", "bmshj2018-hyperprior", N=16, M=16)

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import qbench.plugins
-from qbench.executors import (
+from qbench.run.executors import (
     MAX_ATTEMPTS,
     Dispatch,
     ExecutorError,
@@ -20,9 +20,9 @@ from qbench.executors import (
     plan_devices,
     worker_threads,
 )
-from qbench.matrix import defaults, load_matrix
+from qbench.plan.matrix import defaults, load_matrix
 from qbench.results import RunDir
-from qbench.runner import RunError, run_matrix
+from qbench.run.runner import RunError, run_matrix
 
 from .test_resume import kill_after_snapshot, run
 from .test_runner import FAULTY, read_csv, tiny
@@ -176,7 +176,7 @@ def test_missing_submitit_names_the_extra(tmp_path, monkeypatch):
 def test_bad_executor_settings_are_refused_naming_the_key(tmp_path, registry):
     p = tiny(tmp_path)
     p.write_text(p.read_text() + '\n[executor]\nkind = "pbs"\n')
-    from qbench.matrix import MatrixError
+    from qbench.plan.matrix import MatrixError
 
     with pytest.raises(MatrixError, match=r"executor\.kind: expected one of local, submitit"):
         load_matrix(p, registry)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from qbench.cli import main
-from qbench.matrix import load_matrix
-from qbench.runner import run_matrix
+from qbench.plan.matrix import load_matrix
+from qbench.run.runner import run_matrix
 
 from .test_runner import tiny
 

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from qbench.matrix import MatrixError, load_matrix
+from qbench.plan.matrix import MatrixError, load_matrix
 
 BASE = """
 name = "t"
@@ -147,7 +147,7 @@ def test_log_every_is_a_probe_setting_not_identity(tmp_path, registry):
 
 
 def test_unlisted_latents_come_from_the_matrix(tmp_path, registry):
-    from qbench.worker import build_model
+    from qbench.run.worker import build_model
 
     text = BASE.replace(
         'quantizers = ["noise", "ste", { name = "sua", label = "sua-plain", zero_center = false }]',

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 import qbench.plugins
-from qbench.matrix import load_matrix
-from qbench.preflight import PreflightError
-from qbench.runner import run_matrix
+from qbench.plan.matrix import load_matrix
+from qbench.plan.preflight import PreflightError
+from qbench.run.runner import run_matrix
 
 from .test_runner import read_csv, tiny
 
@@ -105,7 +105,7 @@ def test_missing_tensorboard_is_refused_before_any_job(tmp_path, monkeypatch):
 
 
 def test_unknown_logger_names_the_key(tmp_path, registry):
-    from qbench.matrix import MatrixError
+    from qbench.plan.matrix import MatrixError
 
     with pytest.raises(MatrixError, match=r"monitor\.loggers\[0\]: unknown logger 'tensorbord'"):
         load_matrix(monitored(tmp_path, '["tensorbord"]'), registry)
@@ -127,7 +127,7 @@ def test_mixed_precision_training_runs_and_is_part_of_the_job_id(tmp_path, regis
 
 
 def test_bad_amp_is_refused(tmp_path, registry):
-    from qbench.matrix import MatrixError
+    from qbench.plan.matrix import MatrixError
 
     p = tiny(tmp_path)
     p.write_text(p.read_text().replace("lr = 1e-3", 'lr = 1e-3\namp = "fp8"'))

@@ -8,10 +8,10 @@ import csv
 import pytest
 
 import qbench.plugins
-from qbench.matrix import load_matrix
-from qbench.preflight import PreflightError, preflight
+from qbench.plan.matrix import load_matrix
+from qbench.plan.preflight import PreflightError, preflight
 from qbench.report import write_report
-from qbench.runner import run_matrix
+from qbench.run.runner import run_matrix
 
 MATRIX = """
 name = "options"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from qbench.matrix import load_matrix
-from qbench.runner import run_matrix
+from qbench.plan.matrix import load_matrix
+from qbench.run.runner import run_matrix
 
 from .test_runner import read_csv, tiny
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from qbench import reference
-from qbench.matrix import MatrixError, load_matrix
+from qbench.plan.matrix import MatrixError, load_matrix
 from qbench.registry import QbenchError
 from qbench.report import reference_rows
 
@@ -119,7 +119,7 @@ def test_report_draws_the_curves_and_says_what_it_could_not_compute(
     tmp_path, monkeypatch, registry
 ):
     from qbench.report import write_report
-    from qbench.runner import run_matrix
+    from qbench.run.runner import run_matrix
 
     own_catalogue(tmp_path, monkeypatch, {"lab/ref": ([0.1, 0.3, 0.6, 1.0], [22, 25, 28, 31])})
     p = tiny(tmp_path, steps=2)
@@ -145,8 +145,8 @@ def kodak_folder(tmp_path, registry):
 def test_verify_zoo_compares_with_the_published_points(tmp_path, monkeypatch, registry):
     """CompressAI's loader on a locally made cache file; the published point is what the
     model gives (ok), then a point it does not give (FAIL, with the reason)."""
-    from qbench.evaluate import evaluate
-    from qbench.zoo import verify_zoo
+    from qbench.run.evaluate import evaluate
+    from qbench.report.zoo import verify_zoo
 
     zoo_cache(tmp_path, monkeypatch, "bmshj2018-factorized", 1)
     kodak = registry.build("dataset", "kodak", path=str(kodak_folder(tmp_path, registry)))
@@ -182,7 +182,7 @@ def test_verify_zoo_compares_with_the_published_points(tmp_path, monkeypatch, re
 
 
 def test_verify_zoo_skips_cleanly_without_weights(tmp_path, monkeypatch, registry):
-    from qbench.zoo import verify_zoo
+    from qbench.report.zoo import verify_zoo
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     own_catalogue(

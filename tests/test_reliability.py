@@ -18,10 +18,10 @@ from PIL import Image
 
 import qbench.plugins
 from qbench.images import BadImageError, list_images, load_image_u8
-from qbench.matrix import MatrixError, load_matrix
-from qbench.preflight import PreflightError
+from qbench.plan.matrix import MatrixError, load_matrix
+from qbench.plan.preflight import PreflightError
 from qbench.results import RunDir, RunDirError
-from qbench.runner import run_matrix
+from qbench.run.runner import run_matrix
 
 from .conftest import make_distribution, run_command
 from .test_runner import read_csv, tiny
@@ -349,7 +349,7 @@ def test_merge_failure_keeps_rows_and_says_why(tmp_path, registry, monkeypatch):
     monkeypatch.setattr(results, "atomic_write_text", full)
     m = load_matrix(tiny(tmp_path, '["noise", "ste"]', steps=1), registry)
     lines: list[str] = []
-    from qbench.runner import RunError
+    from qbench.run.runner import RunError
 
     with pytest.raises(RunError, match="No space left on device"):
         run_matrix(m, tmp_path / "run", device="cpu", show_progress=False, echo=lines.append)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from qbench.results import RunDir
-from qbench.resume import SnapshotPolicy, Snapshots
+from qbench.run.resume import SnapshotPolicy, Snapshots
 
 from .conftest import run_command
 
@@ -189,7 +189,7 @@ def test_snapshots_fall_back_to_the_older_one_then_to_a_fresh_start(tmp_path):
 
 def test_a_kill_at_any_instant_of_a_save_leaves_a_usable_snapshot(tmp_path, monkeypatch):
     """A save killed after the slot's .pt but before its record: the other slot stands."""
-    from qbench import resume
+    from qbench.run import resume
 
     snaps = Snapshots(tmp_path, "abc", SnapshotPolicy(every_steps=5))
     snaps.save(5, {"steps": 20, "x": torch.ones(3)})
@@ -217,7 +217,7 @@ def test_snapshot_policy():
 
 
 def test_running_record_and_status_of_a_fresh_run_dir(tmp_path):
-    from qbench.status import run_status
+    from qbench.report.status import run_status
 
     rd = RunDir(tmp_path)
     rd.ensure()
@@ -246,8 +246,8 @@ def test_running_record_and_status_of_a_fresh_run_dir(tmp_path):
 
 
 def test_an_unreadable_trained_checkpoint_is_never_loaded(tmp_path, registry):
-    from qbench.matrix import load_matrix
-    from qbench.runner import run_matrix
+    from qbench.plan.matrix import load_matrix
+    from qbench.run.runner import run_matrix
 
     from .test_runner import tiny
 

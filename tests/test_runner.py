@@ -13,8 +13,8 @@ import time
 import pytest
 
 import qbench.plugins
-from qbench.matrix import load_matrix
-from qbench.runner import run_matrix
+from qbench.plan.matrix import load_matrix
+from qbench.run.runner import run_matrix
 
 from .conftest import run_command
 
@@ -190,7 +190,7 @@ def test_rd_ordering_on_embedded_images(tmp_path):
     scratch left the curve at the mercy of float summation order (PSNR 21.10 dB at
     lambda 0.001 and 20.71 dB at 0.01 with one thread per worker).
     """
-    from qbench.matrix import default_matrix_path
+    from qbench.plan.matrix import default_matrix_path
 
     init = default_matrix_path().parent / "init" / "mbt2018-mean-48-64.pt"
     text = textwrap.dedent(f"""
@@ -259,7 +259,7 @@ def test_metric_plugin_adds_columns_to_results_and_report(tmp_path, install_plug
 
 
 def test_missing_dataset_folder_is_reported_before_any_job(tmp_path):
-    from qbench.preflight import PreflightError
+    from qbench.plan.preflight import PreflightError
 
     p = tiny(tmp_path)
     p.write_text(

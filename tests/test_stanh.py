@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import qbench.plugins
-from qbench.evaluate import evaluate_image
-from qbench.matrix import load_matrix
-from qbench.runner import run_matrix
+from qbench.run.evaluate import evaluate_image
+from qbench.plan.matrix import load_matrix
+from qbench.run.runner import run_matrix
 
 
 def stanh(registry, **kw):
@@ -203,7 +203,7 @@ anchor = "stanh"
 
 
 def test_from_anchor_needs_an_anchor(tmp_path, registry):
-    from qbench.matrix import MatrixError
+    from qbench.plan.matrix import MatrixError
 
     p = tmp_path / "bad.toml"
     p.write_text("""

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from qbench.analysis import model_gradient_statistics
-from qbench.train import CropSampler
+from qbench.run.train import CropSampler
 
 from .conftest import PHOTOS
 

@@ -1,7 +1,7 @@
 """Jobs: what one cell of a matrix is, and how its id is made.
 
 A :class:`Job` is one (backbone, quantizer, lambda, evaluation dataset, seed)
-cell with its typed configuration and the :class:`~qbench.weights.Recipe` that
+cell with its typed configuration and the :class:`~qbench.run.weights.Recipe` that
 produces its weights. Jobs that differ only in the evaluation dataset share
 one trained model: their *train id* is equal.
 
@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from qbench.evaluate import EvalConfig
-from qbench.train import TrainConfig
-from qbench.weights import Recipe
+from qbench.run.evaluate import EvalConfig
+from qbench.run.train import TrainConfig
+from qbench.run.weights import Recipe
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from torch import Tensor
 
 from qbench.backbone import Backbone
 from qbench.registry import QbenchError
-from qbench.resume import Snapshots
-from qbench.train import CropSampler, Outcome, TrainConfig, train
+from qbench.run.resume import Snapshots
+from qbench.run.train import CropSampler, Outcome, TrainConfig, train
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from qbench.registry import QbenchError
 from qbench.results import RunDir
-from qbench.resume import SnapshotPolicy, Snapshots
+from qbench.run.resume import SnapshotPolicy, Snapshots
 
 #: a heartbeat from another host older than this is taken as a dead job (seconds)
 STALE_SECONDS = 300.0

@@ -24,16 +24,16 @@ import torch
 from qbench import schedule
 from qbench.analysis import isolated_rng
 from qbench.backbone import Backbone
-from qbench.evaluate import evaluate
-from qbench.jobs import Job, Spec
+from qbench.run.evaluate import evaluate
+from qbench.plan.jobs import Job, Spec
 from qbench.metric import JobEval, Metric, ProbeEval
-from qbench.monitor import Monitor
+from qbench.run.monitor import Monitor
 from qbench.plugins import PluginSet
 from qbench.registry import QbenchError, Registry
 from qbench.results import RunDir
-from qbench.resume import SnapshotPolicy, Snapshots
-from qbench.train import CropSampler, Outcome, seed_everything
-from qbench.weights import Context
+from qbench.run.resume import SnapshotPolicy, Snapshots
+from qbench.run.train import CropSampler, Outcome, seed_everything
+from qbench.run.weights import Context
 
 
 def build_model(job: Job, registry: Registry) -> Backbone:
@@ -323,7 +323,7 @@ def _probe_set(job: Job, datasets: DatasetCache) -> list[torch.Tensor]:
 
 
 def _schedule_probe(job: Job, device: torch.device, datasets: DatasetCache, statistics):
-    """``(model, steps) -> (probe_steps, measure)`` for :class:`qbench.weights.Context`.
+    """``(model, steps) -> (probe_steps, measure)`` for :class:`qbench.run.weights.Context`.
 
     ``measure(step)`` runs every schedule statistic on the probe set with the
     model as it is at that step, on an isolated RNG stream seeded from the job

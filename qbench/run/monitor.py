@@ -90,7 +90,7 @@ class Monitor:
 
     def log(self, step: int, record: dict[str, Any]) -> None:
         """Hand one history record to the hook and the loggers."""
-        from qbench.worker import call_hook
+        from qbench.run.worker import call_hook
 
         stats = self.stats(record)
         call_hook(self.plugins, "qbench_train_step", job=self.job, step=step, stats=stats)

@@ -2,7 +2,7 @@
 
 An executor takes the train groups of a run (a *group* is the jobs that share
 one trained model: ``[(order, Job), ...]``) and runs each to completion; the
-group's own code (:func:`qbench.worker.run_group`) writes one atomic row per
+group's own code (:func:`qbench.run.worker.run_group`) writes one atomic row per
 job into the run directory, so the runner never knows where a job ran and
 merging ``results.csv`` stays idempotent. Executors:
 
@@ -15,7 +15,7 @@ merging ``results.csv`` stays idempotent. Executors:
   from other groups' models (a derived or interpolated quantizer) once those
   finished. Jobs are ``Checkpointable``: on preemption or time limit Slurm
   requeues them and the training continues from its last snapshot
-  (:mod:`qbench.resume`). The scheduler job id of every submission is
+  (:mod:`qbench.run.resume`). The scheduler job id of every submission is
   recorded in ``submitted/<train_id>.json`` (``qbench status`` shows it with
   the log paths).
 
@@ -42,11 +42,11 @@ from typing import Any
 
 import torch
 
-from qbench.jobs import Job
+from qbench.plan.jobs import Job
 from qbench.plugins import DISABLE_ENV, get_plugins
 from qbench.registry import QbenchError
 from qbench.results import RunDir
-from qbench.worker import DatasetCache, failure_row, run_group
+from qbench.run.worker import DatasetCache, failure_row, run_group
 
 #: ``--executor`` / ``[executor] kind`` values
 KINDS = ("local", "submitit-local", "slurm")

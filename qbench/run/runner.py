@@ -2,12 +2,12 @@
 
 Jobs that differ only in the evaluation dataset share one trained model
 (a *train group*); a group is the unit an executor runs
-(:mod:`qbench.executors`: this machine's worker pool, submitit's local
+(:mod:`qbench.run.executors`: this machine's worker pool, submitit's local
 executor or a Slurm job array). The runner does not know where a group runs:
 every group writes its own rows into the run directory, and the runner merges
 them into ``results.csv`` after each (idempotent: a merge reads every row).
 A resumed run skips the jobs with a row, and a training that was cut
-continues from its last snapshot (:mod:`qbench.resume`).
+continues from its last snapshot (:mod:`qbench.run.resume`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from qbench import __version__
-from qbench.executors import (
+from qbench.run.executors import (
     Dispatch,
     Executor,
     ExecutorError,
@@ -30,10 +30,10 @@ from qbench.executors import (
     check_executor,
     plan_devices,
 )
-from qbench.jobs import Job
-from qbench.matrix import Matrix
+from qbench.plan.jobs import Job
+from qbench.plan.matrix import Matrix
 from qbench.plugins import PluginSet, get_plugins
-from qbench.preflight import preflight
+from qbench.plan.preflight import preflight
 from qbench.rd import LOSS
 from qbench.registry import QbenchError
 from qbench.results import RunDir
@@ -74,7 +74,7 @@ def run_matrix(
     """Run (or resume) every job of ``matrix`` into the run directory ``out``.
 
     Everything knowable before the first job is checked first
-    (:func:`qbench.preflight.preflight`, the executor and its extra, the
+    (:func:`qbench.plan.preflight.preflight`, the executor and its extra, the
     device); then the directory is locked for this run and claimed for this
     matrix (:meth:`RunDir.claim`: ``force`` sets another matrix's run aside,
     ``append`` adds to it). ``executor`` overrides keys of the matrix's

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import qbench
-from qbench.evaluate import evaluate
+from qbench.run.evaluate import evaluate
 from qbench.reference import load
 from qbench.registry import QbenchError, Registry
 

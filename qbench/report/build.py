@@ -22,7 +22,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from qbench.bdrate import DEFAULT_MIN_OVERLAP, BDRateError, bd_rate_checked
-from qbench.evaluate import ACCOUNTING
+from qbench.run.evaluate import ACCOUNTING
 from qbench.registry import QbenchError
 from qbench.results import ID_COLUMNS, TAIL_COLUMNS, RunDir
 
@@ -729,7 +729,7 @@ def _plots(
     variable: pd.DataFrame | None = None,
     references: dict | None = None,
 ) -> list[Path]:
-    from qbench.plots import plot_bd, plot_rd, plot_schedule, plot_variable_rate
+    from qbench.report.plots import plot_bd, plot_rd, plot_schedule, plot_variable_rate
 
     # an RD plot needs both axes: a matrix may evaluate neither bpp nor psnr
     has_axes = not rd.empty and {"bpp", "psnr"} <= set(rd.columns)

@@ -625,7 +625,7 @@ def _noise_quantizer():
 def m_columns(entry, env):
     """On a real tiny evaluation the metric returns finite numbers, only in declared columns;
     a schedule statistic returns Estimates from ``per_probe`` and changes no model state."""
-    from qbench.evaluate import evaluate
+    from qbench.run.evaluate import evaluate
     from qbench.metric import JobEval
 
     metric = entry.build()
@@ -639,7 +639,7 @@ def m_columns(entry, env):
     m.set_quantizers({k: _noise_quantizer() for k in m.latents})
     x = torch.rand(3, 192, 192)
     avg, _ = evaluate(m, [x], ["x"], [metric], job_eval=JobEval(m, x[None], 0.01, 0))
-    from qbench.evaluate import ACCOUNTING
+    from qbench.run.evaluate import ACCOUNTING
 
     values = {k: v for k, v in avg.items() if k not in ACCOUNTING}
     extra = set(values) - set(cols)

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from qbench.backbone import Backbone
 from qbench.rd import rd_loss
-from qbench.resume import Snapshots, rng_state, set_rng_state
+from qbench.run.resume import Snapshots, rng_state, set_rng_state
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class TrainConfig:
 
     ``log_every`` sets how often the training statistics are recorded, and
     ``checkpoint_every`` (steps) and ``checkpoint_minutes`` how often a
-    resumable snapshot is written (:mod:`qbench.resume`); none of them changes
+    resumable snapshot is written (:mod:`qbench.run.resume`); none of them changes
     the trained weights, so none is part of a job's identity. ``amp`` is the
     mixed precision of the transforms in training (``""``: float32,
     ``"bf16"``, ``"fp16"``); it changes the weights and is part of the
@@ -199,7 +199,7 @@ def train(
     is called with each record of the history (every ``log_every`` steps).
     ``on_probe(step)`` returns the schedule record of that step. With
     ``snapshots`` the training continues from the newest usable snapshot and
-    writes new ones as their policy says (:mod:`qbench.resume`). ``amp``
+    writes new ones as their policy says (:mod:`qbench.run.resume`). ``amp``
     (``"bf16"``, ``"fp16"``) runs the transforms under autocast; the
     quantizers, the likelihoods and the loss stay in float32.
     """

@@ -8,15 +8,15 @@ before validation, exactly as if the file said it.
 
 Every problem is reported before any job starts, as a :class:`MatrixError`
 naming the file and the key path (``matrix.quantizers[3].zero_center``) and
-what was expected. The expansion makes one :class:`~qbench.jobs.Job` per cell,
-with the :mod:`~qbench.weights` recipe that produces its weights:
+what was expected. The expansion makes one :class:`~qbench.plan.jobs.Job` per cell,
+with the :mod:`~qbench.run.weights` recipe that produces its weights:
 
-* a plain quantizer entry trains (:class:`~qbench.weights.Train`);
+* a plain quantizer entry trains (:class:`~qbench.run.weights.Train`);
 * ``from_anchor = LAMBDA`` (+ ``refine_steps``) derives a model at every lambda
   from the entry with the same quantizer and parameters trained at ``LAMBDA``
-  (:class:`~qbench.weights.Refine`);
+  (:class:`~qbench.run.weights.Refine`);
 * ``interpolate = { of = LABEL, between = [l1, l2], points = N }`` blends the
-  models of ``LABEL`` at ``l1`` and ``l2`` (:class:`~qbench.weights.Blend`).
+  models of ``LABEL`` at ``l1`` and ``l2`` (:class:`~qbench.run.weights.Blend`).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from qbench.evaluate import EvalConfig
-from qbench.executors import check_executor
-from qbench.jobs import Job, Spec, fingerprint, make_job, stable_hash
+from qbench.run.evaluate import EvalConfig
+from qbench.run.executors import check_executor
+from qbench.plan.jobs import Job, Spec, fingerprint, make_job, stable_hash
 from qbench.reference import check_names
 from qbench.registry import QbenchError, Registry, unknown_name_message
-from qbench.train import AMP_DTYPES, TrainConfig
-from qbench.weights import Blend, Refine, RefineBackbone, Train
+from qbench.run.train import AMP_DTYPES, TrainConfig
+from qbench.run.weights import Blend, Refine, RefineBackbone, Train
 
 if sys.version_info >= (3, 11):
     import tomllib
