@@ -19,8 +19,8 @@ with _warnings.catch_warnings():
     from qbench.hookspecs import hookimpl
     from qbench.images import ImageDataset, load_image
     from qbench.metric import ImageEval, JobEval, Metric, ProbeEval
-    from qbench.run.monitor import Logger
     from qbench.quantizer import Quantized, Quantizer, Surrogate
+    from qbench.run.monitor import Logger
 
 try:
     __version__ = _metadata.version("qbench")

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import qbench.plugins
-from qbench.run.evaluate import pad_to
 from qbench.plan.matrix import load_matrix
+from qbench.run.evaluate import pad_to
 from qbench.run.runner import run_matrix
 
 CONTEXT = ["mbt2018", "cheng2020-anchor", "cheng2020-attn"]

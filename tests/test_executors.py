@@ -11,6 +11,8 @@ import sys
 import pytest
 
 import qbench.plugins
+from qbench.plan.matrix import defaults, load_matrix
+from qbench.results import RunDir
 from qbench.run.executors import (
     MAX_ATTEMPTS,
     Dispatch,
@@ -20,8 +22,6 @@ from qbench.run.executors import (
     plan_devices,
     worker_threads,
 )
-from qbench.plan.matrix import defaults, load_matrix
-from qbench.results import RunDir
 from qbench.run.runner import RunError, run_matrix
 
 from .test_resume import kill_after_snapshot, run

@@ -145,8 +145,8 @@ def kodak_folder(tmp_path, registry):
 def test_verify_zoo_compares_with_the_published_points(tmp_path, monkeypatch, registry):
     """CompressAI's loader on a locally made cache file; the published point is what the
     model gives (ok), then a point it does not give (FAIL, with the reason)."""
-    from qbench.run.evaluate import evaluate
     from qbench.report.zoo import verify_zoo
+    from qbench.run.evaluate import evaluate
 
     zoo_cache(tmp_path, monkeypatch, "bmshj2018-factorized", 1)
     kodak = registry.build("dataset", "kodak", path=str(kodak_folder(tmp_path, registry)))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import qbench.plugins
-from qbench.run.evaluate import evaluate_image
 from qbench.plan.matrix import load_matrix
+from qbench.run.evaluate import evaluate_image
 from qbench.run.runner import run_matrix
 
 

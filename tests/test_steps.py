@@ -11,8 +11,8 @@ import torch
 from scipy.stats import norm
 
 import qbench.plugins
-from qbench.run.evaluate import evaluate_image
 from qbench.plan.matrix import MatrixError, load_matrix
+from qbench.run.evaluate import evaluate_image
 from qbench.run.runner import run_matrix
 
 STEP_MIN = 0.05

@@ -625,8 +625,8 @@ def _noise_quantizer():
 def m_columns(entry, env):
     """On a real tiny evaluation the metric returns finite numbers, only in declared columns;
     a schedule statistic returns Estimates from ``per_probe`` and changes no model state."""
-    from qbench.run.evaluate import evaluate
     from qbench.metric import JobEval
+    from qbench.run.evaluate import evaluate
 
     metric = entry.build()
     cols = tuple(getattr(metric, "columns", ()))

@@ -34,11 +34,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from qbench.run.evaluate import EvalConfig
-from qbench.run.executors import check_executor
 from qbench.plan.jobs import Job, Spec, fingerprint, make_job, stable_hash
 from qbench.reference import check_names
 from qbench.registry import QbenchError, Registry, unknown_name_message
+from qbench.run.evaluate import EvalConfig
+from qbench.run.executors import check_executor
 from qbench.run.train import AMP_DTYPES, TrainConfig
 from qbench.run.weights import Blend, Refine, RefineBackbone, Train
 

@@ -22,9 +22,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from qbench.bdrate import DEFAULT_MIN_OVERLAP, BDRateError, bd_rate_checked
-from qbench.run.evaluate import ACCOUNTING
 from qbench.registry import QbenchError
 from qbench.results import ID_COLUMNS, TAIL_COLUMNS, RunDir
+from qbench.run.evaluate import ACCOUNTING
 
 
 @dataclass

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import qbench
-from qbench.run.evaluate import evaluate
 from qbench.reference import load
 from qbench.registry import QbenchError, Registry
+from qbench.run.evaluate import evaluate
 
 BPP_TOLERANCE = 0.01
 PSNR_TOLERANCE = 0.05

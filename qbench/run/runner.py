@@ -22,6 +22,13 @@ from typing import Any
 import torch
 
 from qbench import __version__
+from qbench.plan.jobs import Job
+from qbench.plan.matrix import Matrix
+from qbench.plan.preflight import preflight
+from qbench.plugins import PluginSet, get_plugins
+from qbench.rd import LOSS
+from qbench.registry import QbenchError
+from qbench.results import RunDir
 from qbench.run.executors import (
     Dispatch,
     Executor,
@@ -30,13 +37,6 @@ from qbench.run.executors import (
     check_executor,
     plan_devices,
 )
-from qbench.plan.jobs import Job
-from qbench.plan.matrix import Matrix
-from qbench.plugins import PluginSet, get_plugins
-from qbench.plan.preflight import preflight
-from qbench.rd import LOSS
-from qbench.registry import QbenchError
-from qbench.results import RunDir
 from qbench.schedule import AVERAGE_SUFFIXES, FINAL_SUFFIXES
 
 

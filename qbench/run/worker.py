@@ -24,13 +24,13 @@ import torch
 from qbench import schedule
 from qbench.analysis import isolated_rng
 from qbench.backbone import Backbone
-from qbench.run.evaluate import evaluate
-from qbench.plan.jobs import Job, Spec
 from qbench.metric import JobEval, Metric, ProbeEval
-from qbench.run.monitor import Monitor
+from qbench.plan.jobs import Job, Spec
 from qbench.plugins import PluginSet
 from qbench.registry import QbenchError, Registry
 from qbench.results import RunDir
+from qbench.run.evaluate import evaluate
+from qbench.run.monitor import Monitor
 from qbench.run.resume import SnapshotPolicy, Snapshots
 from qbench.run.train import CropSampler, Outcome, seed_everything
 from qbench.run.weights import Context
