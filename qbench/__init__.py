@@ -18,9 +18,9 @@ with _warnings.catch_warnings():
     from qbench.backbone import Backbone
     from qbench.hookspecs import hookimpl
     from qbench.images import ImageDataset, load_image
+    from qbench.logger import Logger
     from qbench.metric import ImageEval, JobEval, Metric, ProbeEval
     from qbench.quantizer import Quantized, Quantizer, Surrogate
-    from qbench.run.monitor import Logger
 
 try:
     __version__ = _metadata.version("qbench")

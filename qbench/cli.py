@@ -26,7 +26,7 @@ def cmd_list(args) -> int:
         desc = e.description
         if "parameters" in e.metadata:
             desc += f" [{e.metadata['parameters']} parameters]"
-        rows.append([e.name, e.kind, e.plugin, f"{e.distribution} {e.version}".strip(), desc])
+        rows.append([e.name, e.kind, e.plugin, e.provider, desc])
     print(tabulate(rows, headers=["name", "kind", "plugin", "distribution", "description"]))
     if plugins.problems:
         print("\nPlugin problems:")

@@ -34,6 +34,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor
 
 from qbench.likelihoods import bottleneck_likelihood
+from qbench.tensors import per_channel
 
 PRECISION = 16
 #: Largest symbol magnitude a factorized step table spans (values beyond are escaped).
@@ -117,8 +118,6 @@ class GaussianTables(EntropyTables):
                 "a quantizer with a step needs GaussianTables(gc, scales): the backbone "
                 "must pass the predicted scales"
             )
-        from qbench.quantizer import per_channel
-
         scaled = self.scales / per_channel(step.to(self.scales), self.scales)
         tables = _own_tables(self.gc)
         tables.indexes = self.gc.build_indexes(scaled)

@@ -14,6 +14,7 @@ skips plugins by entry-point name.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import metadata as importlib_metadata
@@ -22,7 +23,7 @@ from typing import Any
 import pluggy
 
 from qbench import hookspecs
-from qbench.registry import Entry, Problem, Registry
+from qbench.registry import Entry, Problem, Registry, reason
 
 GROUP = "qbench"
 DISABLE_ENV = "QBENCH_DISABLE_PLUGINS"
@@ -60,6 +61,21 @@ class PluginSet:
     @property
     def hook(self) -> Any:
         return self.pm.hook
+
+    def call_guarded(self, name: str, **kwargs: Any) -> None:
+        """Call lifecycle hook ``name`` on every plugin; a plugin that raises is reported by name.
+
+        A logger or reporter must never fail a job: its exception is printed to
+        stderr with the plugin's name, and the other plugins are still called.
+        """
+        for impl in getattr(self.pm.hook, name).get_hookimpls():
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as exc:
+                print(
+                    f"qbench: warning: plugin {impl.plugin_name!r}: {name} raised {reason(exc)}",
+                    file=sys.stderr,
+                )
 
 
 def disabled_plugins(extra: list[str] | tuple[str, ...] = ()) -> set[str]:

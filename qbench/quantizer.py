@@ -78,6 +78,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from qbench.tensors import per_channel
+
 if TYPE_CHECKING:
     from qbench.coding import CdfTables, EntropyTables
 
@@ -129,13 +131,6 @@ def ste_round(y: Tensor, means: Tensor | None = None) -> Tensor:
 def straight_through(value: Tensor, y: Tensor) -> Tensor:
     """``value`` in the forward pass, identity wrt ``y`` in the backward pass."""
     return value.detach() + (y - y.detach())
-
-
-def per_channel(t: Tensor, like: Tensor) -> Tensor:
-    """A scalar or per-channel (``(C,)``) tensor shaped to broadcast against ``like``."""
-    if t.dim() == 0:
-        return t
-    return t.reshape(1, -1, *([1] * (like.dim() - 2)))
 
 
 def uniform_noise(y: Tensor, width: float = 1.0) -> Tensor:

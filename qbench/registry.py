@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,11 @@ class Entry:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def provider(self) -> str:
+        """``"distribution version"`` of the plugin that registered the name."""
+        return f"{self.distribution} {self.version}".strip()
+
+    @property
     def description(self) -> str:
         """The first line of the ``description`` metadata ('' when absent)."""
         lines = str(self.metadata.get("description", "")).strip().splitlines()
@@ -76,7 +81,7 @@ class Entry:
             if unknown:
                 raise PluginParameterError(
                     f"{self.kind} {self.name!r} (plugin {self.plugin!r}, "
-                    f"{self.distribution} {self.version}) does not accept parameter "
+                    f"{self.provider}) does not accept parameter "
                     f"{unknown[0]!r}; accepted parameters: {', '.join(accepted) or 'none'}"
                 )
         try:
@@ -112,8 +117,8 @@ class Registry:
                     entry.plugin,
                     entry.distribution,
                     f"{entry.kind} name {entry.name!r} is already registered by plugin "
-                    f"{taken.plugin!r} ({taken.distribution} {taken.version}); the registration "
-                    f"from {entry.distribution} {entry.version} was ignored",
+                    f"{taken.plugin!r} ({taken.provider}); the registration "
+                    f"from {entry.provider} was ignored",
                 )
             )
             return
@@ -141,8 +146,22 @@ class Registry:
         return self.get(kind, name).build(**params)
 
 
+def did_you_mean(name: str, known: Iterable[str], n: int = 3, cutoff: float = 0.5) -> str:
+    """``"did you mean 'x' or 'y'?"`` for the known names closest to ``name`` ('' if none)."""
+    close = difflib.get_close_matches(str(name), list(known), n=n, cutoff=cutoff)
+    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def reason(exc: BaseException, limit: int = 500) -> str:
+    """One line saying why ``exc`` happened: a :class:`QbenchError`'s own message, or
+    ``"TypeName: message"`` for any other exception; newlines folded, at most ``limit``
+    characters."""
+    text = str(exc) if isinstance(exc, QbenchError) else f"{type(exc).__name__}: {exc}"
+    return text.replace("\n", " ")[:limit]
+
+
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, known)
+    hint = f"; {hint}" if hint else ""
     listing = ", ".join(sorted(known)) or "none"
     return f"unknown {kind} {name!r}{hint} (registered {kind}s: {listing})"

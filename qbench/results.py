@@ -11,7 +11,7 @@ Layout of a run directory::
     checkpoints/<train_id>.pt  trained weights (shared by jobs that differ
                            only in the evaluation dataset)
     checkpoints/<train_id>.snap-[ab].pt|json  resumable snapshots of a training
-                           under way (qbench/run/resume.py)
+                           under way (qbench/snapshots.py)
     running/<train_id>.json    a group being produced now: host, pid, step
                            (a heartbeat; removed when its rows are written)
     submitted/<train_id>.json  the scheduler job id and log paths of its
@@ -57,6 +57,8 @@ TAIL_COLUMNS = [
     "train_id",
     "config_id",
 ]
+#: Columns the evaluation adds about what it averaged (besides the metrics' own).
+ACCOUNTING = ("images", "nonfinite", "not_applicable", "eval_seconds")
 #: ``qbench export --half`` stores floating tensors of at least this many elements as float16.
 HALF_MIN_NUMEL = 4096
 #: The tables merged from the rows.
@@ -264,6 +266,11 @@ class RunDir:
         torch.save(state, buf)
         atomic_write_bytes(self.checkpoint_path(train_id), buf.getvalue())
         atomic_write_text(self.ckpt_dir / f"{train_id}.json", json.dumps(meta, default=str))
+
+    def remove_checkpoint(self, train_id: str) -> None:
+        """Forget a train group's trained weights (``--force`` trains them again)."""
+        self.checkpoint_path(train_id).unlink(missing_ok=True)
+        (self.ckpt_dir / f"{train_id}.json").unlink(missing_ok=True)
 
     def load_checkpoint(self, train_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         path = self.checkpoint_path(train_id)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from qbench.results import RunDir
-from qbench.run.resume import SnapshotPolicy, Snapshots
+from qbench.snapshots import SnapshotPolicy, Snapshots
 
 from .conftest import run_command
 
@@ -189,7 +189,7 @@ def test_snapshots_fall_back_to_the_older_one_then_to_a_fresh_start(tmp_path):
 
 def test_a_kill_at_any_instant_of_a_save_leaves_a_usable_snapshot(tmp_path, monkeypatch):
     """A save killed after the slot's .pt but before its record: the other slot stands."""
-    from qbench.run import resume
+    from qbench import snapshots as resume
 
     snaps = Snapshots(tmp_path, "abc", SnapshotPolicy(every_steps=5))
     snaps.save(5, {"steps": 20, "x": torch.ones(3)})

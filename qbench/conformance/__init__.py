@@ -180,7 +180,7 @@ def q_bins(entry, env):
                     f"bins do not tile: uppers {_show(hi_k[:-1])} vs next lowers {_show(lo_k[1:])}",
                 )
         elif _integer_lattice(q):  # a quantization step: cells of width step around k * r
-            from qbench.quantizer import per_channel
+            from qbench.tensors import per_channel
 
             k = torch.arange(-5.0, 6.0).view(1, 1, -1, 1).expand(1, 3, -1, 1)
             step = per_channel(q.step().detach(), k)
@@ -639,7 +639,7 @@ def m_columns(entry, env):
     m.set_quantizers({k: _noise_quantizer() for k in m.latents})
     x = torch.rand(3, 192, 192)
     avg, _ = evaluate(m, [x], ["x"], [metric], job_eval=JobEval(m, x[None], 0.01, 0))
-    from qbench.run.evaluate import ACCOUNTING
+    from qbench.results import ACCOUNTING
 
     values = {k: v for k, v in avg.items() if k not in ACCOUNTING}
     extra = set(values) - set(cols)
@@ -719,10 +719,7 @@ class ConformanceItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ConformanceFailure):
             e = self.entry
-            return (
-                f"{e.kind} {e.name!r} (plugin {e.plugin!r}, {e.distribution} {e.version}): "
-                f"{excinfo.value}"
-            )
+            return f"{e.kind} {e.name!r} (plugin {e.plugin!r}, {e.provider}): {excinfo.value}"
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):

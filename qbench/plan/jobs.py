@@ -25,8 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from qbench.run.evaluate import EvalConfig
-from qbench.run.train import TrainConfig
+from qbench.plan.configs import EvalConfig, TrainConfig
 from qbench.run.weights import Recipe
 
 

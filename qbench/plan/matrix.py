@@ -34,12 +34,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from qbench.plan.configs import EvalConfig, ExecutorConfig, TrainConfig
 from qbench.plan.jobs import Job, Spec, fingerprint, make_job, stable_hash
 from qbench.reference import check_names
 from qbench.registry import QbenchError, Registry, unknown_name_message
-from qbench.run.evaluate import EvalConfig
-from qbench.run.executors import check_executor
-from qbench.run.train import AMP_DTYPES, TrainConfig
 from qbench.run.weights import Blend, Refine, RefineBackbone, Train
 
 if sys.version_info >= (3, 11):
@@ -232,82 +230,10 @@ def parse_matrix(
     seeds = ck.seeds(m.get("seeds", base["matrix"]["seeds"]))
 
     train = _section(ck, raw, "train", base["train"])
-    for key in ("steps", "batch_size", "crop"):
-        if train[key] < 1:
-            ck.fail(f"train.{key}", f"must be >= 1, got {train[key]}")
-    for key in ("lr", "aux_lr"):
-        if not (train[key] > 0 and math.isfinite(train[key])):
-            ck.fail(f"train.{key}", f"must be a finite number > 0, got {train[key]}")
-    if not (train["clip_max_norm"] >= 0 and math.isfinite(train["clip_max_norm"])):
-        ck.fail(
-            "train.clip_max_norm",
-            f"must be finite and >= 0 (0 disables), got {train['clip_max_norm']}",
-        )
-    for key in ("log_every", "checkpoint_every"):
-        if train[key] < 0:
-            ck.fail(f"train.{key}", f"must be >= 0 (0 disables), got {train[key]}")
-    if not (train["checkpoint_minutes"] >= 0 and math.isfinite(train["checkpoint_minutes"])):
-        ck.fail(
-            "train.checkpoint_minutes",
-            f"must be finite and >= 0 (0 disables), got {train['checkpoint_minutes']}",
-        )
-    if train["amp"] not in AMP_DTYPES:
-        ck.fail(
-            "train.amp",
-            f'expected one of {", ".join(repr(k) for k in AMP_DTYPES)} ("": float32), '
-            f"got {train['amp']!r}",
-        )
     train_dataset = ck.spec("dataset", train.pop("dataset"), "train.dataset")
-    # one spelling per value (1 and 1.0 are one configuration, one job id)
-    train_config = TrainConfig(
-        **{k: float(v) if isinstance(base["train"][k], float) else v for k, v in train.items()}
-    )
-    evaluation = _section(ck, raw, "eval", base["eval"])
-    for i, metric in enumerate(evaluation["metrics"]):
-        if not isinstance(metric, str):
-            ck.fail(f"eval.metrics[{i}]", f"expected a metric name, got {metric!r}")
-        if ("metric", metric) not in registry:
-            ck.fail(
-                f"eval.metrics[{i}]",
-                unknown_name_message("metric", metric, registry.names("metric")),
-            )
-    if not evaluation["metrics"]:
-        ck.fail("eval.metrics", "the list of metrics is empty; name at least one metric")
-    if evaluation["max_images"] < 0:
-        ck.fail("eval.max_images", f"must be >= 0 (0: every image), got {evaluation['max_images']}")
-    if evaluation["max_pixels"] < 1:
-        ck.fail("eval.max_pixels", f"must be >= 1, got {evaluation['max_pixels']}")
-    schedule = evaluation["schedule"]
-    if not isinstance(schedule, list) or not all(
-        isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t <= 1 for t in schedule
-    ):
-        ck.fail(
-            "eval.schedule",
-            f"expected a list of training-progress points in (0, 1], got {schedule!r}",
-        )
-    schedule = tuple(sorted({float(t) for t in schedule} | {1.0}))
-    if evaluation["probe_batches"] < 2:
-        ck.fail(
-            "eval.probe_batches",
-            f"must be >= 2 (the intervals are over the probe batches), got "
-            f"{evaluation['probe_batches']}",
-        )
-    if evaluation["probe_crops"] < 1:
-        ck.fail("eval.probe_crops", f"must be >= 1, got {evaluation['probe_crops']}")
-    if evaluation["draws"] < 2 or evaluation["draws"] % 2:
-        ck.fail(
-            "eval.draws",
-            f"must be an even number >= 2 (the gradient statistics split the draws in two "
-            f"halves), got {evaluation['draws']}",
-        )
-    eval_config = EvalConfig(
-        tuple(evaluation["metrics"]),
-        evaluation["max_images"],
-        evaluation["max_pixels"],
-        schedule,
-        evaluation["probe_batches"],
-        evaluation["probe_crops"],
-        evaluation["draws"],
+    train_config = TrainConfig.from_table(train, base["train"], ck.failing("train"))
+    eval_config = EvalConfig.from_table(
+        _section(ck, raw, "eval", base["eval"]), ck.metric_problem, ck.failing("eval")
     )
     report = _section(ck, raw, "report", base["report"])
     labels = [q.label for q in quantizers]
@@ -330,8 +256,9 @@ def parse_matrix(
         if monitor["loggers"]
         else ()
     )
-    executor = _section(ck, raw, "executor", base["executor"])
-    check_executor(executor, lambda key, msg: ck.fail(f"executor.{key}", msg))
+    executor = ExecutorConfig.from_table(
+        _section(ck, raw, "executor", base["executor"]), ck.failing("executor")
+    ).as_table()
 
     grid = _Grid(
         ck, backbones, lambdas, datasets, seeds, unlisted, train_dataset, train_config, eval_config
@@ -557,6 +484,16 @@ class _Checker:
     def fail(self, path: str, msg: str) -> None:
         raise MatrixError(f"{self.source}: {path}: {msg}")
 
+    def failing(self, section: str):
+        """``fail(key, message)`` for the keys of one section (a config's ``from_table``)."""
+        return lambda key, msg: self.fail(f"{section}.{key}", msg)
+
+    def metric_problem(self, name: str) -> str:
+        """``""`` when ``name`` is a registered metric, else why not."""
+        if ("metric", name) in self.registry:
+            return ""
+        return unknown_name_message("metric", name, self.registry.names("metric"))
+
     def type_name(self, value: Any) -> str:
         return {bool: "boolean", int: "integer", float: "float", str: "string"}.get(
             type(value), type(value).__name__
@@ -646,7 +583,7 @@ class _Checker:
             resolved = (self.base_dir / Path(params[key]).expanduser()).resolve()
             params[key] = str(resolved)
             fingerprints[key] = fingerprint(resolved)
-        provider = f"{reg.distribution} {reg.version}".strip()
+        provider = reg.provider
         return Spec(kind, name, label, params, provider, latents, fingerprints)
 
     def spec_list(self, kind: str, value: Any, path: str) -> list[Spec]:

@@ -11,16 +11,11 @@ once (images a dataset skipped). Nothing is written.
 
 from __future__ import annotations
 
-from qbench.registry import QbenchError, Registry
+from qbench.registry import QbenchError, Registry, reason
 
 
 class PreflightError(QbenchError):
     """A matrix that would fail a job; the message names the file and the entry."""
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    return text if isinstance(exc, QbenchError) else f"{type(exc).__name__}: {text}"
 
 
 def preflight(matrix, registry: Registry) -> list[str]:
@@ -33,7 +28,7 @@ def preflight(matrix, registry: Registry) -> list[str]:
         try:
             return registry.build(kind, spec.name, **spec.params)
         except Exception as exc:
-            raise PreflightError(f"{source}: {where} ({spec.label!r}): {_reason(exc)}") from exc
+            raise PreflightError(f"{source}: {where} ({spec.label!r}): {reason(exc)}") from exc
 
     backbones = {
         spec.label: build("backbone", "matrix.backbones", spec)
@@ -63,7 +58,7 @@ def preflight(matrix, registry: Registry) -> list[str]:
         try:
             registry.build("metric", name)
         except Exception as exc:
-            raise PreflightError(f"{source}: eval.metrics ({name!r}): {_reason(exc)}") from exc
+            raise PreflightError(f"{source}: eval.metrics ({name!r}): {reason(exc)}") from exc
 
     for spec in matrix.loggers:  # a logger whose library is missing names its extra now
         build("logger", "monitor.loggers", spec)
@@ -82,6 +77,6 @@ def preflight(matrix, registry: Registry) -> list[str]:
     for spec in {j.dataset.label: j.dataset for j in jobs}.values():
         datasets.append(("matrix.datasets", spec, build("dataset", "matrix.datasets", spec)))
     for where, spec, ds in datasets:
-        for _, reason in getattr(ds, "skipped", []):
-            warnings.append(f"{where} ({spec.label!r}): skipped {reason}")
+        for _, why in getattr(ds, "skipped", []):
+            warnings.append(f"{where} ({spec.label!r}): skipped {why}")
     return warnings

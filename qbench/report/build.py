@@ -23,8 +23,7 @@ from tabulate import tabulate
 
 from qbench.bdrate import DEFAULT_MIN_OVERLAP, BDRateError, bd_rate_checked
 from qbench.registry import QbenchError
-from qbench.results import ID_COLUMNS, TAIL_COLUMNS, RunDir
-from qbench.run.evaluate import ACCOUNTING
+from qbench.results import ACCOUNTING, ID_COLUMNS, TAIL_COLUMNS, RunDir
 
 
 @dataclass

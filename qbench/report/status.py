@@ -26,7 +26,7 @@ from pathlib import Path
 
 from qbench.registry import QbenchError
 from qbench.results import RunDir
-from qbench.run.resume import SnapshotPolicy, Snapshots
+from qbench.snapshots import Snapshots
 
 #: a heartbeat from another host older than this is taken as a dead job (seconds)
 STALE_SECONDS = 300.0
@@ -87,7 +87,7 @@ def run_status(root: Path) -> list[JobStatus]:
             log=sub.get("stderr", ""),
         )
         row = rows.get(job_id)
-        snapshot = Snapshots(run_dir.ckpt_dir, train_id, SnapshotPolicy()).latest_step()
+        snapshot = Snapshots(run_dir.ckpt_dir, train_id).latest_step()
         beat = running.get(train_id)
         if row is not None:
             status.state = row.get("status", "?")

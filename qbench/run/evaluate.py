@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,41 +21,6 @@ from torch import Tensor
 
 from qbench.backbone import Backbone
 from qbench.metric import ImageEval, JobEval, Metric
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """The ``[eval]`` section of a matrix.
-
-    Attributes:
-        metrics: registered metric names, in column order.
-        max_images: evaluate the first ``max_images`` images (0: all).
-        max_pixels: images with more pixels are not evaluated (skipped and
-            named in the row): the memory an evaluation takes grows with the
-            image (a 5000x4000 image took 7.1 GB with N = 16 channels).
-        schedule: the training-progress points at which the schedule
-            statistics (metrics with ``per_probe``) are measured; always ends at 1.0.
-        probe_batches: batches in the fixed probe set (the unit of the intervals).
-        probe_crops: training crops per probe batch.
-        draws: surrogate draws ``K`` of every schedule statistic.
-    """
-
-    metrics: tuple[str, ...]
-    max_images: int
-    max_pixels: int = 8_388_608
-    schedule: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0)
-    probe_batches: int = 8
-    probe_crops: int = 4
-    draws: int = 16
-
-    def probe_settings(self) -> dict[str, Any]:
-        """What the schedule statistics recorded during training depend on."""
-        return {
-            "schedule": list(self.schedule),
-            "probe_batches": self.probe_batches,
-            "probe_crops": self.probe_crops,
-            "draws": self.draws,
-        }
 
 
 def pad_to(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:
@@ -82,10 +46,6 @@ def count_bytes(strings: Any) -> int:
     if isinstance(strings, (bytes, bytearray)):
         return len(strings)
     return sum(count_bytes(s) for s in strings)
-
-
-#: Columns :func:`evaluate` adds about what it averaged (besides the metrics' own).
-ACCOUNTING = ("images", "nonfinite", "not_applicable", "eval_seconds")
 
 
 def _count(counts: dict[str, int], n: int) -> str:

@@ -49,7 +49,6 @@ from qbench.results import RunDir
 from qbench.run.worker import DatasetCache, failure_row, run_group
 
 #: ``--executor`` / ``[executor] kind`` values
-KINDS = ("local", "submitit-local", "slurm")
 #: attempts of a group whose process dies before it is marked failed
 MAX_ATTEMPTS = 3
 
@@ -58,22 +57,6 @@ Group = list[tuple[int, Job]]
 
 class ExecutorError(QbenchError):
     """An executor that cannot run here (a missing extra, bad settings)."""
-
-
-def check_executor(settings: dict[str, Any], fail: Callable[[str, str], None]) -> None:
-    """Validate an ``[executor]`` table (``fail(key, message)`` on the first bad key)."""
-    if settings["kind"] not in KINDS:
-        fail("kind", f"expected one of {', '.join(KINDS)}, got {settings['kind']!r}")
-    for key in ("gpus_per_job",):
-        if settings[key] < 0:
-            fail(key, f"must be >= 0, got {settings[key]}")
-    for key in ("cpus_per_job", "time_min", "array_parallelism"):
-        if settings[key] < 1:
-            fail(key, f"must be >= 1, got {settings[key]}")
-    if not settings["mem_gb"] > 0:
-        fail("mem_gb", f"must be > 0, got {settings['mem_gb']}")
-    if not isinstance(settings["additional"], dict):
-        fail("additional", 'expected a table of extra sbatch options, e.g. { account = "abc" }')
 
 
 @dataclass

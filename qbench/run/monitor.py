@@ -22,27 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qbench.logger import Logger
 from qbench.rd import psnr_from_mse
-
-
-class Logger:
-    """A live logger of one train group's training (register with ``qbench_register_loggers``).
-
-    The worker calls :meth:`start` before training, :meth:`log` every
-    ``log_every`` steps and :meth:`finish` with the group's first row. A
-    factory whose library is missing raises :class:`qbench.registry.QbenchError`
-    naming the pip extra to install; qbench builds every logger of a matrix
-    before any job starts, so that error comes first.
-    """
-
-    def start(self, job: Any, folder: Path) -> None:
-        """Begin logging ``job`` (the group's first job) into ``folder`` (created for it)."""
-
-    def log(self, step: int, stats: dict[str, float]) -> None:
-        """Record ``stats`` (see the module docstring) after ``step`` optimisation steps."""
-
-    def finish(self, row: dict[str, Any]) -> None:
-        """The job ended; ``row`` is its results row (``status`` says how). Flush and close."""
+from qbench.registry import reason
 
 
 class Monitor:
@@ -69,9 +51,9 @@ class Monitor:
             fn()
             return True
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+            why = reason(exc, 300)
             print(
-                f"qbench: warning: logger {name!r}: {what} raised {reason}; it is left out for "
+                f"qbench: warning: logger {name!r}: {what} raised {why}; it is left out for "
                 f"job {self.job.describe()}",
                 file=sys.stderr,
             )
@@ -90,10 +72,8 @@ class Monitor:
 
     def log(self, step: int, record: dict[str, Any]) -> None:
         """Hand one history record to the hook and the loggers."""
-        from qbench.run.worker import call_hook
-
         stats = self.stats(record)
-        call_hook(self.plugins, "qbench_train_step", job=self.job, step=step, stats=stats)
+        self.plugins.call_guarded("qbench_train_step", job=self.job, step=step, stats=stats)
         for name, logger in list(self.loggers):
             self._safe(name, "log", lambda logger=logger: logger.log(step, stats))
 

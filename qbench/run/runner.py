@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from qbench import __version__
+from qbench.plan.configs import ExecutorConfig
 from qbench.plan.jobs import Job
 from qbench.plan.matrix import Matrix
 from qbench.plan.preflight import preflight
@@ -34,10 +35,10 @@ from qbench.run.executors import (
     Executor,
     ExecutorError,
     build_executor,
-    check_executor,
     plan_devices,
 )
 from qbench.schedule import AVERAGE_SUFFIXES, FINAL_SUFFIXES
+from qbench.snapshots import Snapshots
 
 
 class RunError(QbenchError):
@@ -81,9 +82,10 @@ def run_matrix(
     ``[executor]`` table (the command line's ``--executor`` and ``--slurm-*``).
     """
     plugins = get_plugins(disable)
-    settings = {**matrix.executor, **(executor or {})}
-    check_executor(settings, lambda key, msg: _bad_executor(key, msg))
-    runner = build_executor(settings)
+    config = ExecutorConfig.from_table(matrix.executor, _bad_executor).overridden(
+        executor or {}, _bad_executor
+    )
+    runner = build_executor(config.as_table())
     plan_devices(device, workers, 1, jobs_per_gpu)  # a bad --device is known now
     for line in preflight(matrix, plugins.registry):
         echo(f"warning: {line}")
@@ -130,9 +132,8 @@ def _run_locked(
         groups.setdefault(j.train_id, []).append((o, j))
     if force:  # re-train too: forget the checkpoints and snapshots of the jobs that run again
         for train_id in groups:
-            for generation in ("", ".snap-a", ".snap-b"):
-                for suffix in (".pt", ".json"):
-                    (run_dir.ckpt_dir / f"{train_id}{generation}{suffix}").unlink(missing_ok=True)
+            run_dir.remove_checkpoint(train_id)
+            Snapshots(run_dir.ckpt_dir, train_id).clear()
     plan = runner.plan(dispatch, len(groups))
     threads = runner.threads(dispatch, len(groups))
     manifest = _manifest(matrix, plugins, runner, plan, threads, dispatch.disable)

@@ -26,7 +26,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,47 +35,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qbench.backbone import Backbone
+from qbench.plan.configs import AMP_MODES
 from qbench.rd import rd_loss
-from qbench.run.resume import Snapshots, rng_state, set_rng_state
+from qbench.run.resume import rng_state, set_rng_state
+from qbench.snapshots import Snapshots
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The ``[train]`` section of a matrix, less its dataset (see DESIGN.md).
-
-    ``log_every`` sets how often the training statistics are recorded, and
-    ``checkpoint_every`` (steps) and ``checkpoint_minutes`` how often a
-    resumable snapshot is written (:mod:`qbench.run.resume`); none of them changes
-    the trained weights, so none is part of a job's identity. ``amp`` is the
-    mixed precision of the transforms in training (``""``: float32,
-    ``"bf16"``, ``"fp16"``); it changes the weights and is part of the
-    identity when set.
-    """
-
-    steps: int
-    batch_size: int
-    crop: int
-    lr: float
-    aux_lr: float
-    clip_max_norm: float
-    log_every: int
-    checkpoint_every: int = 0
-    checkpoint_minutes: float = 0.0
-    amp: str = ""
-
-    #: settings that do not change the trained weights
-    PROBES = ("log_every", "checkpoint_every", "checkpoint_minutes")
-
-    def identity(self) -> dict[str, Any]:
-        """What determines the trained weights (``amp`` only when set: old ids stay)."""
-        out = {k: v for k, v in asdict(self).items() if k not in self.PROBES}
-        if not self.amp:
-            out.pop("amp")
-        return out
-
-
-#: ``[train] amp`` values and the autocast dtype of each (float32 when absent)
+#: the autocast dtype of each ``[train] amp`` mode (float32 when absent)
 AMP_DTYPES = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+assert tuple(AMP_DTYPES) == AMP_MODES
 
 
 def seed_everything(seed: int) -> None:

@@ -31,9 +31,10 @@ import torch
 from torch import Tensor
 
 from qbench.backbone import Backbone
+from qbench.plan.configs import TrainConfig
 from qbench.registry import QbenchError
-from qbench.run.resume import Snapshots
-from qbench.run.train import CropSampler, Outcome, TrainConfig, train
+from qbench.run.train import CropSampler, Outcome, train
+from qbench.snapshots import Snapshots
 
 
 @dataclass

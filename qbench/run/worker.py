@@ -13,7 +13,6 @@ lifecycle hook is reported with the plugin's name while the job goes on.
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import traceback
 from dataclasses import asdict
@@ -27,13 +26,13 @@ from qbench.backbone import Backbone
 from qbench.metric import JobEval, Metric, ProbeEval
 from qbench.plan.jobs import Job, Spec
 from qbench.plugins import PluginSet
-from qbench.registry import QbenchError, Registry
+from qbench.registry import QbenchError, Registry, reason
 from qbench.results import RunDir
 from qbench.run.evaluate import evaluate
 from qbench.run.monitor import Monitor
-from qbench.run.resume import SnapshotPolicy, Snapshots
 from qbench.run.train import CropSampler, Outcome, seed_everything
 from qbench.run.weights import Context
+from qbench.snapshots import SnapshotPolicy, Snapshots
 
 
 def build_model(job: Job, registry: Registry) -> Backbone:
@@ -77,20 +76,6 @@ class DatasetCache:
         return [ds.uint8(i) for i in range(len(ds))]
 
 
-def call_hook(plugins: PluginSet, name: str, **kwargs: Any) -> None:
-    """Call lifecycle hook ``name`` on every plugin; a plugin that raises is reported, by name.
-
-    A logger or reporter must never fail a job: its exception is printed to
-    stderr with the plugin's name and the other plugins are still called.
-    """
-    for impl in getattr(plugins.hook, name).get_hookimpls():
-        try:
-            impl.function(**{k: kwargs[k] for k in impl.argnames})
-        except Exception as exc:
-            msg = f"qbench: warning: plugin {impl.plugin_name!r}: {name} raised {_reason(exc)}"
-            print(msg, file=sys.stderr)
-
-
 def failure_row(job: Job, status: str, reason: str, order: int, **extra: Any) -> dict[str, Any]:
     """The row of a job that did not finish ``ok``."""
     return {**job.id_columns(), "order": order, "status": status, "reason": reason, **extra}
@@ -109,7 +94,7 @@ def run_group(
     first = jobs[0][1]
     registry = plugins.registry
     for _, job in jobs:
-        call_hook(plugins, "qbench_job_started", job=job)
+        plugins.call_guarded("qbench_job_started", job=job)
     rows: dict[str, dict[str, Any]] = {}
     monitor, resumed = None, ""
     run_dir.mark_running(first.train_id, {"step": 0, "steps": first.recipe.steps(first.train)})
@@ -184,13 +169,13 @@ def run_group(
     except Exception as exc:
         for order, job in jobs:
             if job.job_id not in rows:
-                rows[job.job_id] = failure_row(job, "failed", _reason(exc), order)
+                rows[job.job_id] = failure_row(job, "failed", reason(exc), order)
                 _log_exception(run_dir, job, exc)
     for _, job in jobs:
         row = rows[job.job_id]
         row.setdefault("resumed", resumed)
         run_dir.write_row(row)
-        call_hook(plugins, "qbench_job_finished", job=job, result=row)
+        plugins.call_guarded("qbench_job_finished", job=job, result=row)
     if monitor is not None:
         monitor.finish(rows[first.job_id])
     run_dir.clear_running(first.train_id)
@@ -275,7 +260,7 @@ def _evaluate_group(
                 "history": outcome.history,
             }
         except Exception as exc:
-            rows[job.job_id] = failure_row(job, "failed", _reason(exc), order)
+            rows[job.job_id] = failure_row(job, "failed", reason(exc), order)
             _log_exception(run_dir, job, exc)
 
 
@@ -302,7 +287,7 @@ def _cached_weights(run_dir: RunDir, train_id: str) -> tuple[Any, str]:
     try:
         return run_dir.load_checkpoint(train_id), ""
     except Exception as exc:
-        return None, f"the trained checkpoint was unreadable ({_reason(exc)[:160]}): produced again"
+        return None, f"the trained checkpoint was unreadable ({reason(exc)[:160]}): produced again"
 
 
 def _source_weights(run_dir: RunDir, train_id: str) -> dict[str, Any]:
@@ -365,10 +350,6 @@ class _Heartbeat:
         if time.monotonic() - self.last >= 30.0:
             self.last = time.monotonic()
             self.run_dir.mark_running(self.train_id, {"step": step, "steps": self.steps})
-
-
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
 
 
 def _log_exception(run_dir: RunDir, job: Job, exc: BaseException) -> None:
