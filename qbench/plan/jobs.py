@@ -1,7 +1,7 @@
 """Jobs: what one cell of a matrix is, and how its id is made.
 
 A :class:`Job` is one (backbone, quantizer, lambda, evaluation dataset, seed)
-cell with its typed configuration and the :class:`~qbench.run.weights.Recipe` that
+cell with its typed configuration and the :class:`~qbench.plan.recipes.Recipe` that
 produces its weights. Jobs that differ only in the evaluation dataset share
 one trained model: their *train id* is equal.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from qbench.plan.configs import EvalConfig, TrainConfig
-from qbench.run.weights import Recipe
+from qbench.plan.recipes import Recipe
 
 
 @dataclass(frozen=True)

@@ -137,147 +137,205 @@ class Outcome:
     probe_settings: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class TrainHooks:
+    """What watches a training without changing it (all optional).
+
+    Attributes:
+        on_step: ``(step, stats)`` after every step (progress, heartbeat).
+        on_log: ``(step, record)`` with each history record (every
+            ``[train] log_every`` steps): the live monitoring.
+        probe_steps, on_probe: ``on_probe(step)`` returns the schedule record
+            of each step in ``probe_steps``; it must not change the training
+            (its own batches and RNG stream, every mode restored).
+        snapshots: with them the training continues from the newest usable
+            snapshot and writes new ones as their policy says
+            (:mod:`qbench.snapshots`).
+    """
+
+    on_step: Callable[[int, dict[str, float]], None] | None = None
+    on_log: Callable[[int, dict[str, float]], None] | None = None
+    probe_steps: Collection[int] = ()
+    on_probe: Callable[[int], dict[str, Any]] | None = None
+    snapshots: Snapshots | None = None
+
+
 def train(
     model: Backbone,
     sampler: CropSampler,
+    config: TrainConfig,
+    hooks: TrainHooks | None = None,
     *,
     lmbda: float,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    aux_lr: float = 1e-3,
-    clip_max_norm: float = 1.0,
-    device: torch.device | str = "cpu",
     parameters: Sequence[torch.nn.Parameter] | None = None,
     train_aux: bool = True,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-    log_every: int = 0,
-    on_log: Callable[[int, dict[str, float]], None] | None = None,
-    probe_steps: Collection[int] = (),
-    on_probe: Callable[[int], dict[str, Any]] | None = None,
-    snapshots: Snapshots | None = None,
-    amp: str = "",
 ) -> Outcome:
-    """Train ``model`` in place for ``steps`` steps; see the module docstring.
+    """Train ``model`` in place for ``config.steps`` steps; see the module docstring.
 
-    ``parameters`` restricts the main optimizer (e.g. STanH refinement trains
-    only the quantizer) and ``train_aux=False`` freezes the auxiliary
-    parameters too; by default every parameter trains. ``on_log(step, stats)``
-    is called with each record of the history (every ``log_every`` steps).
-    ``on_probe(step)`` returns the schedule record of that step. With
-    ``snapshots`` the training continues from the newest usable snapshot and
-    writes new ones as their policy says (:mod:`qbench.run.resume`). ``amp``
-    (``"bf16"``, ``"fp16"``) runs the transforms under autocast; the
-    quantizers, the likelihoods and the loss stay in float32.
+    The batch size, learning rates, clipping and mixed precision are the
+    config's; the device is the sampler's. ``parameters`` restricts the main
+    optimizer (e.g. STanH refinement trains only the quantizer) and
+    ``train_aux=False`` freezes the auxiliary parameters too; by default
+    every parameter trains. ``amp`` (``"bf16"``, ``"fp16"``) runs the
+    transforms under autocast; the quantizers, the likelihoods and the loss
+    stay in float32.
     """
-    device = torch.device(device)
-    model.to(device).train()
-    params = list(parameters) if parameters is not None else list(model.main_parameters())
-    trainable = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in trainable)
-    aux = [p for p in model.aux_parameters() if id(p) not in trainable] if train_aux else []
-    for p in aux:
-        p.requires_grad_(True)
-    n_trained = sum(p.numel() for p in params)
-    opt = torch.optim.Adam(params, lr=lr)
-    aux_opt = torch.optim.Adam(aux, lr=aux_lr) if aux else None
-    dtype = AMP_DTYPES[amp]
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    stats: dict[str, float] = {}
-    history: list[dict[str, Any]] = []
-    schedule: list[dict[str, Any]] = []
-    probe_steps = set(probe_steps) if on_probe is not None else set()
-    first, spent = 0, 0.0
-    restored = snapshots.load(steps) if snapshots is not None else None
-    if restored is not None:
-        model.load_state_dict(restored["model"])
-        opt.load_state_dict(restored["opt"])
-        if aux_opt is not None:
-            aux_opt.load_state_dict(restored["aux_opt"])
-        if scaler.is_enabled():
-            scaler.load_state_dict(restored["scaler"])
-        sampler.gen.set_state(restored["sampler"])
-        first, spent, stats = restored["step"], restored["seconds"], restored["stats"]
-        history, schedule = json.loads(restored["history"]), json.loads(restored["schedule"])
+    return _Loop(model, sampler, config, hooks or TrainHooks(), lmbda, parameters, train_aux).run()
+
+
+class _Loop:
+    """One training's optimisers, records and clock (the body of :func:`train`)."""
+
+    def __init__(self, model, sampler, config, hooks, lmbda, parameters, train_aux) -> None:
+        self.model, self.sampler, self.config, self.hooks = model, sampler, config, hooks
+        self.lmbda = lmbda
+        self.device = torch.device(sampler.device)
+        model.to(self.device).train()
+        params = list(parameters) if parameters is not None else list(model.main_parameters())
+        trainable = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+        aux = [p for p in model.aux_parameters() if id(p) not in trainable] if train_aux else []
+        for p in aux:
+            p.requires_grad_(True)
+        self.params = params
+        self.n_trained = sum(p.numel() for p in params)
+        self.opt = torch.optim.Adam(params, lr=config.lr)
+        self.aux_opt = torch.optim.Adam(aux, lr=config.aux_lr) if aux else None
+        self.dtype = AMP_DTYPES[config.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.stats: dict[str, float] = {}
+        self.history: list[dict[str, Any]] = []
+        self.schedule: list[dict[str, Any]] = []
+        self.probe_steps = set(hooks.probe_steps) if hooks.on_probe is not None else set()
+        self.first, self.spent = 0, 0.0
+        self.start = self.probe_seconds = 0.0
+
+    def restore(self) -> None:
+        """Continue from the newest usable snapshot, if any."""
+        snapshots = self.hooks.snapshots
+        restored = snapshots.load(self.config.steps) if snapshots is not None else None
+        if restored is None:
+            return
+        self.model.load_state_dict(restored["model"])
+        self.opt.load_state_dict(restored["opt"])
+        if self.aux_opt is not None:
+            self.aux_opt.load_state_dict(restored["aux_opt"])
+        if self.scaler.is_enabled():
+            self.scaler.load_state_dict(restored["scaler"])
+        self.sampler.gen.set_state(restored["sampler"])
+        self.first, self.spent, self.stats = (
+            restored["step"],
+            restored["seconds"],
+            restored["stats"],
+        )
+        self.history = json.loads(restored["history"])
+        self.schedule = json.loads(restored["schedule"])
         set_rng_state(restored["rng"])  # last: loading above draws nothing, but be sure
 
-    def outcome(status: str, done: int, reason: str = "") -> Outcome:
+    def seconds(self) -> float:
+        """Training seconds so far (probes and snapshot writing not counted)."""
+        return self.spent + time.perf_counter() - self.start - self.probe_seconds
+
+    def outcome(self, status: str, done: int, reason: str = "") -> Outcome:
         return Outcome(
             status,
             done,
-            spent + time.perf_counter() - start - probe_seconds,
+            self.seconds(),
             reason,
-            trained_parameters=n_trained,
-            history=history,
-            final=stats if status == "ok" else {},
-            schedule=schedule,
+            trained_parameters=self.n_trained,
+            history=self.history,
+            final=self.stats if status == "ok" else {},
+            schedule=self.schedule,
         )
 
-    start = time.perf_counter()
-    probe_seconds = 0.0
-    for step in range(first, steps):
-        model.set_progress(step / steps)
-        if step in probe_steps:
-            probe_start = time.perf_counter()
-            schedule.append(on_probe(step))
-            probe_seconds += time.perf_counter() - probe_start
-        x = sampler.batch(batch_size).to(device, non_blocking=True)
+    def run(self) -> Outcome:
+        steps = self.config.steps
+        self.restore()
+        self.start = time.perf_counter()
+        for step in range(self.first, steps):
+            self.model.set_progress(step / steps)
+            if step in self.probe_steps:
+                self.probe(step)
+            loss_value = self.step()
+            if not math.isfinite(loss_value):
+                return self.outcome("diverged", step, f"loss became {loss_value} at step {step}")
+            self.record(step)
+            self.snapshot(step + 1)
+        done = self.outcome("ok", steps)
+        self.model.set_progress(1.0)
+        if steps in self.probe_steps:
+            self.schedule.append(self.hooks.on_probe(steps))
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        return done
+
+    def probe(self, step: int) -> None:
+        probe_start = time.perf_counter()
+        self.schedule.append(self.hooks.on_probe(step))
+        self.probe_seconds += time.perf_counter() - probe_start
+
+    def step(self) -> float:
+        """One optimisation step (and the auxiliary one); the loss, or a non-finite value."""
+        model, opt, scaler = self.model, self.opt, self.scaler
+        x = self.sampler.batch(self.config.batch_size).to(self.device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             out = model(x)
         out = {**out, "x_hat": out["x_hat"].float()}
-        loss, bpp, mse = rd_loss(out, x, lmbda)
+        loss, bpp, mse = rd_loss(out, x, self.lmbda)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
-            return outcome("diverged", step, f"loss became {loss_value} at step {step}")
+            return loss_value
         scaler.scale(loss).backward()
-        if clip_max_norm > 0:
+        if self.config.clip_max_norm > 0:
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, clip_max_norm)
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_max_norm)
         scaler.step(opt)
         scaler.update()
-        if aux_opt is not None:
-            aux_opt.zero_grad(set_to_none=True)
-            aux_loss = model.aux_loss()
-            aux_loss.backward()
-            aux_opt.step()
+        if self.aux_opt is not None:
+            self.aux_opt.zero_grad(set_to_none=True)
+            model.aux_loss().backward()
+            self.aux_opt.step()
         model.end_step()
-        stats = {"loss": loss_value, "bpp": float(bpp.detach()), "mse": float(mse.detach())}
-        if on_step is not None:
-            on_step(step + 1, stats)
+        self.stats = {"loss": loss_value, "bpp": float(bpp.detach()), "mse": float(mse.detach())}
+        return loss_value
+
+    def record(self, step: int) -> None:
+        """Progress after ``step``; the history every ``log_every`` steps and at the end."""
+        steps, log_every = self.config.steps, self.config.log_every
+        if self.hooks.on_step is not None:
+            self.hooks.on_step(step + 1, self.stats)
         if log_every > 0 and (step % log_every == 0 or step == steps - 1):
-            record = {"step": step + 1, "progress": (step + 1) / steps, **stats}
-            history.append(record)
-            if on_log is not None:
-                on_log(step + 1, record)
-        if snapshots is not None and snapshots.policy.due(
-            step + 1, steps, time.monotonic() - snapshots.last_saved
+            record = {"step": step + 1, "progress": (step + 1) / steps, **self.stats}
+            self.history.append(record)
+            if self.hooks.on_log is not None:
+                self.hooks.on_log(step + 1, record)
+
+    def snapshot(self, done: int) -> None:
+        """A resumable snapshot after ``done`` steps, when the policy says one is due."""
+        snapshots, steps = self.hooks.snapshots, self.config.steps
+        if snapshots is None or not snapshots.policy.due(
+            done, steps, time.monotonic() - snapshots.last_saved
         ):
-            snap_start = time.perf_counter()
-            state = {
-                "steps": steps,
-                "step": step + 1,
-                "seconds": spent + snap_start - start - probe_seconds,
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "aux_opt": aux_opt.state_dict() if aux_opt is not None else {},
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "sampler": sampler.gen.get_state(),
-                "stats": stats,
-                "history": json.dumps(history),
-                "schedule": json.dumps(schedule, default=_plain),
-                "rng": rng_state(),
-            }
-            snapshots.save(step + 1, state)
-            probe_seconds += time.perf_counter() - snap_start  # writing is not training
-    done = outcome("ok", steps)
-    model.set_progress(1.0)
-    if steps in probe_steps:
-        schedule.append(on_probe(steps))
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return done
+            return
+        snap_start = time.perf_counter()
+        state = {
+            "steps": steps,
+            "step": done,
+            "seconds": self.spent + snap_start - self.start - self.probe_seconds,
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "aux_opt": self.aux_opt.state_dict() if self.aux_opt is not None else {},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "sampler": self.sampler.gen.get_state(),
+            "stats": self.stats,
+            "history": json.dumps(self.history),
+            "schedule": json.dumps(self.schedule, default=_plain),
+            "rng": rng_state(),
+        }
+        snapshots.save(done, state)
+        self.probe_seconds += time.perf_counter() - snap_start  # writing is not training
 
 
 def _plain(obj: Any) -> Any:

@@ -1,0 +1,193 @@
+"""Checking a matrix's values against the registries: every failure names the file and key.
+
+:class:`Checker` reads entries (a registered name or an inline table) into
+:class:`~qbench.plan.jobs.Spec` objects, checks keys against the allowed ones
+(with a "did you mean"), types against the documented defaults, lambdas and
+seeds; :func:`section` reads one ``[section]`` over its defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+from typing import Any
+
+from qbench.plan.jobs import Spec, fingerprint
+from qbench.registry import QbenchError, Registry, did_you_mean, unknown_name_message
+
+#: keys of an entry that qbench reads itself rather than passing to the factory
+ENTRY_KEYS = {"name", "label"}
+#: keys of a quantizer entry that qbench reads itself (which latents, which recipe)
+QUANTIZER_KEYS = ENTRY_KEYS | {"latents", "from_anchor", "refine_steps", "refine_lr", "interpolate"}
+
+
+class MatrixError(QbenchError):
+    """A matrix that cannot run; the message names the file and the key."""
+
+
+class Checker:
+    """Checks values against the registries; every failure names the file and key path."""
+
+    def __init__(self, source: str, registry: Registry, base_dir: Path) -> None:
+        self.source = source
+        self.registry = registry
+        self.base_dir = base_dir
+
+    def fail(self, path: str, msg: str) -> None:
+        raise MatrixError(f"{self.source}: {path}: {msg}")
+
+    def failing(self, section: str):
+        """``fail(key, message)`` for the keys of one section (a config's ``from_table``)."""
+        return lambda key, msg: self.fail(f"{section}.{key}", msg)
+
+    def metric_problem(self, name: str) -> str:
+        """``""`` when ``name`` is a registered metric, else why not."""
+        if ("metric", name) in self.registry:
+            return ""
+        return unknown_name_message("metric", name, self.registry.names("metric"))
+
+    def type_name(self, value: Any) -> str:
+        return {bool: "boolean", int: "integer", float: "float", str: "string"}.get(
+            type(value), type(value).__name__
+        )
+
+    def check_keys(self, table: dict, allowed: set[str], path: str) -> None:
+        for key in table:
+            if key not in allowed:
+                hint = did_you_mean(key, sorted(allowed), n=1, cutoff=0.6)
+                hint = f" ({hint})" if hint else ""
+                where = f"{path}.{key}" if path else key
+                self.fail(where, f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}")
+
+    def check_type(self, value: Any, expected: Any, path: str) -> None:
+        """``value`` must have the type of the default ``expected`` (ints pass as floats)."""
+        if expected is None or expected is Any:
+            return
+        if isinstance(expected, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(expected, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(expected, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(expected, str):
+            ok = isinstance(value, str)
+        elif isinstance(expected, (list, tuple)):
+            ok = isinstance(value, (list, tuple))
+        elif isinstance(expected, dict):
+            ok = isinstance(value, (dict, str))
+        else:
+            ok = True
+        if not ok:
+            self.fail(
+                path,
+                f"expected {self.type_name(expected)}, got {self.type_name(value)} {value!r}",
+            )
+
+    def spec(self, kind: str, entry: Any, path: str, reserved: set[str] = ENTRY_KEYS) -> Spec:
+        """A registered name or an inline table ``{name, label, <factory parameters>}``."""
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict):
+            self.fail(path, f"expected a {kind} name or an inline table with 'name', got {entry!r}")
+        if "name" not in entry or not isinstance(entry["name"], str):
+            self.fail(path, f"an inline table needs 'name' (a registered {kind} name)")
+        name = entry["name"]
+        if (kind, name) not in self.registry:
+            self.fail(
+                f"{path}.name" if len(entry) > 1 else path,
+                unknown_name_message(kind, name, self.registry.names(kind)),
+            )
+        reg = self.registry.get(kind, name)
+        label = entry.get("label", name)
+        if not isinstance(label, str) or not label:
+            self.fail(f"{path}.label", f"expected a non-empty string, got {label!r}")
+        latents = None
+        if "latents" in reserved and "latents" in entry:
+            lat = entry["latents"]
+            if not isinstance(lat, list) or not lat or not all(isinstance(s, str) for s in lat):
+                self.fail(
+                    f"{path}.latents", f"expected a non-empty list of latent names, got {lat!r}"
+                )
+            latents = tuple(lat)
+        accepted = reg.parameters()
+        params = {}
+        for key, value in entry.items():
+            if key in reserved:
+                continue
+            if key not in accepted and not reg.accepts_any():
+                hint = did_you_mean(key, list(accepted), n=1, cutoff=0.6)
+                hint = f" ({hint})" if hint else ""
+                self.fail(
+                    f"{path}.{key}",
+                    f"{kind} {name!r} has no parameter {key!r}{hint}; accepted: "
+                    f"{', '.join(accepted) or 'none'}",
+                )
+            default = accepted.get(key)
+            if default is not inspect.Parameter.empty:
+                self.check_type(value, default, f"{path}.{key}")
+            params[key] = value
+        fingerprints = {}
+        for key in reg.metadata.get("paths", ()):
+            if params.get(key) is None:
+                continue
+            if not isinstance(params[key], str) or "\x00" in params[key]:
+                self.fail(f"{path}.{key}", f"expected a path, got {params[key]!r}")
+            resolved = (self.base_dir / Path(params[key]).expanduser()).resolve()
+            params[key] = str(resolved)
+            fingerprints[key] = fingerprint(resolved)
+        provider = reg.provider
+        return Spec(kind, name, label, params, provider, latents, fingerprints)
+
+    def spec_list(self, kind: str, value: Any, path: str) -> list[Spec]:
+        if not isinstance(value, list):
+            self.fail(path, f"expected a list of {kind}s, got {self.type_name(value)}")
+        if not value:
+            self.fail(path, f"the list of {kind}s is empty")
+        reserved = QUANTIZER_KEYS if kind == "quantizer" else ENTRY_KEYS
+        specs = [self.spec(kind, e, f"{path}[{i}]", reserved) for i, e in enumerate(value)]
+        seen: dict[str, int] = {}
+        for i, s in enumerate(specs):
+            if s.label in seen:
+                self.fail(
+                    f"{path}[{i}]",
+                    f"duplicate label {s.label!r} (also {path}[{seen[s.label]}]); "
+                    "give each entry a unique 'label'",
+                )
+            seen[s.label] = i
+        return specs
+
+    def lambdas(self, value: Any) -> list[float]:
+        if not isinstance(value, list) or not value:
+            self.fail("matrix.lambdas", "expected a non-empty list of positive numbers")
+        for i, lam in enumerate(value):
+            if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+                self.fail(f"matrix.lambdas[{i}]", f"expected a number, got {lam!r}")
+            if not (lam > 0 and math.isfinite(lam)):
+                self.fail(f"matrix.lambdas[{i}]", f"lambda must be finite and > 0, got {lam!r}")
+        if len(set(value)) != len(value):
+            self.fail("matrix.lambdas", f"duplicate lambda in {value}")
+        return [float(v) for v in value]
+
+    def seeds(self, value: Any) -> list[int]:
+        if not isinstance(value, list) or not value:
+            self.fail("matrix.seeds", "expected a non-empty list of integers")
+        for i, s in enumerate(value):
+            if isinstance(s, bool) or not isinstance(s, int):
+                self.fail(f"matrix.seeds[{i}]", f"expected an integer, got {s!r}")
+        if len(set(value)) != len(value):
+            self.fail("matrix.seeds", f"duplicate seed in {value}")
+        return list(value)
+
+
+def section(ck: Checker, raw: dict, key: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``[key]`` of the matrix over its defaults, each value type-checked against its default."""
+    table = raw.get(key, {})
+    if not isinstance(table, dict):
+        ck.fail(key, f"expected a table [{key}]")
+    ck.check_keys(table, set(defaults), key)
+    out = dict(defaults)
+    for k, v in table.items():
+        ck.check_type(v, defaults[k], f"{key}.{k}")
+        out[k] = v
+    return out
