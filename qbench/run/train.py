@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qbench.backbone import Backbone
-from qbench.plan.configs import AMP_MODES
+from qbench.plan.configs import AMP_MODES, TrainConfig
 from qbench.rd import rd_loss
 from qbench.run.resume import rng_state, set_rng_state
 from qbench.snapshots import Snapshots
