@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from qbench import coding
 from qbench.quantizer import Quantizer
+from qbench.registry import QbenchError
 
 #: ``likelihood(lower, upper) -> P``: the entropy model's probability of each cell.
 CellLikelihood = Callable[[Tensor, Tensor], Tensor]
@@ -100,6 +101,22 @@ class Backbone(nn.Module):
     def settings(self) -> dict[str, Any]:
         """The backbone's effective settings a results row records (``{}`` by default)."""
         return {}
+
+    def select_latents(self, latents: Iterable[str] | None) -> tuple[str, ...]:
+        """The latents a quantizer entry that lists ``latents`` quantizes (``None``: all).
+
+        A listed name that is not a latent of this backbone is an error naming
+        it and the backbone's latents (the one check of an entry's ``latents``:
+        preflight and the worker both call it).
+        """
+        if latents is None:
+            return tuple(self.latents)
+        unknown = sorted(set(latents) - set(self.latents))
+        if unknown:
+            raise QbenchError(
+                f"latents {unknown} are not latents of this backbone ({list(self.latents)})"
+            )
+        return tuple(latents)
 
     def idle_options(self, quantizer: Quantizer, latents: Iterable[str]) -> dict[str, str]:
         """Options of ``quantizer`` with nothing to act on in any of ``latents``: ``{option: why}``.

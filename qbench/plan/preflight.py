@@ -38,14 +38,13 @@ def preflight(matrix, registry: Registry) -> list[str]:
     for spec in quantizers.values():
         quantizer = build("quantizer", "matrix.quantizers", spec)
         for bb, model in backbones.items():
-            names = tuple(model.latents)
-            unknown = sorted(set(spec.latents or ()) - set(names))
-            if unknown:
+            try:
+                targets = model.select_latents(spec.latents)
+            except QbenchError as exc:
                 raise PreflightError(
-                    f"{source}: matrix.quantizers ({spec.label!r}).latents: {unknown} are not "
-                    f"latents of backbone {bb!r} ({list(names)})"
-                )
-            idle = model.idle_options(quantizer, spec.latents or names)
+                    f"{source}: matrix.quantizers ({spec.label!r}).latents, backbone {bb!r}: {exc}"
+                ) from exc
+            idle = model.idle_options(quantizer, targets)
             for option in spec.params:
                 if option in idle:
                     raise PreflightError(

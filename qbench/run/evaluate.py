@@ -19,8 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qbench.analysis import isolated_rng
 from qbench.backbone import Backbone
 from qbench.metric import ImageEval, JobEval, Metric
+from qbench.plan.configs import EvalConfig
+from qbench.registry import QbenchError
 
 
 def pad_to(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, int]]:
@@ -149,3 +152,44 @@ def evaluate(
             averages["nonfinite"] = "; ".join(x for x in (averages["nonfinite"], job_level) if x)
     averages["eval_seconds"] = time.perf_counter() - start
     return averages, rows
+
+
+def select_images(ds: Any, config: EvalConfig) -> tuple[list[int], list[str]]:
+    """``(indices, skipped)``: the dataset's first ``[eval] max_images`` images (all when 0)
+    that have at most ``max_pixels`` pixels, and why the others (and any the dataset itself
+    skipped) are not evaluated."""
+    n = config.max_images or len(ds)
+    skipped = [why for _, why in getattr(ds, "skipped", [])]
+    idx = []
+    for i in range(min(n, len(ds))):
+        h, w = ds.uint8(i).shape[-2:]
+        if h * w > config.max_pixels:
+            skipped.append(
+                f"{ds.names[i]}: {w}x{h} is {h * w / 1e6:.1f} MP, more than [eval] "
+                f"max_pixels = {config.max_pixels} ({config.max_pixels / 1e6:.1f} MP)"
+            )
+        else:
+            idx.append(i)
+    return idx, skipped
+
+
+def evaluate_dataset(
+    model: Backbone,
+    ds: Any,
+    label: str,
+    metrics: Sequence[Metric],
+    job_eval: JobEval,
+    config: EvalConfig,
+    device: torch.device,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """Evaluate ``model`` on the selected images of dataset ``ds`` (called ``label``);
+    ``(averages, per-image rows, skipped)``, on an RNG stream of its own (a dataset's rows do
+    not depend on the datasets evaluated before it)."""
+    idx, skipped = select_images(ds, config)
+    if not idx:
+        raise QbenchError(f"no image of {label!r} to evaluate: {skipped}")
+    with isolated_rng(device):
+        averages, per_image = evaluate(
+            model, [ds[i] for i in idx], [ds.names[i] for i in idx], metrics, job_eval=job_eval
+        )
+    return averages, per_image, skipped

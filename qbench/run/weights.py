@@ -19,7 +19,9 @@ from torch import Tensor
 
 from qbench.backbone import Backbone
 from qbench.plan.configs import TrainConfig
-from qbench.registry import QbenchError
+from qbench.plan.jobs import Job
+from qbench.registry import QbenchError, reason
+from qbench.results import RunDir
 from qbench.run.train import CropSampler, Outcome, TrainHooks, train
 from qbench.snapshots import Snapshots
 
@@ -100,3 +102,57 @@ class Context:
             parameters=parameters,
             train_aux=train_aux,
         )
+
+
+def source_weights(run_dir: RunDir, train_id: str) -> dict[str, Any]:
+    """The state dict of the finished train group ``train_id`` (a recipe's source)."""
+    cached = run_dir.load_checkpoint(train_id)
+    if cached is None:
+        raise QbenchError(
+            f"this job starts from the model of train group {train_id}, which did not finish "
+            "(see its row)"
+        )
+    return cached[0]
+
+
+def _cached_weights(run_dir: RunDir, train_id: str) -> tuple[Any, str]:
+    """``(the group's finished checkpoint or None, why it was not used)``.
+
+    A checkpoint that does not load (a disk that failed under it) is never
+    used: the group is produced again (from its snapshot, if any), and the
+    row says so.
+    """
+    try:
+        return run_dir.load_checkpoint(train_id), ""
+    except Exception as exc:
+        return None, f"the trained checkpoint was unreadable ({reason(exc)[:160]}): produced again"
+
+
+def load_or_produce(
+    job: Job, model: Backbone, run_dir: RunDir, context: Callable[[], Context]
+) -> tuple[Outcome, str]:
+    """Put the train group's weights into ``model``; ``(outcome, resumed)``.
+
+    The group's finished checkpoint is loaded when a killed run already
+    produced it; otherwise the job's recipe produces the weights with the
+    :class:`Context` that ``context()`` makes, and they are saved (with the
+    outcome beside them) and the group's snapshots removed. ``resumed`` says
+    what the production continued from, for the row.
+    """
+    cached, unreadable = _cached_weights(run_dir, job.train_id)
+    if cached is not None:
+        state, meta = cached
+        model.load_state_dict(state)
+        resumed = meta.pop("resumed", "")
+        return Outcome(**meta), resumed
+    ctx = context()
+    outcome = job.recipe.produce(model, ctx)
+    outcome.probe_settings = job.eval.probe_settings()
+    snapshots = ctx.snapshots
+    resumed = "; ".join(x for x in (unreadable, snapshots.resumed if snapshots else "") if x)
+    if outcome.status == "ok":
+        meta = {**dataclasses.asdict(outcome), "resumed": resumed}
+        run_dir.save_checkpoint(job.train_id, model.state_dict(), meta)
+        if snapshots is not None:
+            snapshots.clear()
+    return outcome, resumed

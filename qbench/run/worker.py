@@ -2,12 +2,14 @@
 
 A *train group* is the jobs of a matrix that share one trained model (they
 differ only in the evaluation dataset or label). :func:`run_group` builds the
-model, has the group's recipe produce its weights (or loads the group's
-checkpoint when a killed run already produced them), evaluates every job and
-writes one atomic row per job. Failures are captured here and nowhere else:
-an exception inside a plugin becomes a ``failed`` row with the reason (and a
-traceback in ``logs/``), a NaN loss a ``diverged`` row, and an exception in a
-lifecycle hook is reported with the plugin's name while the job goes on.
+model (:mod:`qbench.run.build`), has :func:`qbench.run.weights.load_or_produce`
+put the group's weights in it (its checkpoint, or its recipe with the
+heartbeat, monitor, snapshots and schedule probe attached), evaluates every
+job (:func:`qbench.run.evaluate.evaluate_dataset`) and writes one atomic row
+per job. Failures are captured here and nowhere else: an exception inside a
+plugin becomes a ``failed`` row with the reason (and a traceback in
+``logs/``), a NaN loss a ``diverged`` row, and an exception in a lifecycle
+hook is reported with the plugin's name while the job goes on.
 """
 
 from __future__ import annotations
@@ -15,65 +17,25 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
-from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from qbench import schedule
-from qbench.analysis import isolated_rng
 from qbench.backbone import Backbone
-from qbench.metric import JobEval, Metric, ProbeEval
-from qbench.plan.jobs import Job, Spec
+from qbench.metric import JobEval
+from qbench.plan.jobs import Job
 from qbench.plugins import PluginSet
-from qbench.registry import QbenchError, Registry, reason
+from qbench.registry import reason
 from qbench.results import RunDir
-from qbench.run.evaluate import evaluate
+from qbench.run.build import DatasetCache, build_model
+from qbench.run.evaluate import evaluate_dataset
 from qbench.run.monitor import Monitor
-from qbench.run.train import CropSampler, Outcome, seed_everything
-from qbench.run.weights import Context
+from qbench.run.probe import probe_set, schedule_columns, schedule_probe
+from qbench.run.train import Outcome, seed_everything
+from qbench.run.weights import Context, load_or_produce, source_weights
 from qbench.snapshots import SnapshotPolicy, Snapshots
 
-
-def build_model(job: Job, registry: Registry) -> Backbone:
-    """The job's backbone with one fresh quantizer per quantized latent.
-
-    The job's quantizer goes on the latents its entry lists (all by default);
-    every other latent gets the matrix's ``unlisted_latents`` quantizer.
-    """
-    model = registry.build("backbone", job.backbone.name, **job.backbone.params)
-    targets = job.quantizer.latents or model.latents
-    unknown = set(targets) - set(model.latents)
-    if unknown:
-        raise QbenchError(
-            f"quantizer {job.quantizer.label!r}: latents {sorted(unknown)} are not latents of "
-            f"backbone {job.backbone.label!r} ({list(model.latents)})"
-        )
-    quantizers = {}
-    for latent in model.latents:
-        spec = job.quantizer if latent in targets else job.unlisted
-        quantizers[latent] = registry.build("quantizer", spec.name, **spec.params)
-    model.set_quantizers(quantizers)
-    return model
-
-
-class DatasetCache:
-    """Datasets built once per process, keyed by name and parameters."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self.cache: dict[str, Any] = {}
-
-    def get(self, spec: Spec) -> Any:
-        key = repr((spec.name, sorted(spec.params.items())))
-        if key not in self.cache:
-            self.cache[key] = self.registry.build("dataset", spec.name, **spec.params)
-        return self.cache[key]
-
-    def uint8_images(self, spec: Spec) -> list:
-        """Every image of the dataset as uint8 (the form training crops are cut from)."""
-        ds = self.get(spec)
-        return [ds.uint8(i) for i in range(len(ds))]
+__all__ = ["DatasetCache", "build_model", "failure_row", "run_group"]
 
 
 def failure_row(job: Job, status: str, reason: str, order: int, **extra: Any) -> dict[str, Any]:
@@ -91,69 +53,56 @@ def run_group(
     show_progress: bool = True,
 ) -> None:
     """Produce the weights once and evaluate every job of a train group; one row per job."""
-    first = jobs[0][1]
-    registry = plugins.registry
-    for _, job in jobs:
-        plugins.call_guarded("qbench_job_started", job=job)
-    rows: dict[str, dict[str, Any]] = {}
-    monitor, resumed = None, ""
-    run_dir.mark_running(first.train_id, {"step": 0, "steps": first.recipe.steps(first.train)})
-    try:
+    _Group(jobs, run_dir, plugins, device, datasets, position, show_progress).run()
+
+
+class _Group:
+    """One train group under way: its model, its live view and its rows."""
+
+    def __init__(self, jobs, run_dir, plugins, device, datasets, position, show_progress):
+        self.jobs, self.first = jobs, jobs[0][1]
+        self.run_dir, self.plugins, self.registry = run_dir, plugins, plugins.registry
+        self.device, self.datasets = device, datasets
+        self.position, self.show_progress = position, show_progress
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.monitor: Monitor | None = None
+        self.bar = None
+        self.probe = None
+
+    def run(self) -> None:
+        first = self.first
+        for _, job in self.jobs:
+            self.plugins.call_guarded("qbench_job_started", job=job)
+        self.run_dir.mark_running(
+            first.train_id, {"step": 0, "steps": first.recipe.steps(first.train)}
+        )
+        resumed = ""
+        try:
+            resumed = self.produce_and_evaluate()
+        except Exception as exc:
+            for order, job in self.jobs:
+                if job.job_id not in self.rows:
+                    self.rows[job.job_id] = failure_row(job, "failed", reason(exc), order)
+                    _log_exception(self.run_dir, job, exc)
+        self.write_rows(resumed)
+
+    def produce_and_evaluate(self) -> str:
+        first = self.first
         statistics = [
             m
-            for m in (registry.build("metric", n) for n in first.eval.metrics)
+            for m in (self.registry.build("metric", n) for n in first.eval.metrics)
             if m.measures_schedule()
         ]
-        probe = _schedule_probe(first, device, datasets, statistics) if statistics else None
+        if statistics:
+            self.probe = schedule_probe(first, self.device, self.datasets, statistics)
         seed_everything(first.seed)  # before the weights are initialised
-        model = build_model(first, registry)
-        cached, unreadable = _cached_weights(run_dir, first.train_id)
-        if cached is not None:
-            state, meta = cached
-            model.load_state_dict(state)
-            resumed = meta.pop("resumed", "")
-            outcome = Outcome(**meta)
-        else:
-            steps = first.recipe.steps(first.train)
-            bar = _progress(first, steps, position, show_progress)
-            heartbeat = _Heartbeat(run_dir, first.train_id, steps, bar)
-            monitor = Monitor(
-                first,
-                plugins,
-                [(s.label, registry.build("logger", s.name, **s.params)) for s in first.loggers],
-                run_dir.root,
-            )
-            monitor.model = model
-            snapshots = Snapshots(
-                run_dir.ckpt_dir,
-                first.train_id,
-                SnapshotPolicy(first.train.checkpoint_every, first.train.checkpoint_minutes),
-            )
-            ctx = Context(
-                build_model=lambda: build_model(first, registry),
-                source_weights=lambda train_id: _source_weights(run_dir, train_id),
-                train_images=lambda: datasets.uint8_images(first.train_dataset),
-                config=first.train,
-                lmbda=first.lmbda,
-                seed=first.seed,
-                device=device,
-                on_step=heartbeat.update,
-                probe=probe,
-                on_log=monitor.log,
-                snapshots=snapshots,
-            )
-            outcome = first.recipe.produce(model, ctx)
-            outcome.probe_settings = first.eval.probe_settings()
-            resumed = "; ".join(x for x in (unreadable, snapshots.resumed) if x)
-            if bar:
-                bar.close()
-            if outcome.status == "ok":
-                meta = {**asdict(outcome), "resumed": resumed}
-                run_dir.save_checkpoint(first.train_id, model.state_dict(), meta)
-                snapshots.clear()
+        model = build_model(first, self.registry)
+        outcome, resumed = load_or_produce(first, model, self.run_dir, lambda: self.context(model))
+        if self.bar:
+            self.bar.close()
         if outcome.status != "ok":
-            for order, job in jobs:
-                rows[job.job_id] = failure_row(
+            for order, job in self.jobs:
+                self.rows[job.job_id] = failure_row(
                     job,
                     outcome.status,
                     outcome.reason,
@@ -161,113 +110,98 @@ def run_group(
                     steps=outcome.steps,
                     train_seconds=outcome.seconds,
                 )
-        else:
-            columns = _schedule_columns(first, model, outcome, probe, statistics)
-            _evaluate_group(
-                jobs, model, outcome, columns, run_dir, registry, device, datasets, rows
-            )
-    except Exception as exc:
-        for order, job in jobs:
-            if job.job_id not in rows:
-                rows[job.job_id] = failure_row(job, "failed", reason(exc), order)
-                _log_exception(run_dir, job, exc)
-    for _, job in jobs:
-        row = rows[job.job_id]
-        row.setdefault("resumed", resumed)
-        run_dir.write_row(row)
-        plugins.call_guarded("qbench_job_finished", job=job, result=row)
-    if monitor is not None:
-        monitor.finish(rows[first.job_id])
-    run_dir.clear_running(first.train_id)
+            return resumed
+        columns = schedule_columns(first, model, outcome, self.probe, statistics)
+        self.evaluate(model, outcome, columns)
+        return resumed
 
+    def context(self, model: Backbone) -> Context:
+        """The production context of the group: heartbeat, monitor, snapshots, probe."""
+        first, registry, run_dir = self.first, self.registry, self.run_dir
+        steps = first.recipe.steps(first.train)
+        self.bar = _progress(first, steps, self.position, self.show_progress)
+        heartbeat = _Heartbeat(run_dir, first.train_id, steps, self.bar)
+        loggers = [(s.label, registry.build("logger", s.name, **s.params)) for s in first.loggers]
+        self.monitor = Monitor(first, self.plugins, loggers, run_dir.root)
+        self.monitor.model = model
+        policy = SnapshotPolicy(first.train.checkpoint_every, first.train.checkpoint_minutes)
+        return Context(
+            build_model=lambda: build_model(first, registry),
+            source_weights=lambda train_id: source_weights(run_dir, train_id),
+            train_images=lambda: self.datasets.uint8_images(first.train_dataset),
+            config=first.train,
+            lmbda=first.lmbda,
+            seed=first.seed,
+            device=self.device,
+            on_step=heartbeat.update,
+            probe=self.probe,
+            on_log=self.monitor.log,
+            snapshots=Snapshots(run_dir.ckpt_dir, first.train_id, policy),
+        )
 
-def _schedule_columns(
-    job: Job, model: Backbone, outcome: Outcome, probe, statistics: list[Metric]
-) -> dict[str, Any]:
-    """The schedule statistics' row columns (final state, training average).
-
-    A recipe that does not train (a blend) or a checkpoint whose schedule was
-    recorded with other ``[eval]`` settings gets its final state measured now
-    and no training average (the weights along the way are gone).
-    """
-    if not statistics:
-        return {}
-    names = [c for m in statistics for c in m.columns]
-    note = ""
-    if outcome.probe_settings != job.eval.probe_settings():
-        outcome.schedule = []
-        note = "the schedule was recorded with other [eval] settings: re-train to measure it"
-    if not any(r["progress"] >= 1.0 for r in outcome.schedule):
-        steps = max(outcome.steps, 1)
-        _, measure = probe(model, steps)
-        outcome.schedule.append(measure(steps))
-        note = note or "not trained here: the final state only"
-    return {**schedule.row_columns(outcome.schedule, names, note), "schedule": outcome.schedule}
-
-
-def _evaluate_group(
-    jobs, model, outcome: Outcome, columns, run_dir, registry, device, datasets, rows
-):
-    """Evaluate the trained ``model`` on each job's dataset; one bad dataset fails one job."""
-    first = jobs[0][1]
-    model.to(device)
-    fixed_batch = _probe_set(first, datasets)[0].to(device)
-    for order, job in jobs:
-        try:
-            ds = datasets.get(job.dataset)
-            n = job.eval.max_images or len(ds)
-            skipped = [reason for _, reason in getattr(ds, "skipped", [])]
-            idx = []
-            for i in range(min(n, len(ds))):
-                h, w = ds.uint8(i).shape[-2:]
-                if h * w > job.eval.max_pixels:
-                    skipped.append(
-                        f"{ds.names[i]}: {w}x{h} is {h * w / 1e6:.1f} MP, more than [eval] "
-                        f"max_pixels = {job.eval.max_pixels} ({job.eval.max_pixels / 1e6:.1f} MP)"
-                    )
-                else:
-                    idx.append(i)
-            if not idx:
-                raise QbenchError(f"no image of {job.dataset.label!r} to evaluate: {skipped}")
-            metrics = [
-                m
-                for m in (registry.build("metric", name) for name in job.eval.metrics)
-                if not m.measures_schedule()
-            ]
-            with isolated_rng(device):  # a dataset's rows do not depend on the ones before
-                averages, per_image = evaluate(
+    def evaluate(self, model: Backbone, outcome: Outcome, columns: dict[str, Any]) -> None:
+        """Evaluate the trained ``model`` on each job's dataset; one bad dataset fails one job."""
+        model.to(self.device)
+        fixed_batch = probe_set(self.first, self.datasets)[0].to(self.device)
+        for order, job in self.jobs:
+            try:
+                metrics = [
+                    m
+                    for m in (self.registry.build("metric", name) for name in job.eval.metrics)
+                    if not m.measures_schedule()
+                ]
+                averages, per_image, skipped = evaluate_dataset(
                     model,
-                    [ds[i] for i in idx],
-                    [ds.names[i] for i in idx],
+                    self.datasets.get(job.dataset),
+                    job.dataset.label,
                     metrics,
-                    job_eval=JobEval(model, fixed_batch, job.lmbda, job.seed),
+                    JobEval(model, fixed_batch, job.lmbda, job.seed),
+                    job.eval,
+                    self.device,
                 )
-            nonfinite = averages["nonfinite"]
-            rows[job.job_id] = {
-                **job.id_columns(),
-                "order": order,
-                "status": "nonfinite" if nonfinite else "ok",
-                "reason": f"non-finite values: {nonfinite}" if nonfinite else "",
-                **averages,
-                **columns,
-                "skipped": "; ".join(skipped),
-                "steps": outcome.steps,
-                "train_seconds": outcome.seconds,
-                "trained_parameters": outcome.trained_parameters,
-                **job.recipe.columns(),
-                **_setting_columns(job, model),
-                "per_image": per_image,
-                "history": outcome.history,
-            }
-        except Exception as exc:
-            rows[job.job_id] = failure_row(job, "failed", reason(exc), order)
-            _log_exception(run_dir, job, exc)
+                self.rows[job.job_id] = _ok_row(job, order, model, outcome, columns, averages) | {
+                    "skipped": "; ".join(skipped),
+                    "per_image": per_image,
+                    "history": outcome.history,
+                }
+            except Exception as exc:
+                self.rows[job.job_id] = failure_row(job, "failed", reason(exc), order)
+                _log_exception(self.run_dir, job, exc)
+
+    def write_rows(self, resumed: str) -> None:
+        for _, job in self.jobs:
+            row = self.rows[job.job_id]
+            row.setdefault("resumed", resumed)
+            self.run_dir.write_row(row)
+            self.plugins.call_guarded("qbench_job_finished", job=job, result=row)
+        if self.monitor is not None:
+            self.monitor.finish(self.rows[self.first.job_id])
+        self.run_dir.clear_running(self.first.train_id)
+
+
+def _ok_row(job, order, model, outcome, columns, averages) -> dict[str, Any]:
+    """The row of an evaluated job (its per-image rows and history are added by the caller)."""
+    nonfinite = averages["nonfinite"]
+    return {
+        **job.id_columns(),
+        "order": order,
+        "status": "nonfinite" if nonfinite else "ok",
+        "reason": f"non-finite values: {nonfinite}" if nonfinite else "",
+        **averages,
+        **columns,
+        "skipped": "",
+        "steps": outcome.steps,
+        "train_seconds": outcome.seconds,
+        "trained_parameters": outcome.trained_parameters,
+        **job.recipe.columns(),
+        **_setting_columns(job, model),
+    }
 
 
 def _setting_columns(job: Job, model: Backbone) -> dict[str, Any]:
     """What the row records of the quantization: the job quantizer's settings, its options
     with nothing to act on here, and the backbone's effective settings (the scale bound)."""
-    targets = list(job.quantizer.latents or model.latents)
+    targets = list(model.select_latents(job.quantizer.latents))
     quantizer = model.quantizers[targets[0]]
     idle = model.idle_options(quantizer, targets)
     return {
@@ -275,66 +209,6 @@ def _setting_columns(job: Job, model: Backbone) -> dict[str, Any]:
         "idle": "; ".join(f"{k} ({why})" for k, why in idle.items()),
         **model.settings(),
     }
-
-
-def _cached_weights(run_dir: RunDir, train_id: str) -> tuple[Any, str]:
-    """``(the group's finished checkpoint or None, why it was not used)``.
-
-    A checkpoint that does not load (a disk that failed under it) is never
-    used: the group is produced again (from its snapshot, if any), and the
-    row says so.
-    """
-    try:
-        return run_dir.load_checkpoint(train_id), ""
-    except Exception as exc:
-        return None, f"the trained checkpoint was unreadable ({reason(exc)[:160]}): produced again"
-
-
-def _source_weights(run_dir: RunDir, train_id: str) -> dict[str, Any]:
-    cached = run_dir.load_checkpoint(train_id)
-    if cached is None:
-        raise QbenchError(
-            f"this job starts from the model of train group {train_id}, which did not finish "
-            "(see its row)"
-        )
-    return cached[0]
-
-
-def _probe_set(job: Job, datasets: DatasetCache) -> list[torch.Tensor]:
-    """The job's fixed probe set: ``[eval] probe_batches`` batches of ``probe_crops`` training
-    crops from their own generator (``seed + 1``), never the training sampler's."""
-    sampler = CropSampler(datasets.uint8_images(job.train_dataset), job.train.crop, job.seed + 1)
-    return [sampler.batch(job.eval.probe_crops) for _ in range(job.eval.probe_batches)]
-
-
-def _schedule_probe(job: Job, device: torch.device, datasets: DatasetCache, statistics):
-    """``(model, steps) -> (probe_steps, measure)`` for :class:`qbench.run.weights.Context`.
-
-    ``measure(step)`` runs every schedule statistic on the probe set with the
-    model as it is at that step, on an isolated RNG stream seeded from the job
-    (the same draws at every point, none taken from the training's stream),
-    and restores the model's mode: recording statistics changes no weight.
-    """
-
-    def start(model: Backbone, steps: int):
-        batches = [b.to(device) for b in _probe_set(job, datasets)]
-        points = schedule.probe_steps(job.eval.schedule, steps)
-
-        def measure(step: int) -> dict[str, Any]:
-            progress = points.get(step, step / steps)
-            ev = ProbeEval(model, batches, job.lmbda, job.seed, progress, job.eval.draws)
-            estimates = {}
-            was_training = model.training
-            for metric in statistics:
-                with isolated_rng(device):
-                    torch.manual_seed(job.seed + 2)
-                    estimates.update(metric.per_probe(ev))
-                model.train(was_training)
-            return schedule.record(progress, step, estimates)
-
-        return sorted(points), measure
-
-    return start
 
 
 class _Heartbeat:

@@ -1,0 +1,89 @@
+"""The schedule probe: statistics measured on a fixed probe set while a model trains.
+
+Metrics with ``per_probe`` (mismatch, gradient statistics) are measured at the
+``[eval] schedule`` points of a training on the job's fixed probe set, and
+summed up in the row (final state, training average; :mod:`qbench.schedule`).
+Probing changes no weight and draws nothing from the training's random
+stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from qbench import schedule
+from qbench.analysis import isolated_rng
+from qbench.backbone import Backbone
+from qbench.metric import Metric, ProbeEval
+from qbench.plan.jobs import Job
+from qbench.run.build import DatasetCache
+from qbench.run.train import CropSampler, Outcome
+
+#: ``(model, steps) -> (probe_steps, measure)``: what a training is probed with
+Probe = Callable[[Backbone, int], tuple[list[int], Callable[[int], dict[str, Any]]]]
+
+
+def probe_set(job: Job, datasets: DatasetCache) -> list[torch.Tensor]:
+    """The job's fixed probe set: ``[eval] probe_batches`` batches of ``probe_crops`` training
+    crops from their own generator (``seed + 1``), never the training sampler's."""
+    sampler = CropSampler(datasets.uint8_images(job.train_dataset), job.train.crop, job.seed + 1)
+    return [sampler.batch(job.eval.probe_crops) for _ in range(job.eval.probe_batches)]
+
+
+def schedule_probe(
+    job: Job, device: torch.device, datasets: DatasetCache, statistics: list[Metric]
+) -> Probe:
+    """The probe of a training of ``job`` (for :class:`qbench.run.weights.Context`).
+
+    ``measure(step)`` runs every schedule statistic on the probe set with the
+    model as it is at that step, on an isolated RNG stream seeded from the job
+    (the same draws at every point, none taken from the training's stream),
+    and restores the model's mode: recording statistics changes no weight.
+    """
+
+    def start(model: Backbone, steps: int):
+        batches = [b.to(device) for b in probe_set(job, datasets)]
+        points = schedule.probe_steps(job.eval.schedule, steps)
+
+        def measure(step: int) -> dict[str, Any]:
+            progress = points.get(step, step / steps)
+            ev = ProbeEval(model, batches, job.lmbda, job.seed, progress, job.eval.draws)
+            estimates = {}
+            was_training = model.training
+            for metric in statistics:
+                with isolated_rng(device):
+                    torch.manual_seed(job.seed + 2)
+                    estimates.update(metric.per_probe(ev))
+                model.train(was_training)
+            return schedule.record(progress, step, estimates)
+
+        return sorted(points), measure
+
+    return start
+
+
+def schedule_columns(
+    job: Job, model: Backbone, outcome: Outcome, probe: Probe | None, statistics: list[Metric]
+) -> dict[str, Any]:
+    """The schedule statistics' row columns (final state, training average).
+
+    A recipe that does not train (a blend) or a checkpoint whose schedule was
+    recorded with other ``[eval]`` settings gets its final state measured now
+    and no training average (the weights along the way are gone).
+    """
+    if not statistics:
+        return {}
+    names = [c for m in statistics for c in m.columns]
+    note = ""
+    if outcome.probe_settings != job.eval.probe_settings():
+        outcome.schedule = []
+        note = "the schedule was recorded with other [eval] settings: re-train to measure it"
+    if not any(r["progress"] >= 1.0 for r in outcome.schedule):
+        steps = max(outcome.steps, 1)
+        _, measure = probe(model, steps)
+        outcome.schedule.append(measure(steps))
+        note = note or "not trained here: the final state only"
+    return {**schedule.row_columns(outcome.schedule, names, note), "schedule": outcome.schedule}
