@@ -178,62 +178,71 @@ def stable_hash(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
-def job_identity(
-    *,
-    backbone: Spec,
-    quantizer: Spec,
-    unlisted: Spec,
-    lmbda: float,
-    seed: int,
-    train_dataset: Spec,
-    train: TrainConfig,
-    recipe: Recipe,
-    dataset: Spec,
-    evaluation: EvalConfig,
-) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Cell:
+    """The coordinates and configuration of one job, before its ids are made."""
+
+    backbone: Spec
+    quantizer: Spec
+    unlisted: Spec
+    lmbda: float
+    seed: int
+    train_dataset: Spec
+    train: TrainConfig
+    recipe: Recipe
+    dataset: Spec
+    evaluation: EvalConfig
+
+    def weights(self) -> dict[str, Any]:
+        """Everything that determines the trained weights."""
+        return {
+            "backbone": self.backbone.identity(),
+            "quantizer": self.quantizer.identity(),
+            "unlisted": self.unlisted.identity(),
+            "lambda": float(self.lmbda),
+            "seed": int(self.seed),
+            "train_dataset": self.train_dataset.identity(),
+            "train": self.train.identity(),
+            "recipe": self.recipe.identity(),
+        }
+
+    def configuration(self) -> dict[str, Any]:
+        """The configuration apart from the cell's axes (lambda, seed, labels)."""
+        return {
+            "backbone": self.backbone.identity(),
+            "quantizer": self.quantizer.identity(),
+            "unlisted": self.unlisted.identity(),
+            "train_dataset": self.train_dataset.identity(),
+            "train": self.train.identity(),
+            "recipe": [self.recipe.role.mode, self.recipe.steps(self.train)],
+            "dataset": self.dataset.identity(),
+            "eval": asdict(self.evaluation),
+        }
+
+
+def job_identity(cell: Cell) -> tuple[str, str]:
     """``(train_id, job_id)`` of a cell: the one definition of a job's identity.
 
-    ``train_id`` hashes what determines the weights, ``job_id`` adds the
-    labels (two labels for one configuration are two rows), the evaluation
-    dataset and the ``[eval]`` settings.
+    ``train_id`` hashes what determines the weights (:meth:`Cell.weights`),
+    ``job_id`` adds the labels (two labels for one configuration are two
+    rows), the evaluation dataset and the ``[eval]`` settings.
     """
-    weights = {
-        "backbone": backbone.identity(),
-        "quantizer": quantizer.identity(),
-        "unlisted": unlisted.identity(),
-        "lambda": float(lmbda),
-        "seed": int(seed),
-        "train_dataset": train_dataset.identity(),
-        "train": train.identity(),
-        "recipe": recipe.identity(),
-    }
-    train_id = stable_hash(weights)
+    weights = cell.weights()
     job_id = stable_hash(
         {
             "weights": weights,
-            "labels": [backbone.label, quantizer.label, dataset.label],
-            "dataset": dataset.identity(),
-            "eval": asdict(evaluation),
+            "labels": [cell.backbone.label, cell.quantizer.label, cell.dataset.label],
+            "dataset": cell.dataset.identity(),
+            "eval": asdict(cell.evaluation),
         }
     )
-    return train_id, job_id
+    return stable_hash(weights), job_id
 
 
 def make_job(**cell: Any) -> Job:
-    """A :class:`Job` of the cell given by :func:`job_identity`'s keywords, with its ids."""
-    train_id, job_id = job_identity(**cell)
-    config_id = stable_hash(
-        {
-            "backbone": cell["backbone"].identity(),
-            "quantizer": cell["quantizer"].identity(),
-            "unlisted": cell["unlisted"].identity(),
-            "train_dataset": cell["train_dataset"].identity(),
-            "train": cell["train"].identity(),
-            "recipe": [cell["recipe"].columns().get("mode"), cell["recipe"].steps(cell["train"])],
-            "dataset": cell["dataset"].identity(),
-            "eval": asdict(cell["evaluation"]),
-        },
-        8,
-    )
+    """A :class:`Job` of the cell given by :class:`Cell`'s fields as keywords, with its ids."""
+    c = Cell(**cell)
+    train_id, job_id = job_identity(c)
+    config_id = stable_hash(c.configuration(), 8)
     evaluation = cell.pop("evaluation")
     return Job(**cell, eval=evaluation, train_id=train_id, job_id=job_id, config_id=config_id)
