@@ -11,12 +11,15 @@ import sys
 import pytest
 
 import qbench.plugins
+from qbench.plan.configs import EXECUTOR_KINDS, ExecutorConfig
 from qbench.plan.matrix import defaults, load_matrix
 from qbench.results import RunDir
 from qbench.run.executors import (
+    EXECUTORS,
     MAX_ATTEMPTS,
     Dispatch,
     ExecutorError,
+    SlurmExecutor,
     SubmititExecutor,
     build_executor,
     plan_devices,
@@ -136,8 +139,9 @@ def test_slurm_job_array_script(tmp_path, monkeypatch):
         "array_parallelism": 32,
         "additional": {"account": "lic", "qos": "preemptible"},
     }
-    executor = build_executor(settings)
+    executor = build_executor(ExecutorConfig(**settings))
     assert isinstance(executor, SubmititExecutor)
+    assert isinstance(executor, SlurmExecutor)
     run_dir = RunDir(tmp_path / "run")
     run_dir.ensure()
     groups = [[(i, job)] for i, job in enumerate(m.jobs)]
@@ -165,7 +169,7 @@ def test_slurm_job_array_script(tmp_path, monkeypatch):
 def test_missing_submitit_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if it were not installed
     with pytest.raises(ExecutorError, match=r"pip install 'qbench\[cluster\]'"):
-        build_executor({**SETTINGS, "kind": "slurm"})
+        build_executor(ExecutorConfig(**{**SETTINGS, "kind": "slurm"}))
     plugins = qbench.plugins.get_plugins()
     m = load_matrix(tiny(tmp_path), plugins.registry)
     with pytest.raises(ExecutorError, match="qbench.cluster"):
@@ -202,8 +206,14 @@ def test_cpu_plan_uses_one_single_thread_worker_per_core(monkeypatch):
 def test_slurm_without_slurm_is_refused_before_anything_is_written(tmp_path, registry, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     with pytest.raises(ExecutorError, match="sbatch and srun not found on PATH"):
-        build_executor({**SETTINGS, "kind": "slurm"})
+        build_executor(ExecutorConfig(**{**SETTINGS, "kind": "slurm"}))
     m = load_matrix(tiny(tmp_path), registry)
     with pytest.raises(ExecutorError, match="not a Slurm login node"):
         run_matrix(m, tmp_path / "run", executor={"kind": "slurm"}, echo=lambda *_: 0)
     assert not (tmp_path / "run").exists()
+
+
+def test_every_executor_kind_has_its_class():
+    assert tuple(EXECUTORS) == EXECUTOR_KINDS
+    for kind, cls in EXECUTORS.items():
+        assert cls.kind == kind

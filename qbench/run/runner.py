@@ -85,7 +85,7 @@ def run_matrix(
     config = ExecutorConfig.from_table(matrix.executor, _bad_executor).overridden(
         executor or {}, _bad_executor
     )
-    runner = build_executor(config.as_table())
+    runner = build_executor(config)
     plan_devices(device, workers, 1, jobs_per_gpu)  # a bad --device is known now
     for line in preflight(matrix, plugins.registry):
         echo(f"warning: {line}")

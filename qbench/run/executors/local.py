@@ -1,0 +1,284 @@
+"""The ``local`` executor: long-lived ``spawn`` worker processes on this machine.
+
+One worker per GPU (times ``--jobs-per-gpu``), else CPU workers with the cores
+split between them (:func:`qbench.run.executors.devices.plan_devices`). Each
+worker runs the groups it is sent, one at a time, until it is told to stop; a
+worker that dies (segfault, OOM kill) is replaced and its group tried again
+(:meth:`Dispatch.crashed`). An interrupted worker (SIGINT, SIGTERM, SIGHUP) is
+not a failure: its group is queued again, or left for the next run. Workers
+die with the qbench process that started them, however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Any
+
+import torch
+
+from qbench.plugins import DISABLE_ENV, get_plugins
+from qbench.results import RunDir
+from qbench.run.executors.base import Dispatch, Executor, Group, ready
+from qbench.run.executors.devices import local_plan, worker_threads
+from qbench.run.worker import DatasetCache, run_group
+
+#: Exit signals of a worker that mean "interrupted", not "the job failed".
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+#: times one run queues an interrupted group again before leaving it for the next run
+REQUEUES = 2
+
+
+def exit_reason(code: int | None) -> str:
+    """How a process with exit code ``code`` ended, in words (``died (SIGKILL)``)."""
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"died ({name})"
+    return f"exited with code {code}"
+
+
+# ---------------------------------------------------------------------------
+# in the worker process
+# ---------------------------------------------------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the qbench process that started it ends, however it ends.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``);
+    elsewhere, and as a second line, a thread watches the parent's pid.
+    """
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="qbench-parent-watch").start()
+
+
+def _worker_main(
+    conn, index: int, device: str, threads: int, out: str, show: bool, parent: int, sigint
+) -> None:
+    """Entry point of a spawned worker: run groups until told to stop.
+
+    The worker takes SIGINT as its parent does (a parent that ignores it, as a
+    background job of a script does, has workers that ignore it too).
+    """
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == signal.SIG_IGN else signal.SIG_DFL)
+    torch.set_num_threads(threads)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    plugins = get_plugins()
+    run_dir = RunDir(out)
+    datasets = DatasetCache(plugins.registry)
+    dev = torch.device(device)
+    while True:
+        jobs = conn.recv()
+        if jobs is None:
+            break
+        run_group(jobs, run_dir, plugins, dev, datasets, position=index, show_progress=show)
+        conn.send(("done", [j.job_id for _, j in jobs]))
+
+
+# ---------------------------------------------------------------------------
+# in the qbench process
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str | None]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set (None: left as it is), as it was afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is not None:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@dataclass
+class _Worker:
+    index: int
+    device: str
+    cuda_visible: str | None
+    proc: Any = None
+    conn: Any = None
+    group: Group | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.group is not None
+
+
+class _Pool:
+    """One run of the local executor: its workers, the groups still to run, the count done."""
+
+    def __init__(self, groups: list[Group], dispatch: Dispatch, plan: list[tuple[str, str | None]]):
+        self.dispatch = dispatch
+        self.ctx = mp.get_context("spawn")
+        self.threads = worker_threads()
+        self.env_disable = dispatch.disabled_env()
+        self.queue = list(groups)
+        self.total = len(self.queue)
+        self.workers = [_Worker(i, dev, vis) for i, (dev, vis) in enumerate(plan)]
+        self.finished = 0
+        self.interrupted: dict[str, int] = {}  # train id -> times interrupted
+
+    def run(self) -> None:
+        """Run every group; the workers are stopped however this ends (Ctrl-C too)."""
+        try:
+            for w in self.workers:
+                self.start(w)
+                self.assign(w)
+            while any(w.busy for w in self.workers):
+                self.step()
+        finally:
+            self.stop()
+
+    def start(self, w: _Worker) -> None:
+        """Start ``w``'s process, its GPU and the disabled plugins in its environment."""
+        parent, child = self.ctx.Pipe()
+        env = {"CUDA_VISIBLE_DEVICES": w.cuda_visible, DISABLE_ENV: self.env_disable}
+        with _environ(env):
+            w.proc = self.ctx.Process(
+                target=_worker_main,
+                args=(
+                    child,
+                    w.index,
+                    w.device,
+                    self.threads,
+                    str(self.dispatch.run_dir.root),
+                    self.dispatch.show_progress,
+                    os.getpid(),
+                    signal.getsignal(signal.SIGINT),
+                ),
+                daemon=True,
+            )
+            w.proc.start()
+        child.close()
+        w.conn = parent
+
+    def assign(self, w: _Worker) -> None:
+        """Send ``w`` the first ready group of the queue; none ready: ``w`` idles."""
+        w.group = None
+        running = [x.group for x in self.workers if x.busy]
+        for k in ready(self.queue, running)[:1]:
+            w.group = self.queue.pop(k)
+        if w.group is None:
+            return
+        extra = f" (+{len(w.group) - 1} eval sets)" if len(w.group) > 1 else ""
+        self.dispatch.echo(f"[worker {w.index}] start {w.group[0][1].describe()}{extra}")
+        w.conn.send(w.group)
+
+    def step(self) -> None:
+        """Wait (a second at most) for busy workers to finish or die; handle each that did."""
+        for w in self.workers:
+            if not w.busy and self.queue:
+                self.assign(w)
+        busy = [w for w in self.workers if w.busy]
+        got = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=1.0)
+        for w in busy:
+            if w.conn in got:
+                if self.received(w):
+                    continue
+                got.append(w.proc.sentinel)  # its pipe broke: it died
+            if w.proc.sentinel in got or not w.proc.is_alive():
+                self.died(w)
+
+    def received(self, w: _Worker) -> bool:
+        """Take ``w``'s "done" and give it the next group; False when its pipe broke."""
+        try:
+            w.conn.recv()
+        except (EOFError, OSError):
+            return False
+        self.finished += 1
+        self.dispatch.finished_group(w.group, self.finished, self.total)
+        self.assign(w)
+        return True
+
+    def died(self, w: _Worker) -> None:
+        """``w`` ended mid-group: queue the group again or give it up; start ``w`` anew."""
+        w.proc.join(timeout=5)
+        reason = exit_reason(w.proc.exitcode)
+        code = w.proc.exitcode or 0
+        if code < 0 and -code in INTERRUPTS:
+            self.interrupted_group(w, reason)
+        elif self.dispatch.crashed(w.group, f"worker process {reason}", ""):
+            self.queue.append(w.group)
+        else:
+            self.finished += 1
+            self.dispatch.merged()
+        self.start(w)
+        self.assign(w)
+
+    def interrupted_group(self, w: _Worker, reason: str) -> None:
+        """An interrupted job is not a failed job: no row, it runs again (or in the next run)."""
+        train_id = w.group[0][1].train_id
+        n = self.interrupted[train_id] = self.interrupted.get(train_id, 0) + 1
+        if n <= REQUEUES:
+            self.queue.append(w.group)
+            self.dispatch.echo(f"[worker {w.index}] {reason}; its jobs are queued again")
+        else:
+            self.dispatch.echo(
+                f"[worker {w.index}] {reason} again; its jobs are left for "
+                "the next run (no row is written)"
+            )
+
+    def stop(self) -> None:
+        """Tell every live worker to stop; kill those still there 5 seconds later."""
+        for w in self.workers:
+            if w.proc is not None and w.proc.is_alive():
+                with contextlib.suppress(OSError, BrokenPipeError):
+                    w.conn.send(None)
+        deadline = time.time() + 5
+        for w in self.workers:
+            if w.proc is not None:
+                w.proc.join(timeout=max(0.1, deadline - time.time()))
+                if w.proc.is_alive():
+                    w.proc.kill()
+                    w.proc.join()
+
+
+class LocalExecutor(Executor):
+    """Worker processes on this machine (see the module docstring)."""
+
+    kind = "local"
+
+    def plan(self, dispatch: Dispatch, groups: int) -> list[str]:
+        return [d for d, _ in local_plan(dispatch, groups)]
+
+    def threads(self, dispatch: Dispatch, groups: int) -> int:
+        return worker_threads()
+
+    def run(self, groups: list[Group], dispatch: Dispatch) -> None:
+        _Pool(groups, dispatch, local_plan(dispatch, len(groups))).run()
