@@ -8,7 +8,6 @@ Public API: :class:`Quantizer`, :class:`Surrogate`, :class:`Quantized`, :data:`h
 """
 
 import warnings as _warnings
-from importlib import metadata as _metadata
 
 # CompressAI scripts a function with torch.jit.script at import time, which torch 2.x
 # deprecates with a FutureWarning on every qbench command; it is not ours to fix.
@@ -22,10 +21,7 @@ with _warnings.catch_warnings():
     from qbench.metric import ImageEval, JobEval, Metric, ProbeEval
     from qbench.quantizer import Quantized, Quantizer, Surrogate
 
-try:
-    __version__ = _metadata.version("qbench")
-except _metadata.PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0+unknown"
+from qbench.version import __version__
 
 __all__ = [
     "Backbone",

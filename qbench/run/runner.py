@@ -12,6 +12,7 @@ continues from its last snapshot (:mod:`qbench.run.resume`).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +22,6 @@ from typing import Any
 
 import torch
 
-from qbench import __version__
 from qbench.plan.configs import ExecutorConfig
 from qbench.plan.jobs import Job
 from qbench.plan.matrix import Matrix
@@ -39,13 +39,14 @@ from qbench.run.executors import (
 )
 from qbench.schedule import AVERAGE_SUFFIXES, FINAL_SUFFIXES
 from qbench.snapshots import Snapshots
+from qbench.version import __version__
 
 
 class RunError(QbenchError):
     """A run that cannot start (bad dataset, bad device, bad executor)."""
 
 
-__all__ = ["ExecutorError", "RunError", "RunSummary", "plan_devices", "run_matrix"]
+__all__ = ["ExecutorError", "RunError", "RunOptions", "RunSummary", "plan_devices", "run_matrix"]
 
 
 @dataclass
@@ -57,56 +58,77 @@ class RunSummary:
     statuses: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a matrix (the command line's options of ``qbench run``).
+
+    Attributes:
+        workers: local worker processes (None: the executor's plan).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        force: re-run finished jobs too (another matrix's run is set aside).
+        append: add this matrix's jobs to a directory holding another matrix.
+        rerun_failed: re-run failed and diverged jobs.
+        disable: plugins (entry-point names) to leave out.
+        show_progress: progress bars.
+        echo: where the runner's lines go.
+        executor: overrides of the matrix's ``[executor]`` table (``--executor``,
+            ``--slurm-*``).
+        jobs_per_gpu: jobs sharing each GPU at a time (local executor).
+    """
+
+    workers: int | None = None
+    device: str = "auto"
+    force: bool = False
+    append: bool = False
+    rerun_failed: bool = False
+    disable: tuple[str, ...] = ()
+    show_progress: bool = True
+    echo: Callable[[str], None] = print
+    executor: dict[str, Any] | None = None
+    jobs_per_gpu: int = 1
+
+
 def run_matrix(
-    matrix: Matrix,
-    out: str | Path,
-    *,
-    workers: int | None = None,
-    device: str = "auto",
-    force: bool = False,
-    append: bool = False,
-    rerun_failed: bool = False,
-    disable: tuple[str, ...] = (),
-    show_progress: bool = True,
-    echo: Callable[[str], None] = print,
-    executor: dict[str, Any] | None = None,
-    jobs_per_gpu: int = 1,
+    matrix: Matrix, out: str | Path, options: RunOptions | None = None, **fields: Any
 ) -> RunSummary:
     """Run (or resume) every job of ``matrix`` into the run directory ``out``.
 
+    ``options`` (or its ``fields`` as keywords: ``device="cpu"``) say how.
     Everything knowable before the first job is checked first
     (:func:`qbench.plan.preflight.preflight`, the executor and its extra, the
     device); then the directory is locked for this run and claimed for this
     matrix (:meth:`RunDir.claim`: ``force`` sets another matrix's run aside,
-    ``append`` adds to it). ``executor`` overrides keys of the matrix's
-    ``[executor]`` table (the command line's ``--executor`` and ``--slurm-*``).
+    ``append`` adds to it).
     """
-    plugins = get_plugins(disable)
+    opts = dataclasses.replace(options or RunOptions(), **fields)
+    plugins = get_plugins(opts.disable)
     config = ExecutorConfig.from_table(matrix.executor, _bad_executor).overridden(
-        executor or {}, _bad_executor
+        opts.executor or {}, _bad_executor
     )
     runner = build_executor(config)
-    plan_devices(device, workers, 1, jobs_per_gpu)  # a bad --device is known now
+    plan_devices(opts.device, opts.workers, 1, opts.jobs_per_gpu)  # a bad --device is known now
     for line in preflight(matrix, plugins.registry):
-        echo(f"warning: {line}")
+        opts.echo(f"warning: {line}")
     run_dir = RunDir(out)
     run_dir.ensure()
     with run_dir.lock():
         for p in run_dir.clean_leftovers():
-            echo(f"removed {p.name}, left by a run that was killed while writing")
-        said = run_dir.claim(matrix.identity(), force=force, append=append)
+            opts.echo(f"removed {p.name}, left by a run that was killed while writing")
+        said = run_dir.claim(matrix.identity(), force=opts.force, append=opts.append)
         if said:
-            echo(said)
+            opts.echo(said)
         dispatch = Dispatch(
             run_dir,
-            device=device,
-            workers=workers,
-            jobs_per_gpu=jobs_per_gpu,
-            show_progress=show_progress,
-            disable=tuple(disable),
-            echo=echo,
+            device=opts.device,
+            workers=opts.workers,
+            jobs_per_gpu=opts.jobs_per_gpu,
+            show_progress=opts.show_progress,
+            disable=tuple(opts.disable),
+            echo=opts.echo,
         )
-        return _run_locked(matrix, run_dir, plugins, runner, dispatch, force, rerun_failed)
+        return _run_locked(
+            matrix, run_dir, plugins, runner, dispatch, opts.force, opts.rerun_failed
+        )
 
 
 def _bad_executor(key: str, msg: str) -> None:
