@@ -57,17 +57,16 @@ Per batch ``b``, ``K`` surrogate draws give gradients ``g_bk``:
   gradients of the other (and vice versa), so draw noise that aligns ``u``
   with itself does not inflate ``S``.
 
-Why a ratio, not the bias ``1 - D / S`` (qbench's ``grad_bias`` until issue
-13 closed): on real photographs the built-in surrogates' bias along their
-mean direction is zero within its interval (STE -0.018 +- 0.044, noise
--0.027 +- 0.039 on the shipped initialisation, docs/statistics.md), and no
-estimator states a value that is zero within its noise to a relative
-precision; the ratio carries the same measurement and is resolved to a few
-per cent of its value. Why not the bias over random directions (qbench
-before issue 13): a random unit direction carries a ``1/sqrt(dim)`` share of
-the gradient, far below the finite-difference noise, and the norm of a
-noise-dominated difference vector is positive whatever the truth; across
-probe batches and step sizes that statistic moved by a factor of 30. Along
+Why a ratio, not the bias ``1 - D / S``: on real photographs the built-in
+surrogates' bias along their mean direction is zero within its interval (STE
+-0.018 +- 0.044, noise -0.027 +- 0.039 on the shipped initialisation,
+docs/statistics.md), and no estimator states a value that is zero within its
+noise to a relative precision; the ratio carries the same measurement and is
+resolved to a few per cent of its value. Why along the mean direction and not
+over random directions: a random unit direction carries a ``1/sqrt(dim)``
+share of the gradient, far below the finite-difference noise, and the norm of
+a noise-dominated difference vector is positive whatever the truth (across
+probe batches and step sizes such a statistic moves by a factor of 30). Along
 the mean direction the signal is the whole gradient.
 """
 

@@ -1,6 +1,6 @@
 """Matrix files: read, check against the registries, expand to jobs.
 
-A matrix (TOML, see DESIGN.md and the README) declares backbones x quantizers x
+A matrix (TOML, see the README and docs/plugins.md) declares backbones x quantizers x
 lambdas x datasets x seeds plus ``[train]``, ``[eval]`` and ``[report]``
 sections. Keys a matrix leaves out take their defaults from
 ``qbench/data/defaults.toml``. ``qbench run --set KEY=VALUE`` overrides a key
