@@ -94,8 +94,10 @@ def install_plugin(tmp_path, monkeypatch, on_path):
     qbench.plugins.reset()
 
 
-def pip_install_target(package: Path, target: Path) -> Path:
-    """pip-install ``package`` (a real wheel build, no dependencies, no index) into ``target``."""
+def pip_install_target(package: Path | list[Path], target: Path) -> Path:
+    """pip-install ``package`` (a real wheel build, no dependencies, no index) into ``target``;
+    a list of packages is installed by one pip command."""
+    packages = package if isinstance(package, list) else [package]
     subprocess.run(
         [
             sys.executable,
@@ -108,7 +110,7 @@ def pip_install_target(package: Path, target: Path) -> Path:
             "--no-index",
             "--target",
             str(target),
-            str(package),
+            *(str(p) for p in packages),
         ],
         check=True,
         capture_output=True,

@@ -1,44 +1,92 @@
-"""`qbench new-plugin`: the package it writes installs, passes conformance and runs in a matrix."""
+"""`qbench new-plugin`: the package it writes installs, passes conformance and runs in a matrix.
+
+The four kinds are written by the command, installed by one pip command into one
+folder and their own tests run by one pytest (each of those tests runs qbench's
+conformance suite in its own pytest process, as the package's author would);
+then each kind's matrix runs in a fresh qbench process.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from qbench.registry import QbenchError
-from qbench.scaffold import write_plugin
+from qbench.scaffold import KINDS, write_plugin
 
 from .conftest import pip_install_target, pythonpath_with
 
 
-@pytest.mark.parametrize("kind", ["quantizer", "backbone", "dataset", "metric"])
-def test_new_plugin_installs_passes_conformance_and_runs(tmp_path, kind):
-    name = f"my-{kind}"
-    out = subprocess.run(
-        [sys.executable, "-m", "qbench.cli", "new-plugin", name, "--kind", kind],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    root = tmp_path / f"qbench-{name}"
-    target = pip_install_target(root, tmp_path / "site")
-    env = {**os.environ, "PYTHONPATH": pythonpath_with(target)}
-    # the package's own test runs the conformance suite on the installed plugin
+def name_of(kind: str) -> str:
+    return f"my-{kind}"
+
+
+@pytest.fixture(scope="module")
+def scaffolded(tmp_path_factory):
+    """``(folder, site, env, conformance)``: the four packages written by ``qbench
+    new-plugin`` in ``folder``, pip-installed into ``site``, the environment that sees
+    them, and each package's test outcome (``{kind: [(test name, outcome)]}``)."""
+    from qbench.cli import main
+
+    folder = tmp_path_factory.mktemp("scaffold")
+    roots = {}
+    for kind in KINDS:
+        name = name_of(kind)
+        out = io.StringIO()
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+            mp.chdir(folder)  # the command writes ./qbench-NAME
+            code = main(["new-plugin", name, "--kind", kind])
+        assert code == 0, out.getvalue()
+        roots[kind] = folder / f"qbench-{name}"
+        assert f"wrote qbench-{name}" in out.getvalue()
+    site = pip_install_target(list(roots.values()), folder / "site")
+    env = {**os.environ, "PYTHONPATH": pythonpath_with(site)}
+    # each package's own test runs the conformance suite on the installed plugin
+    report = folder / "tests.xml"
     test = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "tests"],
-        cwd=root,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            f"--junitxml={report}",
+            *(str(root / "tests") for root in roots.values()),
+        ],
+        cwd=folder,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert test.returncode == 0 and "1 passed" in test.stdout, test.stdout + test.stderr
+    outcomes: dict[str, list[tuple[str, str]]] = {kind: [] for kind in KINDS}
+    if report.exists():
+        for case in ET.parse(report).getroot().iter("testcase"):
+            kinds = [k for k in KINDS if name_of(k).replace("-", "_") in case.get("classname", "")]
+            failed = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
+            for kind in kinds:
+                outcomes[kind].append((case.get("name"), failed[0] if failed else "passed"))
+    return folder, env, outcomes, test.stdout + test.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_new_plugin_installs_passes_conformance_and_runs(scaffolded, kind):
+    folder, env, conformance, log = scaffolded
+    name = name_of(kind)
+    root = folder / f"qbench-{name}"
+    # the package's one test (the conformance suite on the installed plugin) passed
+    assert conformance[kind] == [("test_conformance", "passed")], log
+    out = folder / f"run-{kind}"
     run = subprocess.run(
         [
             sys.executable,
@@ -47,8 +95,10 @@ def test_new_plugin_installs_passes_conformance_and_runs(tmp_path, kind):
             "run",
             str(root / "matrix.toml"),
             "--out",
-            str(tmp_path / "run"),
+            str(out),
             "--no-progress",
+            "--workers",
+            "1",
             "--set",
             "train.steps=3",
             "--set",
@@ -62,9 +112,9 @@ def test_new_plugin_installs_passes_conformance_and_runs(tmp_path, kind):
         timeout=600,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    rows = list(csv.DictReader((tmp_path / "run" / "results.csv").open()))
+    rows = list(csv.DictReader((out / "results.csv").open()))
     assert rows and all(r["status"] == "ok" for r in rows)
-    text = (tmp_path / "run" / "results.csv").read_text()
+    text = (out / "results.csv").read_text()
     if kind == "metric":
         assert "my_metric" in rows[0] and float(rows[0]["my_metric"]) > 0
     else:
