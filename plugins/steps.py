@@ -21,8 +21,11 @@ from qbench.quantizer import ste_round, uniform_noise
 
 #: The smallest step (and gain, inverse gain) a learned parameter is clamped to.
 #: A step below it, or a negative one, is held there; the row's ``settings`` say
-#: how many values were clamped.
+#: how many values were clamped (``step_clamped``, noted in the report).
 STEP_MIN = 0.05
+
+#: ``Quantizer.report_notes`` of both: a clamped step is said in the report's notes.
+CLAMPED = {"step_clamped": "a learned quantization step reached its minimum and was clamped there"}
 
 SURROGATES = ("noise", "mixed", "ste")
 
@@ -66,6 +69,8 @@ class QVRF(qbench.Surrogate):
     per rate in the derived protocol (``from_anchor``) and blends steps
     linearly (``interpolate``: ``a = (1 - t) a_1 + t a_2``).
     """
+
+    report_notes = CLAMPED
 
     def __init__(
         self,
@@ -127,6 +132,8 @@ class Gain(qbench.Surrogate):
     ``zero_center`` must stay true: the asymmetric reconstruction is defined
     around the means.
     """
+
+    report_notes = CLAMPED
 
     def __init__(
         self,

@@ -154,11 +154,22 @@ class Quantizer(nn.Module):
     * ``scale_bound`` (float or None): a lower bound on a Gaussian
       conditional's scale parameter that this quantizer asks the backbone to
       use in training and coding; ``None`` keeps the backbone's own.
+
+    Attribute the report reads (through the registry, by the quantizer's
+    registered name):
+
+    * ``report_notes``: ``{setting: what a non-zero value means}`` for
+      settings of :meth:`settings` that flag something a reader should know
+      (a learned step clamped at its minimum). The report notes each such
+      setting, with this clause, for every label and backbone where a row
+      recorded a non-zero value, and counts those configurations.
     """
 
     scale_bound: float | None = None
     #: option name -> the latent capability it acts on (``qbench.backbone.CAPABILITIES``)
     requires: ClassVar[Mapping[str, str]] = {}
+    #: setting name -> what a non-zero value of it means (a note of the report)
+    report_notes: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self) -> None:
         super().__init__()

@@ -44,15 +44,23 @@ class Role:
         noun: how the report names such points ("trained", "derived", "interpolated").
         derived: the weights derive from another job's model (variable-rate points).
         refined: the derived weights were refined by training (not a blend).
-        marker, linestyle: how plots draw such points.
+        extends_anchor: the points belong to the variable-rate method of their
+            anchor (a blend of a derived label's models), instead of starting one.
+        meaning: what such points are, one clause after "*<noun>* points" (the
+            report's variable-rate section explains each derived role with it).
+        marker, linestyle, filled: how plots draw such points (``linestyle``
+            ``"none"``: points only; ``filled`` false: hollow markers).
     """
 
     mode: str
     noun: str
     derived: bool = False
     refined: bool = False
+    extends_anchor: bool = False
+    meaning: str = ""
     marker: str = "o"
     linestyle: str = "-"
+    filled: bool = True
 
 
 @dataclass(frozen=True)
@@ -135,8 +143,22 @@ class Recipe:
 
 
 TRAINED = Role("train", "trained")
-DERIVED = Role("refine", "derived", derived=True, refined=True, marker="s", linestyle="--")
-INTERPOLATED = Role("interpolate", "interpolated", derived=True, marker="x", linestyle=":")
+DERIVED = Role(
+    "refine",
+    "derived",
+    derived=True,
+    refined=True,
+    meaning="refine only the quantizer's parameters at each lambda (backbone frozen)",
+)
+INTERPOLATED = Role(
+    "interpolate",
+    "interpolated",
+    derived=True,
+    extends_anchor=True,
+    meaning="blend two derived quantizers without training",
+    linestyle="none",
+    filled=False,
+)
 
 
 @dataclass(frozen=True)
