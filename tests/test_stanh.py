@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 
+import pandas as pd
 import pytest
 import torch
 
 import qbench.plugins
 from qbench.plan.matrix import load_matrix
+from qbench.report import load_results
 from qbench.run.evaluate import evaluate_image
 from qbench.run.runner import run_matrix
 
@@ -200,6 +202,24 @@ anchor = "stanh"
     write_report(out)
     report = (out / "report.md").read_text()
     assert "Variable rate" in report and "derived" in report and "interpolated" in report
+    # the rows say structurally which model a derived point starts from
+    assert all(
+        r["anchor"] == "stanh" and float(r["anchor_lambda"]) == 0.003 for r in derived.values()
+    )
+    assert all(r["anchor"] == "stanh-derived" and r["anchor_lambda"] == "" for r in interp.values())
+    from qbench.report import variable_rate_rows
+
+    notes: list[str] = []
+    vr = variable_rate_rows(load_results(out), "stanh", notes)
+    # ("all" only when some blend is a model of its own: tiny models may give equal points)
+    assert {"derived", "interpolated"} <= {r["points"] for r in vr}
+    assert all(r["method"] == "stanh-derived" and r["anchor_train_s"] > 0 for r in vr)
+    # a run from before the structured anchors: said in the notes, no table, no crash
+    old = pd.read_csv(out / "results.csv").drop(columns=["anchor", "anchor_lambda"])
+    old.to_csv(out / "results.csv", index=False)
+    rep = write_report(out, write=False)
+    assert any("predates structured anchors" in n for n in rep.notes)
+    assert not variable_rate_rows(load_results(out), "stanh", [])
 
 
 def test_from_anchor_needs_an_anchor(tmp_path, registry):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import re
 
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import norm
@@ -108,6 +109,35 @@ def test_a_step_is_clamped_at_its_minimum_and_the_row_says_so(registry):
     assert torch.isfinite(g.step()).all() and (g.reconstruction_step() >= STEP_MIN).all()
     with pytest.raises(qbench.registry.PluginParameterError, match="step"):
         registry.build("quantizer", "qvrf", step=0.0)
+
+
+def test_the_report_notes_a_clamped_step_through_the_declared_report_notes():
+    """The report names no plugin setting: it reads ``Quantizer.report_notes`` of each
+    label's registered class, and notes the settings that are non-zero."""
+    from qbench.report.declared import quantizer_notes
+    from qbench.report.sections import quantizer_settings
+
+    manifest = {"quantizers": {"a": {"name": "qvrf"}, "b": {"name": "noise"}}}
+    declared = quantizer_notes(manifest)
+    assert set(declared) == {"a"} and "step_clamped" in declared["a"]
+    df = pd.DataFrame(
+        {
+            "backbone": "bb",
+            "quantizer": ["a", "a", "a", "b"],
+            "settings": [
+                "step=0.05; step_clamped=1",
+                "step=0.05; step_clamped=1",
+                "step=1; step_clamped=0",
+                "x=1",
+            ],
+        }
+    )
+    notes: list[str] = []
+    quantizer_settings(df, {}, declared, notes)
+    assert notes == [
+        "`a` on `bb`: a learned quantization step reached its minimum and was clamped there "
+        "in 1 configuration(s) (settings: step_clamped)"
+    ]
 
 
 def test_interpolation_linear_in_step_exponential_in_gain(registry):

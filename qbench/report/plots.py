@@ -10,6 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from qbench.plan.recipes import TRAINED  # noqa: E402
+from qbench.report.tables import DISTORTION, RATE, has, of_role  # noqa: E402
+from qbench.report.variable_rate import DERIVED_ROLES  # noqa: E402
+
 
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))
@@ -24,21 +28,21 @@ def plot_rd(rd: pd.DataFrame, out: Path, references: dict | None = None) -> list
         for curve in (references or {}).get(ds, []):
             ax.plot(curve.bpp, curve.psnr, "--", marker="x", alpha=0.7, label=curve.label)
         for q, qg in grp.groupby("quantizer", sort=False):
-            qg = qg.sort_values("bpp")
+            qg = qg.sort_values(RATE)
             ax.errorbar(
-                qg["bpp"],
-                qg["psnr"],
-                xerr=qg.get("bpp_std"),
-                yerr=qg.get("psnr_std"),
+                qg[RATE],
+                qg[DISTORTION],
+                xerr=qg.get(f"{RATE}_std"),
+                yerr=qg.get(f"{DISTORTION}_std"),
                 marker="o",
                 capsize=3,
                 label=q,
             )
         curves = (references or {}).get(ds, [])
         if curves:  # frame the run's points; the published curves are cut at the frame
-            hi = float(grp["bpp"].max()) * 2.0
+            hi = float(grp[RATE].max()) * 2.0
             near = [p for c in curves for b, p in zip(c.bpp, c.psnr) if b <= hi]
-            low, top = float(grp["psnr"].min()) - 1.0, float(grp["psnr"].max()) + 1.0
+            low, top = float(grp[DISTORTION].min()) - 1.0, float(grp[DISTORTION].max()) + 1.0
             ax.set_xlim(0.0, hi)
             ax.set_ylim(low, max([top, *near]) + 0.5)
         ax.set_xlabel("rate [bpp]")
@@ -114,39 +118,58 @@ def plot_schedule(h: pd.DataFrame, out: Path) -> list[Path]:
     return [path]
 
 
+def _mean_points(grp: pd.DataFrame) -> pd.DataFrame:
+    """Rate and distortion per (quantizer, lambda, blending weight), mean over seeds, with
+    the points' role."""
+    keys = ["quantizer", "lambda", "interp_weight"]
+    grp = grp.assign(interp_weight=grp.get("interp_weight", pd.Series(index=grp.index)))
+    g = grp.groupby(keys, dropna=False, sort=False)
+    mean = g[[RATE, DISTORTION]].mean().reset_index()
+    mean["role"] = g["role"].first().values
+    return mean
+
+
+def _draw_method(ax, mine: pd.DataFrame, method: str, colour: str) -> None:
+    """One method's points, a style per derived role (``Role.marker``, ``linestyle``,
+    ``filled``), labelled ``"<method> <noun>"``."""
+    for role in DERIVED_ROLES:
+        pts = of_role(mine, role).sort_values(RATE)
+        ax.plot(
+            pts[RATE],
+            pts[DISTORTION],
+            linestyle=role.linestyle,
+            marker=role.marker,
+            color=colour,
+            label=f"{method} {role.noun}",
+            **({} if role.filled else {"mfc": "none"}),
+        )
+
+
 def plot_variable_rate(
     ok: pd.DataFrame, methods: dict[str, str], anchor: str, out: Path
 ) -> list[Path]:
     """One PNG per (backbone, dataset): the ``anchor`` models trained at each lambda (line),
-    and each variable-rate method's derived (filled) and interpolated (hollow) points, one
-    colour per method (``methods``: derived label -> method)."""
+    and each variable-rate method's points in one colour per method, a style per derived
+    role (``methods``: derived label -> method)."""
     paths = []
-    keys = ["quantizer", "lambda", "interp_weight"]
     for (bb, ds), grp in ok.groupby(["backbone", "dataset"], sort=False):
-        grp = grp.assign(interp_weight=grp.get("interp_weight", pd.Series(index=grp.index)))
-        mean = grp.groupby(keys, dropna=False, sort=False)[["bpp", "psnr"]].mean().reset_index()
-        mode = grp.groupby(keys, dropna=False, sort=False)["mode"].first().values
-        mean["mode"] = mode
+        mean = _mean_points(grp)
         fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-        ref = mean[(mean["quantizer"] == anchor) & (mean["mode"] == "train")].sort_values("bpp")
-        ax.plot(ref["bpp"], ref["psnr"], "k-o", label=f"{anchor} (trained per lambda)")
+        ref = mean[(mean["quantizer"] == anchor) & ~has(mean, "derived")].sort_values(RATE)
+        ax.plot(
+            ref[RATE],
+            ref[DISTORTION],
+            color="k",
+            linestyle=TRAINED.linestyle,
+            marker=TRAINED.marker,
+            label=f"{anchor} (trained per lambda)",
+        )
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for i, method in enumerate(dict.fromkeys(methods.values())):
-            colour = colours[i % len(colours)]
             labels = [q for q, m in methods.items() if m == method]
-            mine = mean[mean["quantizer"].isin(labels)]
-            der = mine[mine["mode"] == "refine"].sort_values("bpp")
-            itp = mine[mine["mode"] == "interpolate"].sort_values("bpp")
-            ax.plot(der["bpp"], der["psnr"], "-o", color=colour, label=f"{method} derived")
-            ax.plot(
-                itp["bpp"],
-                itp["psnr"],
-                "o",
-                mfc="none",
-                color=colour,
-                label=f"{method} interpolated",
-            )
-        ax.set_xlabel("rate [bpp, likelihood]")
+            colour = colours[i % len(colours)]
+            _draw_method(ax, mean[mean["quantizer"].isin(labels)], method, colour)
+        ax.set_xlabel(f"rate [{RATE}, likelihood]")
         ax.set_ylabel("PSNR [dB]")
         ax.set_title(f"variable rate: {bb} on {ds}")
         ax.grid(alpha=0.3)

@@ -1,0 +1,319 @@
+"""The markdown sections of report.md, each a list of lines (empty: the section is left out).
+
+Every section takes what it shows (tables already computed, the manifest) and
+adds what it could not show to ``notes``; :mod:`qbench.report.document`
+puts them in order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pandas as pd
+
+from qbench.report.tables import RD_COLUMNS, md
+from qbench.report.variable_rate import DERIVED_ROLES
+
+
+def header(run_name: str, counts: tuple[int, int, int, int], anchor: str) -> list[str]:
+    """The title and the job counts ``(jobs, ok, with non-finite values, failed)``."""
+    total, good, flagged, bad = counts
+    return [
+        f"# qbench report: {run_name}",
+        "",
+        f"{total} jobs: {good} ok, {flagged} with non-finite values (included, "
+        f"flagged below), {bad} failed or diverged. "
+        f"BD-rate anchor: `{anchor}` (PCHIP, negative = fewer bits than the anchor).",
+        "",
+    ]
+
+
+def setup_section(manifest: dict) -> list[str]:
+    """What was trained, and from what: the backbone entries and the [train] settings.
+
+    A backbone entry with a ``checkpoint`` (DESIGN.md's parameter for starting
+    weights) is said to be the initialisation every job is fine-tuned from.
+    """
+    raw = manifest.get("matrix_file") or {}
+    train = (manifest.get("matrix") or {}).get("train") or {}
+    entries = (raw.get("matrix") or {}).get("backbones") or []
+    if not entries and not train:
+        return []
+    lines = ["## Setup", ""]
+    for entry in entries:
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        params = ", ".join(f"{k} = {v}" for k, v in entry.items() if k not in ("name", "label"))
+        line = f"- backbone `{entry.get('label') or entry.get('name')}`: {entry.get('name')}"
+        line += f" ({params})" if params else ""
+        if entry.get("checkpoint"):
+            line += (
+                f"; **every job starts from the weights in `{entry['checkpoint']}`**: the "
+                "models (with each quantizer) are fine-tuned from that shared initialisation, "
+                "not trained from scratch"
+            )
+        lines.append(line)
+    if train:
+        keys = ("steps", "batch_size", "crop", "lr", "aux_lr", "clip_max_norm")
+        shown = ", ".join(f"{k} = {train[k]}" for k in keys if k in train)
+        dataset = (train.get("dataset") or {}).get("name", "?")
+        lines.append(f"- training: {shown}, on `{dataset}`")
+    return lines + [""]
+
+
+def _texts(g: pd.DataFrame, col: str) -> list[str]:
+    """The distinct non-empty texts of column ``col`` of ``g``, sorted (none if absent)."""
+    return sorted({str(v) for v in g.get(col, pd.Series()).dropna() if str(v)})
+
+
+def _recorded(text: str) -> dict[str, str]:
+    """A row's ``settings`` column (``"k=v; k=v"``, as the worker writes it) as a mapping."""
+    parts = (part.partition("=") for part in text.split("; "))
+    return {k.strip(): v.strip() for k, sep, v in parts if sep}
+
+
+def _nonzero(value: str) -> bool:
+    try:
+        return float(value) != 0
+    except ValueError:
+        return value.lower() not in ("", "false", "none")
+
+
+def _declared_notes(where: str, settings: list[str], declared: Mapping[str, str]) -> list[str]:
+    """A note per setting the quantizer declares (``Quantizer.report_notes``) that is non-zero
+    in some of ``settings`` (the distinct settings texts of a label on a backbone)."""
+    out = []
+    for key, meaning in declared.items():
+        hits = [s for s in settings if _nonzero(_recorded(s).get(key, "0"))]
+        if hits:
+            out.append(f"{where}: {meaning} in {len(hits)} configuration(s) (settings: {key})")
+    return out
+
+
+def _quantizer_line(g: pd.DataFrame, where: str, declared: Mapping, notes: list[str]) -> str:
+    """One label on one backbone: its recorded settings, scale bound and idle defaults."""
+    settings = _texts(g, "settings")
+    bounds = sorted({float(v) for v in g.get("scale_bound", pd.Series()).dropna()})
+    idle = " | ".join(_texts(g, "idle"))
+    line = f"- {where}: " + (" | ".join(settings) or "no options")
+    if bounds:
+        line += "; Gaussian scale bound in training and coding: " + ", ".join(
+            f"{b:g}" for b in bounds
+        )
+    notes += _declared_notes(where, settings, declared)
+    if idle:
+        line += f"; **nothing to act on here: {idle}**"
+        notes.append(f"{where}: defaults with nothing to act on: {idle}")
+    return line
+
+
+def quantizer_settings(
+    df: pd.DataFrame, registered: dict, declared: dict[str, Mapping], notes: list[str]
+) -> list[str]:
+    """Each quantizer label's registered name and description (``registered``, from the
+    manifest), then per backbone its recorded settings and Gaussian scale bound. An option
+    that had nothing to act on (``idle``, a default: set explicitly it is refused) and each
+    setting the quantizer declares worth a note (``declared``: ``{label: report_notes}``)
+    are said in the notes."""
+    lines = [
+        f"- `{label}`: `{q['name']}`, {q['description']}"
+        for label, q in registered.items()
+        if q.get("description")
+    ]
+    if "settings" in df.columns:
+        if "entry" not in df.columns:
+            df = df.assign(entry=df["quantizer"])
+        for (bb, label, entry), g in df.groupby(["backbone", "quantizer", "entry"], sort=False):
+            where = f"`{label}` on `{bb}`"
+            lines.append(_quantizer_line(g, where, declared.get(entry, {}), notes))
+    return ["## Quantizers", "", *lines, ""] if lines else []
+
+
+def rd_section(rd: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The RD points (:func:`~qbench.report.tables.rd_points`): mean and standard deviation
+    over seeds."""
+    if rd.empty:
+        return []
+    rd_cols = [c for c in RD_COLUMNS if c in rd.columns]
+    shown = keys + rd_cols + [c + "_std" for c in rd_cols] + ["seeds"]
+    return [
+        "## Rate-distortion points (mean and standard deviation over seeds)",
+        "",
+        md(rd[shown]),
+        "",
+    ]
+
+
+def bd_section(bd_rows: list[dict], min_overlap: float) -> list[str]:
+    """The BD-rate of every curve against the anchor's."""
+    if not bd_rows:
+        return []
+    return [
+        "## BD-rate against the anchor",
+        "",
+        f"Mean and 95% t-interval over seeds. `overlap_%`: the smallest common PSNR range "
+        f"of the two curves over their union, across seeds; below {min_overlap:.0%} "
+        "(`[report] min_overlap`) or on a curve's monotone subset the cell is flagged and "
+        "the notes say why.",
+        "",
+        md(pd.DataFrame(bd_rows), ".2f"),
+        "",
+    ]
+
+
+def references_section(ref_rows: list[dict]) -> list[str]:
+    """The BD-rate of every curve against each published curve asked for."""
+    if not ref_rows:
+        return []
+    return [
+        "## Against published curves",
+        "",
+        "BD-rate of each run curve against each published curve asked for in `[report] "
+        "reference_curves` (the published curve is the anchor: negative = fewer bits); "
+        "mean and 95% t-interval over seeds, overlap and flags as above. `psnr`: how the "
+        "published PSNR was measured (`float`: reconstructions clamped in [0, 1], qbench's "
+        "convention; `8bit`: decoded 8-bit images, at most a few hundredths of a dB below "
+        "`float`).",
+        "",
+        md(pd.DataFrame(ref_rows), ".2f"),
+        "",
+    ]
+
+
+def variable_rate_section(rows: list[dict], anchor: str) -> list[str]:
+    """The variable-rate table; each derived role says what its points are (``Role.meaning``)."""
+    if not rows:
+        return []
+    kinds = ", ".join(f"*{role.noun}* points {role.meaning}" for role in DERIVED_ROLES)
+    return [
+        f"## Variable rate against separately trained models (`{anchor}`)",
+        "",
+        f"Each method starts from one trained model (its anchor): {kinds}. BD-rate against "
+        f"the `{anchor}` models trained separately at every lambda (mean and 95% t-interval "
+        "over seeds; negative = fewer bits); `covers_%`: share of the trained models' bpp "
+        "range the points span; `params_per_rate` and `train_s_per_rate`: what one more rate "
+        "costs (the anchor model's training, `anchor_train_s`, is paid once); "
+        "`bitstream_overhead_%`: real bitstream bpp over likelihood bpp.",
+        "",
+        md(pd.DataFrame(rows), ".3f"),
+        "",
+    ]
+
+
+def metrics_section(
+    ok: pd.DataFrame, declared: dict[str, list[str]], keys: list[str], notes: list[str]
+) -> list[str]:
+    """A table per metric (``declared``: ``{metric: columns}``), mean over seeds."""
+    if ok.empty:
+        return []
+    out = ["## Metrics (mean over seeds)", ""]
+    for metric, cols in declared.items():
+        present = [c for c in cols if c in ok.columns]
+        if not present:
+            notes.append(f"metric {metric!r}: results.csv has none of its columns {cols}")
+            continue
+        t = ok.groupby(keys, sort=False)[present].mean(numeric_only=True).reset_index()
+        out += [f"### `{metric}`", "", md(t), ""]
+    return out
+
+
+def _num(v) -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "?"
+    if math.isnan(v):
+        return "?"
+    return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+def _cell(row: pd.Series, col: str, marks: list[str], where: str) -> str:
+    """``"0.123 [0.100, 0.146]"``; an exact value says so; a caveat gets a mark."""
+    value, note = row.get(col), row.get(f"{col}_note")
+    note = "" if note is None or (isinstance(note, float) and math.isnan(note)) else str(note)
+    if note.startswith("exact"):
+        return f"{_num(value)} ({note})"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"not measured ({note})" if note else "not measured"
+    text = f"{_num(value)} [{_num(row.get(f'{col}_lo'))}, {_num(row.get(f'{col}_hi'))}]"
+    if note:
+        marks.append(f"({len(marks) + 1}) {where}: {note}")
+        text += f" ({len(marks)})"
+    return text
+
+
+def _negative(v) -> bool:
+    return isinstance(v, float) and v < 0  # -1 marks "not interpolated"
+
+
+#: what the schedule section says before its tables
+SCHEDULE_INTRO = (
+    "Measured at each `[eval] schedule` point of training on one fixed probe set of "
+    "training crops, with one number of surrogate draws, and with the quantizers in the "
+    "state they had at that point. *Training average*: the area under the schedule over "
+    "its length; *final*: the state after training (t = 1), the one evaluated. Brackets: "
+    "95 % interval over the probe batches (jackknife, Student t). A value that is zero "
+    "by construction (a deterministic surrogate has no gradient variance; a surrogate "
+    "equal to rounding has no mismatch) says so and is not a finding. Definitions, "
+    "estimators and assumptions: docs/statistics.md."
+)
+
+
+def _statistic_table(per_model: pd.DataFrame, col: str, keys: list[str]) -> list[str]:
+    """The table of one schedule statistic, then its marks (caveats of single cells)."""
+    marks: list[str] = []
+    rows = []
+    for _, r in per_model.iterrows():
+        where = " ".join(f"{k}={r[k]}" for k in keys if k != "backbone" and not _negative(r[k]))
+        rows.append(
+            {
+                **{k: r[k] for k in keys},
+                "training average": _cell(r, f"{col}_avg", marks, where),
+                "final": _cell(r, col, marks, where),
+            }
+        )
+    t = pd.DataFrame(rows)
+    if "interp_weight" in t.columns:
+        t["interp_weight"] = t["interp_weight"].where(t["interp_weight"] >= 0, None)
+    out = [md(t), ""]
+    return out + ([f"- {m}" for m in marks] + [""] if marks else [])
+
+
+def schedule_section(
+    ok: pd.DataFrame,
+    metrics: dict[str, list[str]],
+    notes: list[str],
+    column_notes: dict[str, str],
+) -> list[str]:
+    """Training average and final state of each schedule statistic, with intervals (and,
+    under each table, the metric's note on how to read the column)."""
+    if ok.empty or not metrics:
+        return []
+    keys = ["backbone", "quantizer", "lambda"]
+    if "interp_weight" in ok.columns and (ok["interp_weight"] >= 0).any():
+        keys.append("interp_weight")
+    if ok["seed"].nunique() > 1:
+        keys.append("seed")
+    per_model = ok.drop_duplicates(subset=["train_id"] if "train_id" in ok.columns else keys)
+    out = ["## Statistics over the training schedule", "", SCHEDULE_INTRO, ""]
+    for metric, cols in metrics.items():
+        for col in cols:
+            if col not in per_model.columns:
+                notes.append(f"statistic {col!r} ({metric}): not in results.csv")
+                continue
+            out += [f"### `{col}` ({metric})", ""]
+            if column_notes.get(col):
+                out += [column_notes[col], ""]
+            out += _statistic_table(per_model, col, keys)
+    return out
+
+
+def closing_sections(plots: list, notes: list[str]) -> list[str]:
+    """The plots (``Path``s beside report.md) and the notes."""
+    out = []
+    if plots:
+        out += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    if notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return out

@@ -1,0 +1,270 @@
+"""The tables of a report: the results as read, their columns, and BD-rates.
+
+Built from ``results.csv`` alone, so a table can be rebuilt at any time, also
+for a half-finished run or a results.csv from an older qbench with fewer
+columns. :func:`load_results` gives every row its :class:`~qbench.plan.recipes.Role`
+(column ``role``, from the row's ``mode``) once, so no table compares mode
+strings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from qbench.bdrate import DEFAULT_MIN_OVERLAP, BDRateError, bd_rate_checked
+from qbench.plan.recipes import TRAINED, Role, role_of
+from qbench.registry import QbenchError
+from qbench.results import ACCOUNTING, ID_COLUMNS, TAIL_COLUMNS, RunDir
+
+#: The rate axis of every RD table, plot and BD-rate: the ``bpp`` metric's column
+#: (likelihood bits per pixel). The one place the report names it.
+RATE = "bpp"
+#: The distortion axis: the ``psnr`` metric's column (dB, per image then averaged).
+DISTORTION = "psnr"
+#: The rate of the real bitstream: the ``bpp_bitstream`` metric's column.
+BITSTREAM = "bpp_bitstream"
+#: The rate and distortion axes together (DESIGN's columns).
+RD_COLUMNS = (RATE, DISTORTION)
+#: Columns a qbench row carries besides metric values (``role``: added by :func:`load_results`;
+#: ``entry``: the quantizer label as the matrix wrote it, before configurations are separated).
+BOOKKEEPING = (
+    set(ID_COLUMNS)
+    | set(TAIL_COLUMNS)
+    | set(ACCOUNTING)
+    | {"mode", "interp_weight", "origin", "anchor", "anchor_lambda", "order", "skipped"}
+    | {"role", "entry"}
+)
+#: Statuses whose values enter the tables (``nonfinite`` rows are flagged in the notes).
+USABLE = ("ok", "nonfinite")
+#: Columns without which a file is no qbench results table.
+REQUIRED = ("backbone", "quantizer", "lambda", "dataset", "seed", "status")
+
+
+def load_results(run_dir: Path) -> pd.DataFrame:
+    """``results.csv`` of a run directory (rebuilt from ``rows/`` when it is missing), each
+    row with its :class:`Role` in column ``role``."""
+    path = Path(run_dir) / "results.csv"
+    try:
+        if path.exists():
+            df = pd.read_csv(path)
+        else:  # killed before its first merge: the rows are the results
+            text = RunDir(run_dir).results_csv()
+            if text.count("\n") < 2:
+                raise QbenchError(f"{path}: no results.csv and no finished job in this directory")
+            df = pd.read_csv(io.StringIO(text))
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise QbenchError(f"{path}: not a readable results table ({type(exc).__name__})") from exc
+    for col in REQUIRED:
+        if col not in df.columns:
+            raise QbenchError(f"{path}: column {col!r} is missing; not a qbench results file")
+    try:
+        return with_roles(df)
+    except ValueError as exc:
+        raise QbenchError(f"{path}: {exc}") from exc
+
+
+def _role(mode: object) -> Role:
+    # a row without a recipe record (an older qbench, a job that failed before its
+    # weights were made) is taken as trained; only finished rows enter the tables
+    return role_of(mode) if isinstance(mode, str) and mode else TRAINED
+
+
+def with_roles(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with column ``role``: each row's :class:`Role`, from its ``mode`` column."""
+    df = df.copy()
+    modes = df["mode"] if "mode" in df.columns else pd.Series(None, index=df.index, dtype=object)
+    df["role"] = modes.map(_role).astype(object)
+    return df
+
+
+def has(df: pd.DataFrame, flag: str) -> pd.Series:
+    """Which rows' roles have the boolean ``flag`` (``derived``, ``refined``) set."""
+    return df["role"].map(lambda role: bool(getattr(role, flag))).astype(bool)
+
+
+def of_role(df: pd.DataFrame, role: Role) -> pd.DataFrame:
+    """The rows of ``df`` whose role is ``role``."""
+    return df[df["role"].map(lambda r: r == role).astype(bool)]
+
+
+def separate_configurations(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Never average two configurations: a label with rows of several ``config_id`` (a run
+    directory extended with ``--append``) becomes one label per configuration (column
+    ``entry`` keeps the label the matrix gave)."""
+    df = df.assign(entry=df["quantizer"])
+    if "config_id" not in df.columns:
+        return df
+    for (bb, ds, q), g in df.groupby(["backbone", "dataset", "quantizer"], sort=False):
+        configs = list(dict.fromkeys(g["config_id"].astype(str)))
+        if len(configs) < 2:
+            continue
+        for cfg in configs:
+            rows = g.index[g["config_id"].astype(str) == cfg]
+            df.loc[rows, "quantizer"] = f"{q}#{cfg[:6]}"
+        notes.append(
+            f"{q!r} ({bb}, {ds}) has rows of {len(configs)} configurations; they are shown "
+            f"apart as {', '.join(f'{q}#{c[:6]}' for c in configs)}"
+        )
+    return df
+
+
+def metric_columns(manifest: dict, df: pd.DataFrame) -> dict[str, list[str]]:
+    """``{metric: its declared columns}`` from the manifest (what each metric plugin declared).
+
+    A run directory without that record (an older qbench) gets every numeric
+    column that is not bookkeeping, as one group ``other``.
+    """
+    declared = manifest.get("metric_columns")
+    if isinstance(declared, dict) and declared:
+        return {str(k): [str(c) for c in v] for k, v in declared.items()}
+    other = [c for c in df.columns if c not in BOOKKEEPING and pd.api.types.is_numeric_dtype(df[c])]
+    return {"other": other} if other else {}
+
+
+def md(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    """A GitHub markdown table (``interp_weight`` -1, "not interpolated", shown empty)."""
+    if "interp_weight" in df.columns:  # -1 marks "not interpolated" for grouping only
+        df = df.copy()
+        df["interp_weight"] = (
+            df["interp_weight"].astype(object).where(df["interp_weight"].astype(float) >= 0, None)
+        )
+    return tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=floatfmt)
+
+
+def _t95(n: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else float("nan")
+
+
+def bd_over_seeds(
+    ref: pd.DataFrame, test: pd.DataFrame, min_overlap: float, notes: list[str], where: str
+) -> dict | None:
+    """BD-rate of ``test`` against ``ref`` per seed (the reference's same seed, or all of it),
+    then mean and 95% t-interval over seeds, smallest overlap and flags; None if no seed
+    could be computed (the reason is in the notes)."""
+    per_seed, overlaps, flags = [], [], set()
+    for seed, sg in test.groupby("seed"):
+        rg = ref[ref["seed"] == seed]
+        if rg.empty:
+            rg = ref
+        try:
+            res = bd_rate_checked(
+                rg[list(RD_COLUMNS)].values.tolist(),
+                sg[list(RD_COLUMNS)].values.tolist(),
+                min_overlap=min_overlap,
+            )
+        except BDRateError as exc:
+            notes.append(f"BD-rate ({where}, seed {seed}): not computed: {exc}")
+            continue
+        per_seed.append(res.value)
+        overlaps.append(res.overlap)
+        for flag in res.flags:
+            flags.add("low overlap" if "overlap" in flag else "monotone subset")
+            notes.append(f"BD-rate ({where}, seed {seed}) flagged: {flag}")
+    if not per_seed:
+        return None
+    n = len(per_seed)
+    half = _t95(n) * float(np.std(per_seed, ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    return {
+        "bd_rate_%": float(np.mean(per_seed)),
+        "ci95_%": half,
+        "seeds": n,
+        "overlap_%": 100 * min(overlaps),
+        "flag": ", ".join(sorted(flags)),
+    }
+
+
+def has_rd_axes(df: pd.DataFrame) -> bool:
+    """Whether ``df`` has both the rate and the distortion column."""
+    return set(RD_COLUMNS) <= set(df.columns)
+
+
+def bd_table(
+    ok: pd.DataFrame, anchor: str, notes: list[str], min_overlap: float = DEFAULT_MIN_OVERLAP
+) -> list[dict]:
+    """Per (backbone, dataset, quantizer): BD-rate vs the anchor, mean and 95% CI over seeds.
+
+    Each cell carries the smallest overlap of the curves over its seeds and a
+    ``flag`` when a seed's number rests on little overlap or on a curve's
+    monotone subset (the reason is in the notes).
+    """
+    rows = []
+    if not has_rd_axes(ok):
+        notes.append(f"BD-rate: results have no {'/'.join(RD_COLUMNS)} columns")
+        return rows
+    for (bb, ds), grp in ok.groupby(["backbone", "dataset"], sort=False):
+        if anchor not in set(grp["quantizer"]):
+            notes.append(f"BD-rate ({bb}, {ds}): anchor {anchor!r} has no finished job")
+            continue
+        ref = grp[grp["quantizer"] == anchor]
+        for q in grp["quantizer"].unique():
+            cell = bd_over_seeds(
+                ref, grp[grp["quantizer"] == q], min_overlap, notes, f"{bb}, {ds}, {q}"
+            )
+            if cell is not None:
+                rows.append({"backbone": bb, "dataset": ds, "quantizer": q, **cell})
+    return rows
+
+
+def rd_keys(ok: pd.DataFrame) -> list[str]:
+    """The columns an RD point is one of: backbone, dataset, quantizer, lambda (and the
+    blending weight when some rows are blends)."""
+    keys = ["backbone", "dataset", "quantizer", "lambda"]
+    if "interp_weight" in ok.columns and ok["interp_weight"].notna().any():
+        keys.append("interp_weight")
+    return keys
+
+
+def rd_points(ok: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of the rate and distortion of every point
+    (``keys``: :func:`rd_keys`; ``interp_weight`` filled with -1 where not a blend); empty
+    when nothing finished or neither axis was evaluated."""
+    rd_cols = [c for c in RD_COLUMNS if c in ok.columns]
+    if not rd_cols or ok.empty:
+        return pd.DataFrame()
+    g = ok.groupby(keys, sort=False)[rd_cols]
+    rd = g.mean().reset_index()
+    std = g.std().reset_index()
+    rd["seeds"] = g.size().values
+    if "interp_weight" in rd.columns:
+        weight = rd["interp_weight"]
+        rd["interp_weight"] = weight.astype(object).where(weight >= 0, None)
+    for c in rd_cols:
+        rd[c + "_std"] = std[c].fillna(0.0)
+    return rd
+
+
+def bd_table_text(rows: list[dict], fmt: str) -> str:
+    """The BD-rate table as JSON (``fmt == "json"``) or CSV."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=lambda v: None)
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+#: relative difference of the likelihood and bitstream bpp beyond which the report says so
+RATE_GAP = 0.05
+
+
+def rate_gaps(ok: pd.DataFrame) -> list[str]:
+    """A note per curve whose likelihood bpp and real bitstream bpp differ by more than
+    :data:`RATE_GAP` on average: there the likelihood is no proxy for the coded rate."""
+    if RATE not in ok.columns or BITSTREAM not in ok.columns or ok.empty:
+        return []
+    gap = ok[BITSTREAM] / ok[RATE] - 1.0
+    out = []
+    for (bb, ds, q), g in gap.groupby([ok["backbone"], ok["dataset"], ok["quantizer"]]):
+        mean = float(g.mean())
+        if math.isfinite(mean) and abs(mean) > RATE_GAP:
+            out.append(
+                f"{bb}, {ds}, {q}: the real bitstream is {100 * mean:+.1f} % off the likelihood "
+                f"{RATE} on average (more than {RATE_GAP:.0%}): read `{BITSTREAM}` for its rate"
+            )
+    return out
