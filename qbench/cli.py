@@ -159,15 +159,46 @@ def cmd_reference_curves(args) -> int:
     return 0
 
 
+def verify_zoo(
+    registry,
+    dataset,
+    backbones=None,
+    qualities=None,
+    bpp_tolerance: float | None = None,
+    psnr_tolerance: float | None = None,
+    reference_dir: str | None = None,
+    echo=print,
+):
+    """Measure each (backbone, quality) with a published point on ``dataset`` (the run wing's
+    :class:`~qbench.run.zoo.ZooMeter`) and compare it (:mod:`qbench.report.zoo`); the checks."""
+    from qbench.report import zoo
+    from qbench.run.zoo import WeightsUnavailable, ZooMeter
+
+    checks = zoo.planned_checks(registry, backbones, qualities, reference_dir)
+    meter = ZooMeter(registry, dataset, zoo.MEASURED)
+    bpp_tol = zoo.BPP_TOLERANCE if bpp_tolerance is None else bpp_tolerance
+    psnr_tol = zoo.PSNR_TOLERANCE if psnr_tolerance is None else psnr_tolerance
+    for check in (c for c in checks if c.verdict == "pending"):
+        try:
+            measured = meter.measure(check.backbone, check.quality)
+        except WeightsUnavailable as exc:
+            echo(zoo.unavailable(check, str(exc)))
+            continue
+        echo(zoo.judge(check, measured, bpp_tol, psnr_tol))
+    return checks
+
+
 def cmd_verify_zoo(args) -> int:
-    from qbench.report.zoo import checks_table, verify_zoo
+    from qbench.report.zoo import checks_table, published_dataset
 
     registry = _plugins(args).registry
-    kodak = registry.build("dataset", "kodak", path=args.kodak)
+    backbones = args.backbone or None
+    name = args.dataset or published_dataset(registry, backbones)
+    dataset = registry.build("dataset", name, path=args.images)
     checks = verify_zoo(
         registry,
-        kodak,
-        backbones=args.backbone or None,
+        dataset,
+        backbones=backbones,
         qualities=args.quality or None,
         bpp_tolerance=args.bpp_tolerance,
         psnr_tolerance=args.psnr_tolerance,
@@ -390,11 +421,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate CompressAI's pretrained models on Kodak and compare with the published "
         "points",
         description="Build each backbone that declares a published curve with pretrained = Q "
-        "(CompressAI's zoo loader, torch hub's cache), evaluate it on Kodak with qbench's "
-        "evaluation and compare bitstream bpp and PSNR with the published point. Needs the "
-        "reference curves (qbench reference-curves --download) and the zoo weights.",
+        "(CompressAI's zoo loader, torch hub's cache), evaluate it on the dataset the curve "
+        "was measured on (Kodak) with qbench's evaluation and compare bitstream bpp and PSNR "
+        "with the published point. Needs the reference curves (qbench reference-curves "
+        "--download) and the zoo weights.",
     )
-    vz.add_argument("--kodak", required=True, help="folder holding kodim01..24.png")
+    vz.add_argument(
+        "--images",
+        "--kodak",
+        dest="images",
+        required=True,
+        help="folder holding the dataset's images (Kodak: kodim01..24.png)",
+    )
+    vz.add_argument(
+        "--dataset",
+        help="registered dataset to evaluate on (default: the one the published curves were "
+        "measured on, as the reference-curve catalogue says)",
+    )
     vz.add_argument("--backbone", action="append", default=[], help="repeatable (default: all)")
     vz.add_argument("--quality", action="append", type=int, default=[], help="repeatable")
     vz.add_argument("--bpp-tolerance", type=float, default=0.01, help="relative (0.01 = 1 %%)")

@@ -145,7 +145,7 @@ def kodak_folder(tmp_path, registry):
 def test_verify_zoo_compares_with_the_published_points(tmp_path, monkeypatch, registry):
     """CompressAI's loader on a locally made cache file; the published point is what the
     model gives (ok), then a point it does not give (FAIL, with the reason)."""
-    from qbench.report.zoo import verify_zoo
+    from qbench.cli import verify_zoo
     from qbench.run.evaluate import evaluate
 
     zoo_cache(tmp_path, monkeypatch, "bmshj2018-factorized", 1)
@@ -182,7 +182,7 @@ def test_verify_zoo_compares_with_the_published_points(tmp_path, monkeypatch, re
 
 
 def test_verify_zoo_skips_cleanly_without_weights(tmp_path, monkeypatch, registry):
-    from qbench.report.zoo import verify_zoo
+    from qbench.cli import verify_zoo
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     own_catalogue(
@@ -196,6 +196,17 @@ def test_verify_zoo_skips_cleanly_without_weights(tmp_path, monkeypatch, registr
     monkeypatch.setattr("compressai.zoo.image.load_state_dict_from_url", _offline)
     (check,) = verify_zoo(registry, kodak, ["bmshj2018-factorized"], [1], echo=lambda *_: 0)
     assert check.verdict == "skipped" and "weights not available" in check.reason
+
+
+def test_verify_zoo_evaluates_on_the_dataset_of_the_published_curves(registry):
+    """``qbench verify-zoo`` builds the dataset the catalogue says the curves were measured
+    on (no dataset named in the cli)."""
+    from qbench.report.zoo import published_dataset
+
+    assert published_dataset(registry) == "kodak"
+    assert published_dataset(registry, ["bmshj2018-factorized"]) == "kodak"
+    with pytest.raises(QbenchError, match="declares no published curve"):
+        published_dataset(registry, ["nope"])
 
 
 def _offline(url, *args, **kwargs):
