@@ -61,16 +61,48 @@ def _fresh(beat: dict) -> bool:
     return time.time() - float(beat.get("updated", 0)) < STALE_SECONDS
 
 
+def _manifest(root: Path) -> dict:
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise QbenchError(f"{root}: no manifest.json: not a qbench run directory (or not started)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise QbenchError(f"{path}: unreadable ({exc})") from exc
+
+
+def _set_state(
+    status: JobStatus, run_dir: RunDir, row: dict | None, beat: dict | None, sub: dict
+) -> None:
+    """The job's state and detail from its row, heartbeat, snapshot and submission."""
+    snapshot = Snapshots(run_dir.ckpt_dir, status.train_id).latest_step()
+    if row is not None:
+        status.state = row.get("status", "?")
+        status.detail = row.get("reason", "") or (
+            f"resumed from {row['resumed']}" if row.get("resumed") else ""
+        )
+        log = run_dir.logs_dir / f"{status.job_id}.log"
+        if status.state != "ok" and log.exists():
+            status.log = str(log)
+    elif beat is not None and _fresh(beat):
+        status.state = "running"
+        status.detail = f"step {beat.get('step', '?')}/{beat.get('steps', '?')} on " + (
+            f"{beat.get('host')} (pid {beat.get('pid')})"
+        )
+    elif beat is not None or snapshot is not None:
+        status.state = "interrupted"
+        status.detail = (
+            f"resumes from step {snapshot}" if snapshot is not None else "restarts"
+        ) + " at the next qbench run"
+    elif sub:
+        status.state = "queued"
+        status.detail = f"submitted {sub.get('submitted', '')} (attempt {sub.get('attempt')})"
+
+
 def run_status(root: Path) -> list[JobStatus]:
     """Every job of the run directory ``root`` with its state (see the module docstring)."""
     run_dir = RunDir(root)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
-        raise QbenchError(f"{root}: no manifest.json: not a qbench run directory (or not started)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise QbenchError(f"{manifest_path}: unreadable ({exc})") from exc
+    manifest = _manifest(root)
     rows = {r["job_id"]: r for r in run_dir.rows()}
     running = run_dir.running()
     submitted = run_dir.submissions()
@@ -86,30 +118,7 @@ def run_status(root: Path) -> list[JobStatus]:
             scheduler_job_id=sub.get("scheduler_job_id", ""),
             log=sub.get("stderr", ""),
         )
-        row = rows.get(job_id)
-        snapshot = Snapshots(run_dir.ckpt_dir, train_id).latest_step()
-        beat = running.get(train_id)
-        if row is not None:
-            status.state = row.get("status", "?")
-            status.detail = row.get("reason", "") or (
-                f"resumed from {row['resumed']}" if row.get("resumed") else ""
-            )
-            log = run_dir.logs_dir / f"{job_id}.log"
-            if status.state != "ok" and log.exists():
-                status.log = str(log)
-        elif beat is not None and _fresh(beat):
-            status.state = "running"
-            status.detail = f"step {beat.get('step', '?')}/{beat.get('steps', '?')} on " + (
-                f"{beat.get('host')} (pid {beat.get('pid')})"
-            )
-        elif beat is not None or snapshot is not None:
-            status.state = "interrupted"
-            status.detail = (
-                f"resumes from step {snapshot}" if snapshot is not None else "restarts"
-            ) + " at the next qbench run"
-        elif sub:
-            status.state = "queued"
-            status.detail = f"submitted {sub.get('submitted', '')} (attempt {sub.get('attempt')})"
+        _set_state(status, run_dir, rows.get(job_id), running.get(train_id), sub)
         out.append(status)
     return out
 
