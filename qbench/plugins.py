@@ -129,7 +129,12 @@ def load_plugins(
             module = ep.load()
         except (Exception, SystemExit) as exc:  # a broken plugin must not break qbench
             registry.problems.append(
-                Problem(ep.name, f"{dist} {version}".strip(), _describe(exc, "import failed"))
+                Problem(
+                    ep.name,
+                    f"{dist} {version}".strip(),
+                    _describe(exc, "import failed"),
+                    kind="import",
+                )
             )
             continue
         candidates.append((ep.name, dist, version, module))
@@ -147,7 +152,14 @@ def load_plugins(
             if pm.is_registered(module):
                 pm.unregister(module)
             registry.problems.append(
-                Problem(name, f"{dist} {version}".strip(), _describe(exc, "rejected"))
+                Problem(
+                    name,
+                    f"{dist} {version}".strip(),
+                    _describe(exc, "rejected"),
+                    # pluggy refuses hooks it does not know or whose arguments differ; the
+                    # rest is a module or name loaded twice
+                    kind="hook" if isinstance(exc, pluggy.PluginValidationError) else "duplicate",
+                )
             )
             continue
         plugin_set.plugins.append(LoadedPlugin(name, module, dist, version))
@@ -171,11 +183,20 @@ def _collect(plugin_set: PluginSet) -> None:
                 try:
                     impl.function(register=register)
                 except (Exception, SystemExit) as exc:
+                    innermost = exc.__traceback__
+                    while innermost.tb_next is not None:
+                        innermost = innermost.tb_next
+                    # raised by _register, or by calling it with arguments it cannot take:
+                    # the hook called register() wrongly
+                    bad_call = innermost.tb_frame.f_code is _register.__code__ or (
+                        isinstance(exc, TypeError) and str(exc).startswith("_register()")
+                    )
                     registry.problems.append(
                         Problem(
                             plugin.name,
                             f"{plugin.distribution} {plugin.version}".strip(),
                             _describe(exc, f"{hook_name} raised"),
+                            kind="register" if bad_call else "hook",
                         )
                     )
 

@@ -95,11 +95,26 @@ class Entry:
 
 @dataclass(frozen=True)
 class Problem:
-    """A plugin that failed to load, or a registration that was refused."""
+    """A plugin that failed to load, or a registration that was refused.
+
+    Attributes:
+        plugin: the entry-point name of the plugin.
+        distribution: ``"distribution version"`` that provides it.
+        reason: what happened, for people (its wording may change).
+        kind: what went wrong, for programs (one of :attr:`KINDS`): ``"import"``, the
+            entry point failed to import; ``"hook"``, pluggy refused the plugin's hook
+            implementations (a hook qbench does not define, arguments that do not match)
+            or a registration hook raised; ``"register"``, a ``register()`` call was
+            malformed (no name, no callable factory); ``"duplicate"``, a name (or the
+            plugin itself) was registered twice and the later registration ignored.
+    """
+
+    KINDS = ("import", "hook", "register", "duplicate")
 
     plugin: str
     distribution: str
     reason: str
+    kind: str = "import"
 
 
 class Registry:
@@ -119,6 +134,7 @@ class Registry:
                     f"{entry.kind} name {entry.name!r} is already registered by plugin "
                     f"{taken.plugin!r} ({taken.provider}); the registration "
                     f"from {entry.provider} was ignored",
+                    kind="duplicate",
                 )
             )
             return
