@@ -210,3 +210,97 @@ def test_example_plugin_passes_conformance_and_runs(example_installed, tmp_path)
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "softround" in (tmp_path / "run" / "results.csv").read_text()
+
+
+NONDIFF = """
+import qbench
+
+
+class Rounding(qbench.Quantizer):
+    \"\"\"Hard rounding in training too: no gradient, as declared.\"\"\"
+
+
+@qbench.hookimpl
+def qbench_register_quantizers(register):
+    register("rounding", Rounding, differentiable=False)
+"""
+
+
+def test_non_differentiable_quantizer_gradient_check_is_skipped(pytester, tmp_path):
+    site = make_distribution(
+        tmp_path / "site", "qbench-rounding", {"rounding": NONDIFF}, {"rounding": "rounding"}
+    )
+    result = run_conformance(
+        pytester, site, "--qbench-quantizer", "rounding", "-k", "train_gradients", "-rs", "-v"
+    )
+    out = result.stdout.str()
+    assert "conformance[rounding-train_gradients] SKIPPED" in out, out
+    assert "declared non-differentiable (registered with differentiable=False)" in out, out
+    result.assert_outcomes(skipped=1)
+
+
+PROBLEMS = {
+    "hookraises": """
+import qbench
+
+@qbench.hookimpl
+def qbench_register_quantizers(register):
+    raise RuntimeError("on purpose")
+""",
+    "hooktypo": """
+import qbench
+
+@qbench.hookimpl
+def qbench_register_quantisers(register):
+    pass
+""",
+    "badregister": """
+import qbench
+
+@qbench.hookimpl
+def qbench_register_quantizers(register):
+    register("", qbench.Quantizer)
+""",
+    "takenname": """
+import qbench
+
+@qbench.hookimpl
+def qbench_register_quantizers(register):
+    register("noise", qbench.Quantizer)
+""",
+    "unimportable": "import no_such_module\n",
+}
+PROBLEM_KINDS = {
+    "hookraises": "hook",
+    "hooktypo": "hook",
+    "badregister": "register",
+    "takenname": "duplicate",
+    "unimportable": "import",
+}
+
+
+def test_plugin_problems_have_a_kind(install_plugin):
+    from qbench.plugins import load_plugins
+
+    install_plugin("qbench-problems", PROBLEMS, {name: name for name in PROBLEMS})
+    kinds = {p.plugin: p.kind for p in load_plugins().problems}
+    assert kinds == PROBLEM_KINDS
+
+
+def test_each_plugin_problem_is_a_failing_item_named_by_its_kind(pytester, tmp_path):
+    site = make_distribution(
+        tmp_path / "site", "qbench-problems", PROBLEMS, {name: name for name in PROBLEMS}
+    )
+    rules = "plugin_loads or hooks_run or register_calls or unique_names"
+    result = run_conformance(pytester, site, "-k", rules)
+    out = result.stdout.str()
+    for item in (
+        "hookraises-hooks_run",
+        "hooktypo-hooks_run",
+        "badregister-register_calls",
+        "takenname-unique_names",
+        "unimportable-plugin_loads",
+    ):
+        assert f"FAILED ::conformance[{item}]" in out, out
+    assert "plugin 'takenname' (qbench-problems) registered a name that was taken" in out
+    result.assert_outcomes(failed=5)
