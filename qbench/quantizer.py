@@ -155,8 +155,7 @@ class Quantizer(nn.Module):
       conditional's scale parameter that this quantizer asks the backbone to
       use in training and coding; ``None`` keeps the backbone's own.
 
-    Attribute the report reads (through the registry, by the quantizer's
-    registered name):
+    Attribute the report reads (recorded in the run's manifest by the runner):
 
     * ``report_notes``: ``{setting: what a non-zero value means}`` for
       settings of :meth:`settings` that flag something a reader should know

@@ -111,13 +111,20 @@ def test_a_step_is_clamped_at_its_minimum_and_the_row_says_so(registry):
         registry.build("quantizer", "qvrf", step=0.0)
 
 
-def test_the_report_notes_a_clamped_step_through_the_declared_report_notes():
-    """The report names no plugin setting: it reads ``Quantizer.report_notes`` of each
-    label's registered class, and notes the settings that are non-zero."""
+def test_the_report_notes_a_clamped_step_through_the_declared_report_notes(registry):
+    """The report names no plugin setting: the run records each label's
+    ``Quantizer.report_notes`` in the manifest, and the report notes the settings that are
+    non-zero."""
     from qbench.report.declared import quantizer_notes
     from qbench.report.sections import quantizer_settings
+    from qbench.run.runner import quantizer_manifest
 
-    manifest = {"quantizers": {"a": {"name": "qvrf"}, "b": {"name": "noise"}}}
+    manifest = {
+        "quantizers": {
+            "a": quantizer_manifest("qvrf", registry),
+            "b": quantizer_manifest("noise", registry),
+        }
+    }
     declared = quantizer_notes(manifest)
     assert set(declared) == {"a"} and "step_clamped" in declared["a"]
     df = pd.DataFrame(

@@ -28,7 +28,7 @@ from qbench.plan.matrix import Matrix
 from qbench.plan.preflight import preflight
 from qbench.plugins import PluginSet, get_plugins
 from qbench.rd import LOSS
-from qbench.registry import QbenchError
+from qbench.registry import QbenchError, Registry
 from qbench.results import RunDir
 from qbench.run.executors import (
     Dispatch,
@@ -278,10 +278,20 @@ def _manifest(
         "disabled_plugins": list(disable),
         "datasets": {j.dataset.label: j.dataset.name for j in matrix.jobs},
         "quantizers": {
-            j.quantizer.label: {
-                "name": j.quantizer.name,
-                "description": plugins.registry.get("quantizer", j.quantizer.name).description,
-            }
+            j.quantizer.label: quantizer_manifest(j.quantizer.name, plugins.registry)
             for j in matrix.jobs
         },
+    }
+
+
+def quantizer_manifest(name: str, registry: Registry) -> dict[str, Any]:
+    """What the report needs of a job's quantizer: its registered name, description and the
+    notes its class declares (``Quantizer.report_notes``), so the report reads the run
+    directory alone."""
+    entry = registry.get("quantizer", name)
+    notes = getattr(entry.factory, "report_notes", None) or {}
+    return {
+        "name": name,
+        "description": entry.description,
+        "report_notes": {str(k): str(v) for k, v in dict(notes).items()},
     }
