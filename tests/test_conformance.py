@@ -239,6 +239,77 @@ def test_non_differentiable_quantizer_gradient_check_is_skipped(pytester, tmp_pa
     result.assert_outcomes(skipped=1)
 
 
+BAD_AGGREGATION = """
+import qbench
+
+
+class Hits(qbench.Metric):
+    \"\"\"Whether each image was decoded, reduced with a reduction qbench does not have.\"\"\"
+
+    columns = ("hits",)
+    aggregate = {"hits": "max"}
+
+    def per_image(self, ev):
+        return {"hits": 1.0}
+
+
+@qbench.hookimpl
+def qbench_register_metrics(register):
+    register("hits", Hits)
+"""
+
+
+def test_metric_with_unknown_aggregation_fails(pytester, tmp_path):
+    site = make_distribution(
+        tmp_path / "site", "qbench-hits", {"hits": BAD_AGGREGATION}, {"hits": "hits"}
+    )
+    result = run_conformance(
+        pytester, site, "--qbench-metric", "hits", "-k", "declares_aggregations"
+    )
+    out = result.stdout.str()
+    assert "FAILED ::conformance[metric:hits-declares_aggregations]" in out, out
+    assert "column 'hits' declares aggregation 'max'; allowed: 'mean', 'all'" in out, out
+    result.assert_outcomes(failed=1)
+
+
+STRAY_LOGGER = """
+from pathlib import Path
+
+import qbench
+
+
+class Stray(qbench.Logger):
+    \"\"\"Logs into its folder, and leaves a file in the working directory too.\"\"\"
+
+    def start(self, job, folder):
+        self.file = Path(folder) / f"{job.quantizer.label}.log"
+        self.file.write_text("")
+
+    def log(self, step, stats):
+        with self.file.open("a") as f:
+            f.write(f"{step} {stats['loss']}\\n")
+
+    def finish(self, row):
+        Path("stray.txt").write_text(row["status"])
+
+
+@qbench.hookimpl
+def qbench_register_loggers(register):
+    register("stray", Stray)
+"""
+
+
+def test_logger_rules_and_one_writing_outside_its_folder(pytester, tmp_path):
+    site = make_distribution(
+        tmp_path / "site", "qbench-stray", {"stray": STRAY_LOGGER}, {"stray": "stray"}
+    )
+    result = run_conformance(pytester, site, "--qbench-logger", "stray")
+    out = result.stdout.str()
+    assert "FAILED ::conformance[logger:stray-writes_inside_folder]" in out, out
+    assert "wrote outside its folder run/monitor/stray: ['cwd/stray.txt']" in out, out
+    result.assert_outcomes(failed=1, passed=2)  # constructs, start_log_finish
+
+
 PROBLEMS = {
     "hookraises": """
 import qbench

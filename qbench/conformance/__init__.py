@@ -7,14 +7,14 @@ spreads the checks over workers::
 
     pytest --qbench-conformance                        # every registered plugin
     pytest --qbench-conformance --qbench-quantizer myquant -n auto
-    pytest --qbench-conformance --qbench-backbone mycodec      # likewise dataset, metric
+    pytest --qbench-conformance --qbench-backbone mycodec      # likewise dataset, metric, logger
 
 With a ``--qbench-KIND NAME`` option only the named plugins are checked, and a
 plugin that failed to load is reported as a warning rather than a failure
 (it is not the one under test).
 
 The rules are DESIGN.md's contract, one module per kind (:mod:`.quantizer`,
-:mod:`.backbone`, :mod:`.dataset`, :mod:`.metric`; the
+:mod:`.backbone`, :mod:`.dataset`, :mod:`.metric`, :mod:`.logger`; the
 registry in :mod:`._rules`); each check's docstring states its rule. A check
 that cannot run here (no CUDA device, a quantizer declared non-differentiable,
 a dtype this torch lacks on the CPU) is reported as a skip with its reason.
@@ -29,7 +29,8 @@ import pytest
 from qbench.conformance._rules import RULES, ConformanceFailure, rule
 from qbench.conformance.backbone import b_capabilities, b_roundtrip, b_routes
 from qbench.conformance.dataset import d_bad, d_rgb
-from qbench.conformance.metric import m_columns
+from qbench.conformance.logger import l_constructs, l_inside, l_lifecycle
+from qbench.conformance.metric import m_aggregations, m_columns
 from qbench.conformance.quantizer import (
     q_backbone,
     q_bins,
@@ -59,6 +60,10 @@ __all__ = [
     "b_routes",
     "d_bad",
     "d_rgb",
+    "l_constructs",
+    "l_inside",
+    "l_lifecycle",
+    "m_aggregations",
     "m_columns",
     "q_backbone",
     "q_bins",

@@ -84,3 +84,31 @@ def _check_probe(metric, model, cols) -> None:
             fail("finite_declared_columns", f"per_probe: {k!r} = {e} lies outside its interval")
         if not math.isfinite(e.value) and not e.flag:
             fail("finite_declared_columns", f"per_probe: {k!r} = {e.value} with no flag saying why")
+
+
+@rule("metric", "declares_aggregations")
+def m_aggregations(entry, env):
+    """``aggregate`` maps declared columns to one of ``qbench.metric.AGGREGATIONS`` (any
+    other reduction would silently be taken for the mean)."""
+    from collections.abc import Mapping
+
+    from qbench.metric import AGGREGATIONS
+
+    metric = entry.build()
+    how = getattr(metric, "aggregate", {})
+    if not isinstance(how, Mapping):
+        fail("declares_aggregations", f"aggregate must map columns to reductions, got {how!r}")
+    allowed = ", ".join(repr(a) for a in AGGREGATIONS)
+    cols = tuple(getattr(metric, "columns", ()))
+    for column, reduction in how.items():
+        if reduction not in AGGREGATIONS:
+            fail(
+                "declares_aggregations",
+                f"column {column!r} declares aggregation {reduction!r}; allowed: {allowed}",
+            )
+        if column not in cols:
+            fail(
+                "declares_aggregations",
+                f"aggregate names column {column!r}, which the metric does not declare "
+                f"(columns: {', '.join(cols) or 'none'})",
+            )
