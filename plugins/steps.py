@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from qbench_plugins.uniform import UNIT_SURROGATES
 from torch import Tensor, nn
 
 import qbench
-from qbench.quantizer import ste_round, uniform_noise
 
 #: The smallest step (and gain, inverse gain) a learned parameter is clamped to.
 #: A step below it, or a negative one, is held there; the row's ``settings`` say
@@ -27,19 +27,8 @@ STEP_MIN = 0.05
 #: ``Quantizer.report_notes`` of both: a clamped step is said in the report's notes.
 CLAMPED = {"step_clamped": "a learned quantization step reached its minimum and was clamped there"}
 
-SURROGATES = ("noise", "mixed", "ste")
-
-
-def _unit_surrogate(kind: str, u: Tensor) -> qbench.Quantized:
-    """The surrogate on the unit grid of ``u``: noise, mixed (noise for the rate, STE for
-    the distortion) or STE for both."""
-    if kind == "noise":
-        noisy = uniform_noise(u)
-        return qbench.Quantized(rate=noisy, dist=noisy)
-    if kind == "mixed":
-        return qbench.Quantized(rate=uniform_noise(u), dist=ste_round(u))
-    hard = ste_round(u)
-    return qbench.Quantized(rate=hard, dist=hard)
+#: the unit-grid surrogates a step quantizer may apply (``surrogate = NAME``)
+SURROGATES = tuple(UNIT_SURROGATES)
 
 
 class QVRF(qbench.Surrogate):
@@ -92,7 +81,7 @@ class QVRF(qbench.Surrogate):
         return self.step_param.clamp(min=STEP_MIN)
 
     def surrogate(self, v: Tensor) -> qbench.Quantized:
-        return _unit_surrogate(self.kind, v)
+        return UNIT_SURROGATES[self.kind](v)
 
     def settings(self) -> dict[str, Any]:
         raw = float(self.step_param.detach())
@@ -176,7 +165,7 @@ class Gain(qbench.Surrogate):
         return self.inverse_gain.clamp(min=STEP_MIN)
 
     def surrogate(self, v: Tensor) -> qbench.Quantized:
-        return _unit_surrogate(self.kind, v)
+        return UNIT_SURROGATES[self.kind](v)
 
     def interpolate(self, other: Gain, a: float) -> None:
         """Exponential interpolation (Cui et al.): ``g = g_1^(1 - a) g_2^a``, same for ``g'``."""

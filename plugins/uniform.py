@@ -13,6 +13,29 @@ import qbench
 from qbench.quantizer import ste_round, uniform_noise
 
 
+def noise_pair(v: Tensor) -> qbench.Quantized:
+    """Additive unit noise for both terms: ``v + u``, ``u ~ U(-1/2, 1/2)``."""
+    v_tilde = uniform_noise(v)
+    return qbench.Quantized(rate=v_tilde, dist=v_tilde)
+
+
+def ste_pair(v: Tensor) -> qbench.Quantized:
+    """Straight-through rounding for both terms: ``round(v)`` forward, identity backward."""
+    v_hat = ste_round(v)
+    return qbench.Quantized(rate=v_hat, dist=v_hat)
+
+
+def mixed_pair(v: Tensor) -> qbench.Quantized:
+    """Noise for the rate, straight-through rounding for the distortion."""
+    return qbench.Quantized(rate=uniform_noise(v), dist=ste_round(v))
+
+
+#: The unit-grid surrogates of this module by name: the same functions serve
+#: ``noise``, ``ste`` and ``mixed`` here and every quantizer that applies one on
+#: its own grid (``qvrf``, ``gain``).
+UNIT_SURROGATES = {"noise": noise_pair, "mixed": mixed_pair, "ste": ste_pair}
+
+
 class Round(qbench.Quantizer):
     """Hard rounding in training and test, no gradient: the control.
 
@@ -45,8 +68,7 @@ class Noise(qbench.Surrogate):
         super().__init__(scale_bound, zero_center, stop_gradient)
 
     def surrogate(self, v: Tensor) -> qbench.Quantized:
-        v_tilde = uniform_noise(v)
-        return qbench.Quantized(rate=v_tilde, dist=v_tilde)
+        return noise_pair(v)
 
 
 class STE(qbench.Surrogate):
@@ -62,8 +84,7 @@ class STE(qbench.Surrogate):
     """
 
     def surrogate(self, v: Tensor) -> qbench.Quantized:
-        v_hat = ste_round(v)
-        return qbench.Quantized(rate=v_hat, dist=v_hat)
+        return ste_pair(v)
 
 
 class Mixed(qbench.Surrogate):
@@ -77,7 +98,7 @@ class Mixed(qbench.Surrogate):
     """
 
     def surrogate(self, v: Tensor) -> qbench.Quantized:
-        return qbench.Quantized(rate=uniform_noise(v), dist=ste_round(v))
+        return mixed_pair(v)
 
 
 @qbench.hookimpl
