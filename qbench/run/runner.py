@@ -7,7 +7,7 @@ executor or a Slurm job array). The runner does not know where a group runs:
 every group writes its own rows into the run directory, and the runner merges
 them into ``results.csv`` after each (idempotent: a merge reads every row).
 A resumed run skips the jobs with a row, and a training that was cut
-continues from its last snapshot (:mod:`qbench.run.resume`).
+continues from its last snapshot (:mod:`qbench.snapshots`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The groups that are ready go out together as one job array, a group that
 starts from other groups' models (a derived or interpolated quantizer) once
 those finished. Jobs are ``Checkpointable``: on preemption or time limit Slurm
 requeues them and the training continues from its last snapshot
-(:mod:`qbench.run.resume`). The scheduler job id of every submission is
+(:mod:`qbench.snapshots`). The scheduler job id of every submission is
 recorded in ``submitted/<train_id>.json`` (``qbench status`` shows it with the
 log paths).
 
