@@ -7,13 +7,7 @@ from pytorch_msssim import ms_ssim as _ms_ssim
 
 import qbench
 from qbench import rd
-from qbench.analysis import (
-    GRADIENT_COLUMNS,
-    MISMATCH_COLUMNS,
-    Estimate,
-    mismatch,
-    model_gradient_statistics,
-)
+from qbench.analysis import Estimate, mismatch, model_gradient_statistics
 
 
 class Bpp(qbench.Metric):
@@ -82,7 +76,7 @@ class Mismatch(qbench.Metric):
     the surrogate equals rounding (STE; an annealed surrogate at its end).
     """
 
-    columns = MISMATCH_COLUMNS
+    columns = ("mismatch_rate", "mismatch_dist", "mismatch_latent")
     column_notes = {
         "mismatch_rate": "Relative rate gap, surrogate vs hard rounding on the same weights: "
         "sum (bpp_s - bpp_h) / sum bpp_h over the probe batches (0: no mismatch).",
@@ -92,7 +86,8 @@ class Mismatch(qbench.Metric):
     }
 
     def per_probe(self, ev: qbench.ProbeEval) -> dict[str, Estimate]:
-        return mismatch(ev.model, ev.batches, ev.draws)
+        stats = mismatch(ev.model, ev.batches, ev.draws)
+        return {c: stats[c] for c in self.columns}
 
 
 class Gradients(qbench.Metric):
@@ -109,7 +104,7 @@ class Gradients(qbench.Metric):
     cannot be stated to a relative precision (docs/statistics.md).
     """
 
-    columns = GRADIENT_COLUMNS
+    columns = ("grad_var", "grad_slope_ratio")
     column_notes = {
         "grad_var": "Noise-to-signal power of one surrogate draw of the analysis gradient, "
         "tr(Cov g) / ||E g||^2, each part unbiased (0 and exact for a deterministic "
@@ -126,9 +121,10 @@ class Gradients(qbench.Metric):
         self.latent_rms = float(latent_rms)
 
     def per_probe(self, ev: qbench.ProbeEval) -> dict[str, Estimate]:
-        return model_gradient_statistics(
+        stats = model_gradient_statistics(
             ev.model, ev.batches, ev.lmbda, draws=ev.draws, latent_rms=self.latent_rms
         )
+        return {c: stats[c] for c in self.columns}
 
 
 @qbench.hookimpl

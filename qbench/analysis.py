@@ -205,7 +205,9 @@ def mismatch(model, batches: Sequence[Tensor], draws: int) -> dict[str, Estimate
         model.train(was_training)
     if identical:
         why = "surrogate equals rounding here"
-        return {c: Estimate.zero(why) for c in MISMATCH_COLUMNS}
+        return {
+            c: Estimate.zero(why) for c in ("mismatch_rate", "mismatch_dist", "mismatch_latent")
+        }
     col = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in rows[0]}
 
     def dist(keep: Tensor) -> float:
@@ -219,10 +221,6 @@ def mismatch(model, batches: Sequence[Tensor], draws: int) -> dict[str, Estimate
         "mismatch_dist": jackknife(dist, n),
         "mismatch_latent": jackknife(ratio_of_sums(col["sq"], col["n"]), n),
     }
-
-
-MISMATCH_COLUMNS = ("mismatch_rate", "mismatch_dist", "mismatch_latent")
-GRADIENT_COLUMNS = ("grad_var", "grad_slope_ratio")
 
 
 # -- gradients ------------------------------------------------------------------
