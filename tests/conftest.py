@@ -20,6 +20,22 @@ PHOTOS = Path(os.environ.get("QBENCH_TEST_PHOTOS", SHARED / "photos-train"))
 needs_kodak = pytest.mark.skipif(not KODAK.is_dir(), reason=f"Kodak images not found at {KODAK}")
 
 
+def pytest_configure(config):
+    """Under ``pytest -n N`` each worker gets its share of the cores for torch's threads,
+    and so do the qbench and pytest processes it starts (``OMP_NUM_THREADS``): N workers
+    with a thread per core each oversubscribe the machine, and torch's threads then
+    spin-wait for each other (a statistic took 6 times as long on 2 cores)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // int(workers))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture(scope="session")
 def plugins():
     from qbench.plugins import load_plugins
