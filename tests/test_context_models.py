@@ -36,7 +36,8 @@ def model(registry, backbone, quantizer):
 def test_serial_coding_is_bitexact_and_the_forward_is_the_decoder(registry, backbone, quantizer):
     m = model(registry, backbone, quantizer).eval()
     m.update(force=True)
-    xp, _ = pad_to(torch.rand(2, 3, 70, 90), m.multiple)
+    # odd-sized, padded to 64 x 128: 4 x 8 latents, interior positions with a full context
+    xp, _ = pad_to(torch.rand(2, 3, 60, 90), m.multiple)
     with torch.no_grad():
         enc = m.compress(xp)
         dec = m.decompress(enc["strings"], enc["shape"])
@@ -104,13 +105,14 @@ metrics = ["bpp", "bpp_bitstream", "psnr"]
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "backbone, steps, check_rate",
-    [("mbt2018", 400, True), ("cheng2020-anchor", 100, False), ("cheng2020-attn", 100, False)],
+    [("mbt2018", 200, True), ("cheng2020-anchor", 20, False), ("cheng2020-attn", 20, False)],
 )
 def test_tiny_matrix_on_odd_grayscale_and_palette_images(tmp_path, backbone, steps, check_rate):
     """Every surrogate trains and codes bit-exactly; on mbt2018 the likelihood bpp is
-    within 5 % of the bitstream's after 400 steps. The Cheng models need 1200 steps on a
-    CPU for that (about 7 minutes for both; measured within +2.7 %, docs/backbones.md),
-    so here only their coding is checked, after 100 steps."""
+    within 5 % of the bitstream's after 200 steps (within 2.5 %; after 100 steps up to
+    16 % off, after 400 within 3.1 %). The Cheng models need 1200 steps on a CPU for that
+    (about 7 minutes for both; measured within +2.7 %, docs/backbones.md), so here only
+    their coding is checked, after 20 steps."""
     qbench.plugins.reset()
     registry = qbench.plugins.get_plugins().registry
     folder = odd_images(tmp_path, registry)
