@@ -9,6 +9,11 @@ quantizer and every likelihood uses the quantizer's ``bins``. With the
 
 The factorized entropy bottleneck rounds around its medians at test time, so
 the adapters pass the (detached) medians as the quantizer's ``means``.
+
+``qbench export --format compressai`` writes the wrapped model's own state dict
+(``export_state_dict``), which CompressAI's ``from_state_dict`` and
+``compressai.utils.eval_model -a <zoo name>`` load; jobs whose quantizers decode
+otherwise than CompressAI's rounding are refused.
 """
 
 from __future__ import annotations
@@ -74,6 +79,27 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
     model.load_state_dict(
         {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     )
+
+
+#: A quantizer's test-time methods; one that overrides any of them decodes to its own values.
+_DECODING = ("quantize", "bins", "symbols", "from_symbols", "tables")
+
+
+def _decodes_otherwise(latent: str, q: qbench.Quantizer) -> str:
+    """Why quantizer ``q`` of ``latent`` decodes to other values than CompressAI's integer
+    rounding around the means (``""`` when it does not)."""
+    name = type(q).__name__
+    own = [m for m in _DECODING if getattr(type(q), m) is not getattr(qbench.Quantizer, m)]
+    if own:
+        return f"the quantizer of latent {latent!r} ({name}) quantizes by its own {', '.join(own)}"
+    for what, step in (("step", q.step()), ("reconstruction step", q.reconstruction_step())):
+        if step is not None and not bool(torch.all(step.detach() == 1)):
+            values = step.detach().flatten()
+            shown = f"{float(values[0]):.4g}" if values.numel() == 1 else f"{values.numel()} values"
+            return (
+                f"the quantizer of latent {latent!r} ({name}) has a quantization {what} ({shown})"
+            )
+    return ""
 
 
 class _CompressAIBackbone(qbench.Backbone):
@@ -163,6 +189,40 @@ class _CompressAIBackbone(qbench.Backbone):
 
     def update(self, force: bool = True) -> None:
         self.net.update(force=force)
+
+    # -- weights for CompressAI's own tools (qbench export --format compressai) ----
+    def export_state_dict(self, fmt: str) -> dict[str, Tensor]:
+        """``"compressai"``: the state dict of CompressAI's own model (``self.net``).
+
+        Its keys are the model's (no ``net.`` prefix), so ``model_class.from_state_dict``
+        and ``compressai.utils.eval_model`` load it strictly: the transforms, the
+        entropy bottleneck's quantiles and CDF tables and the Gaussian conditional's
+        scale table as :meth:`update` left them, and the likelihood and scale lower
+        bounds (a quantizer's ``scale_bound`` is that bound, so it travels). Nothing
+        of the quantizers is kept: CompressAI rounds every latent to the integers
+        around its means (the medians for the bottleneck), which is what qbench's
+        uniform quantizers do at test time. A quantizer that decodes otherwise (a
+        quantization step or gain, STanH's levels) is refused with the reason: the
+        file would not reproduce qbench's numbers.
+        """
+        if fmt != "compressai":
+            return super().export_state_dict(fmt)
+        problems = [
+            why
+            for latent in self.latents
+            if (why := _decodes_otherwise(latent, self.quantizers[latent]))
+        ]
+        if problems:
+            raise QbenchError(
+                f"cannot export for CompressAI's {self.model_class.__name__}: "
+                f"{'; '.join(problems)}. CompressAI's model rounds every latent to the "
+                "integers around its means, so the file would not reproduce qbench's numbers"
+            )
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+    def export_architecture(self, fmt: str) -> str:
+        """CompressAI's name of the model (``compressai.zoo``, ``eval_model -a``)."""
+        return self.zoo_name if fmt == "compressai" else super().export_architecture(fmt)
 
     # -- one latent through the factorized entropy bottleneck ------------------
     def _medians(self, channels: int, dims: int = 4) -> Tensor:

@@ -34,6 +34,13 @@ serial coding of CompressAI's ``_compress_ar`` / ``_decompress_ar``):
 
 The serial loops run in Python over the latent positions (as CompressAI's
 do): fine for Kodak-sized images on CPU, slow on large ones.
+
+Exported with ``qbench export --format compressai`` (the export of
+:class:`~qbench_plugins.compressai_backbones.MeanScale`, inherited), CompressAI's
+own model codes the same bitstream, since its ``compress``/``decompress`` are these
+serial loops; only its eval forward (``eval_model --entropy-estimation``) rounds
+``y`` without the means for the context and the synthesis, so its estimated rate
+and PSNR are not qbench's ``bpp`` and ``psnr``.
 """
 
 from __future__ import annotations

@@ -239,6 +239,33 @@ class Backbone(nn.Module):
     def update(self, force: bool = True) -> None:
         """Rebuild entropy-coder tables after training (no-op by default)."""
 
+    # -- weights for other tools (qbench export --format) ----------------------------
+    def export_state_dict(self, fmt: str) -> dict[str, Tensor]:
+        """This backbone's current weights as the tools of format ``fmt`` load them.
+
+        ``qbench export --format FMT`` builds the job's backbone and quantizers,
+        loads the trained weights, calls :meth:`update`, then this. A backbone
+        that wraps another library's model returns that model's own state
+        dict (for ``"compressai"``: the keys CompressAI's ``load_state_dict``
+        and ``from_state_dict`` expect, nothing of qbench's quantizers), and
+        refuses with a :class:`~qbench.registry.QbenchError` saying why when
+        the file would not reproduce qbench's numbers (a quantizer that decodes
+        to other values than the target model computes). The default refuses
+        every format; ``qbench``'s own format is the stored checkpoint and
+        needs no backbone.
+        """
+        raise QbenchError(
+            f"backbone {type(self).__name__} cannot export its weights in format {fmt!r} "
+            "(it does not implement Backbone.export_state_dict for it)"
+        )
+
+    def export_architecture(self, fmt: str) -> str:
+        """The name the tools of format ``fmt`` know this architecture by (for
+        ``"compressai"``: the ``compressai.zoo`` / ``eval_model -a`` name), printed after
+        an export so the file is loaded with the right model class; ``""`` (the
+        default) when the format names none."""
+        return ""
+
     def forward(self, x: Tensor) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
