@@ -1,4 +1,6 @@
-"""The TensorBoard logger (``[monitor] loggers = ["tensorboard"]``; extra ``qbench[tensorboard]``).
+"""The TensorBoard logger (``[monitor] loggers = ["tensorboard"]``).
+
+Needs the extra ``qbench-lic[tensorboard]``.
 
 One event file per train group under ``RUN_DIR/monitor/tensorboard/<backbone>/<quantizer>/
 lambda=<lambda>/seed=<seed>/``, so that ``tensorboard --logdir RUN_DIR/monitor/tensorboard``
@@ -41,7 +43,7 @@ class TensorBoardLogger(qbench.Logger):
         except ImportError as exc:
             raise QbenchError(
                 "the 'tensorboard' logger needs the tensorboard package: "
-                "pip install 'qbench[tensorboard]'"
+                "pip install 'qbench-lic[tensorboard]'"
             ) from exc
         self._writer_class = SummaryWriter
         self.flush_secs = float(flush_secs)
@@ -80,5 +82,5 @@ def qbench_register_loggers(register):
         "tensorboard",
         TensorBoardLogger,
         description="TensorBoard event files under RUN_DIR/monitor/tensorboard "
-        "(extra qbench[tensorboard])",
+        "(extra qbench-lic[tensorboard])",
     )

@@ -23,7 +23,9 @@ from typing import Any
 import pluggy
 
 from qbench import hookspecs
+from qbench.provenance import code_digest
 from qbench.registry import Entry, Problem, Registry, reason
+from qbench.version import DISTRIBUTION
 
 GROUP = "qbench"
 DISABLE_ENV = "QBENCH_DISABLE_PLUGINS"
@@ -44,6 +46,7 @@ class LoadedPlugin:
     module: Any
     distribution: str
     version: str
+    code: str = ""  #: :func:`qbench.provenance.code_digest` of the module it loaded
 
 
 @dataclass
@@ -97,7 +100,7 @@ def _entry_points() -> list[importlib_metadata.EntryPoint]:
 
     def order(ep: importlib_metadata.EntryPoint) -> tuple[int, str, str]:
         dist = (ep.dist.name if ep.dist is not None else "").lower()
-        return (0 if dist == "qbench" else 1, dist, ep.name)
+        return (0 if dist == DISTRIBUTION else 1, dist, ep.name)
 
     return sorted(unique, key=order)
 
@@ -119,7 +122,7 @@ def load_plugins(
     plugin_set = PluginSet(pm, registry)
     skip = disabled_plugins(disable)
 
-    candidates: list[tuple[str, str, str, Any]] = []
+    candidates: list[tuple[str, str, str, Any, str]] = []
     for ep in _entry_points():
         if ep.name in skip:
             continue
@@ -137,12 +140,13 @@ def load_plugins(
                 )
             )
             continue
-        candidates.append((ep.name, dist, version, module))
+        candidates.append((ep.name, dist, version, module, code_digest(ep.module)))
     for name, obj in (extra_plugins or {}).items():
         if name not in skip:
-            candidates.append((name, "<local>", "", obj))
+            source = getattr(obj, "__name__", None) if hasattr(obj, "__file__") else None
+            candidates.append((name, "<local>", "", obj, code_digest(source) if source else ""))
 
-    for name, dist, version, module in candidates:
+    for name, dist, version, module, code in candidates:
         try:
             if pm.is_registered(module):  # the same module under two names
                 raise ValueError(f"module {getattr(module, '__name__', module)!r} already loaded")
@@ -162,7 +166,7 @@ def load_plugins(
                 )
             )
             continue
-        plugin_set.plugins.append(LoadedPlugin(name, module, dist, version))
+        plugin_set.plugins.append(LoadedPlugin(name, module, dist, version, code))
 
     _collect(plugin_set)
     return plugin_set
@@ -209,7 +213,16 @@ def _register(
     if not callable(factory):
         raise TypeError(f"register({name!r}, ...) needs a callable factory, got {factory!r}")
     registry.add(
-        Entry(kind, name, factory, plugin.name, plugin.distribution, plugin.version, metadata)
+        Entry(
+            kind,
+            name,
+            factory,
+            plugin.name,
+            plugin.distribution,
+            plugin.version,
+            metadata,
+            code=plugin.code,
+        )
     )
 
 

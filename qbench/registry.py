@@ -33,7 +33,12 @@ class PluginParameterError(QbenchError, TypeError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered name: who provided it and how to build it."""
+    """One registered name: who provided it and how to build it.
+
+    ``code`` is the digest of the plugin's source (:func:`qbench.provenance.code_digest`,
+    ``""`` when unknown); with ``provider`` it enters the identity of every job
+    that uses the name, so that editing a plugin's code re-runs its jobs.
+    """
 
     kind: str
     name: str
@@ -42,6 +47,7 @@ class Entry:
     distribution: str
     version: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    code: str = ""
 
     @property
     def provider(self) -> str:

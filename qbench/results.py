@@ -177,6 +177,9 @@ class RunDir:
         known = [held.get("id")] + [a.get("id") for a in held.get("appended", [])]
         if identity["id"] in known:
             return ""
+        changed = code_changes(held, identity)
+        if changed and not force:
+            return self._supersede_stale(held, identity, changed)
         if append:
             held.setdefault("appended", []).append(identity)
             atomic_write_text(path, json.dumps(held, indent=2))
@@ -196,6 +199,30 @@ class RunDir:
             f"({identity['source']}, {identity['jobs']} jobs, id {identity['id']}). Use another "
             "--out, --append to add these jobs to that run, or --force to move the earlier run "
             "to superseded/"
+        )
+
+    def _supersede_stale(self, held: dict, identity: dict, changed: list[str]) -> str:
+        """The same matrix after a plugin edit: set aside the rows (and the weights) of the
+        jobs the edit touched, keep the others, and record the new identity."""
+        current = set(identity["job_ids"])
+        stale = [r for r in self.rows() if r.get("job_id") not in current]
+        kept_trains = {r.get("train_id") for r in self.rows() if r.get("job_id") in current}
+        where = self.root / "superseded" / f"{held['id']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for row in stale:
+            moves = [self.rows_dir / f"{row['job_id']}.json"]
+            if row.get("train_id") not in kept_trains:
+                moves += sorted(self.ckpt_dir.glob(f"{row.get('train_id')}.*"))
+            for src in moves:
+                if src.exists():
+                    (where / src.parent.name).mkdir(parents=True, exist_ok=True)
+                    os.replace(src, where / src.parent.name / src.name)
+        atomic_write_text(
+            self.root / "run.json", json.dumps({**identity, "appended": []}, indent=2)
+        )
+        return (
+            f"plugin code changed since the earlier run of matrix {held['name']!r} "
+            f"({'; '.join(changed)}): {len(stale)} earlier row(s) of the jobs it touches moved "
+            f"to {where}, the {len(self.rows())} others kept"
         )
 
     def clean_leftovers(self) -> list[Path]:
@@ -365,6 +392,21 @@ class RunDir:
         atomic_write_text(
             self.root / "manifest.json", json.dumps(manifest, indent=2, default=_json_default)
         )
+
+
+def code_changes(held: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """What plugin code changed between the run a directory ``held`` and ``identity``, when
+    they are the same matrix (name and source; nothing appended):
+    ``["quantizer halfnoise: qbench-x 0.1.0 1a2b... -> qbench-x 0.1.0 3c4d..."]``;
+    ``[]`` for another matrix or unchanged code (a changed matrix is then refused)."""
+    old, new = held.get("code"), identity.get("code")
+    if not old or not new or held.get("appended"):
+        return []
+    if (held.get("name"), held.get("source")) != (identity.get("name"), identity.get("source")):
+        return []
+    return [
+        f"{k}: {old[k]} -> {new[k]}" for k in sorted(old.keys() & new.keys()) if old[k] != new[k]
+    ]
 
 
 def _read_records(folder: Path) -> dict[str, dict[str, Any]]:

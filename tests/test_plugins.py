@@ -100,7 +100,7 @@ def test_broken_plugin_is_reported_and_others_load(third_party):
 def test_clash_first_registration_wins(third_party):
     ps = load_plugins()
     entry = ps.registry.get("quantizer", "noise")
-    assert entry.distribution == "qbench"
+    assert entry.distribution == "qbench-lic"
     clash = [p for p in ps.problems if p.plugin == "clash"]
     assert clash and "qbench-clash" in clash[0].reason and "qbench" in clash[0].reason
     assert ("quantizer", "clashfree") in ps.registry

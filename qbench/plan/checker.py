@@ -47,6 +47,11 @@ class Checker:
             return ""
         return unknown_name_message("metric", name, self.registry.names("metric"))
 
+    def provenance(self, kind: str, name: str) -> str:
+        """``"distribution version code-digest"`` of a registered name."""
+        entry = self.registry.get(kind, name)
+        return f"{entry.provider} {entry.code}".strip()
+
     def type_name(self, value: Any) -> str:
         return {bool: "boolean", int: "integer", float: "float", str: "string"}.get(
             type(value), type(value).__name__
@@ -136,8 +141,7 @@ class Checker:
             resolved = (self.base_dir / Path(params[key]).expanduser()).resolve()
             params[key] = str(resolved)
             fingerprints[key] = fingerprint(resolved)
-        provider = reg.provider
-        return Spec(kind, name, label, params, provider, latents, fingerprints)
+        return Spec(kind, name, label, params, reg.provider, latents, fingerprints, reg.code)
 
     def spec_list(self, kind: str, value: Any, path: str) -> list[Spec]:
         if not isinstance(value, list):

@@ -114,6 +114,9 @@ class EvalConfig:
         probe_batches: batches in the fixed probe set (the unit of the intervals).
         probe_crops: training crops per probe batch.
         draws: surrogate draws ``K`` of every schedule statistic.
+        metric_code: ``"distribution version code-digest"`` of each metric's
+            plugin, in the order of ``metrics``: an edited metric re-measures
+            the rows (the job id holds it) and the schedule statistics.
     """
 
     metrics: tuple[str, ...]
@@ -123,13 +126,21 @@ class EvalConfig:
     probe_batches: int = 8
     probe_crops: int = 4
     draws: int = 16
+    metric_code: tuple[str, ...] = ()
 
     @classmethod
-    def from_table(cls, table: dict[str, Any], is_metric: Callable[[str], str], fail: Fail):
+    def from_table(
+        cls,
+        table: dict[str, Any],
+        is_metric: Callable[[str], str],
+        fail: Fail,
+        provenance: Callable[[str], str] = lambda name: "",
+    ):
         """The config of a type-checked ``[eval]`` table, checked.
 
         ``is_metric(name)`` returns ``""`` for a registered metric, else the
-        message that says so (with its "did you mean").
+        message that says so (with its "did you mean"); ``provenance(name)``
+        the metric's provider and code digest.
         """
         metrics = table["metrics"]
         for i, metric in enumerate(metrics):
@@ -174,6 +185,7 @@ class EvalConfig:
             table["probe_batches"],
             table["probe_crops"],
             table["draws"],
+            tuple(provenance(m) for m in metrics),
         )
 
     def probe_settings(self) -> dict[str, Any]:
@@ -183,6 +195,7 @@ class EvalConfig:
             "probe_batches": self.probe_batches,
             "probe_crops": self.probe_crops,
             "draws": self.draws,
+            "metric_code": list(self.metric_code),
         }
 
 

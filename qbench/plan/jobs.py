@@ -8,7 +8,9 @@ one trained model: their *train id* is equal.
 **How a job id is made** (:func:`job_identity`, the only place): the
 ``train_id`` is a hash of everything that determines the trained weights
 (backbone, quantizer and the quantizer of unlisted latents, each as registered
-name, factory parameters and the providing plugin's distribution and version;
+name, factory parameters and the providing plugin's distribution, version
+and code digest, :func:`qbench.provenance.code_digest`, so that an edited
+plugin re-runs its jobs while an unrelated plugin's edit changes no id;
 lambda; seed; the training dataset; the ``[train]`` settings but
 ``log_every``; the recipe); the ``job_id`` adds the labels, the evaluation
 dataset and the ``[eval]`` settings. ``qbench run --set`` overrides change the
@@ -44,6 +46,9 @@ class Spec:
             declared as ``paths`` (see :func:`fingerprint`); they stand for
             those paths in the identity, so the identity follows the files'
             content, not the spelling of their path.
+        code: the digest of the providing plugin's source
+            (:func:`qbench.provenance.code_digest`): editing the plugin's code
+            changes the identity even when its version stays.
     """
 
     kind: str
@@ -53,11 +58,12 @@ class Spec:
     provider: str = ""
     latents: tuple[str, ...] | None = None
     fingerprints: dict[str, str] = field(default_factory=dict)
+    code: str = ""
 
     def identity(self) -> dict[str, Any]:
         """What makes two entries build the same object (the label does not)."""
         params = {k: self.fingerprints.get(k, v) for k, v in self.params.items()}
-        d = {"name": self.name, "params": params, "provider": self.provider}
+        d = {"name": self.name, "params": params, "provider": self.provider, "code": self.code}
         if self.latents is not None:
             d["latents"] = list(self.latents)
         return d
@@ -226,6 +232,12 @@ def job_identity(cell: Cell) -> tuple[str, str]:
     ``train_id`` hashes what determines the weights (:meth:`Cell.weights`),
     ``job_id`` adds the labels (two labels for one configuration are two
     rows), the evaluation dataset and the ``[eval]`` settings.
+
+    Every registered name enters by its :meth:`Spec.identity`: name, factory
+    parameters, provider (distribution and version) and the digest of the
+    plugin's code (:func:`qbench.provenance.code_digest`); the metrics enter
+    by ``EvalConfig.metric_code``. Editing a plugin's source re-runs the jobs
+    that use what it registered, and no other.
     """
     weights = cell.weights()
     job_id = stable_hash(

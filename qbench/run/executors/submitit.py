@@ -1,4 +1,4 @@
-"""The submitit executors: each group a submitit job (extra ``qbench[cluster]``).
+"""The submitit executors: each group a submitit job (extra ``qbench-lic[cluster]``).
 
 The groups that are ready go out together as one job array, a group that
 starts from other groups' models (a derived or interpolated quantizer) once
@@ -38,7 +38,8 @@ def _submitit():
         import submitit
     except ImportError:
         raise ExecutorError(
-            "the submitit-local and slurm executors need submitit: pip install 'qbench[cluster]'"
+            "the submitit-local and slurm executors need submitit: "
+            "pip install 'qbench-lic[cluster]'"
         ) from None
     return submitit
 
