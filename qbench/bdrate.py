@@ -31,7 +31,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import bjontegaard
 import numpy as np
 
 from qbench.registry import QbenchError
@@ -169,6 +168,8 @@ def bd_rate(
     method: str = "pchip",
 ) -> float:
     """BD-rate of ``test`` vs ``anchor`` in percent; each is a sequence of ``(bpp, psnr)``."""
+    import bjontegaard  # imports matplotlib.pyplot: only when a BD metric is computed
+
     return _bd(anchor, test, method, bjontegaard.bd_rate, axis=1, unit="dB")
 
 
@@ -178,4 +179,6 @@ def bd_psnr(
     method: str = "pchip",
 ) -> float:
     """BD-PSNR of ``test`` vs ``anchor`` in dB; each is a sequence of ``(bpp, psnr)``."""
+    import bjontegaard
+
     return _bd(anchor, test, method, bjontegaard.bd_psnr, axis=0, unit="bpp")

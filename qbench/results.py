@@ -43,8 +43,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from qbench.registry import QbenchError
 
 #: Leading columns of results.csv (metric columns follow in matrix order).
@@ -290,6 +288,8 @@ class RunDir:
 
     def save_checkpoint(self, train_id: str, state: dict[str, Any], meta: dict[str, Any]) -> None:
         buf = io.BytesIO()
+        import torch  # only where weights are written or read: status and report need none
+
         torch.save(state, buf)
         atomic_write_bytes(self.checkpoint_path(train_id), buf.getvalue())
         atomic_write_text(self.ckpt_dir / f"{train_id}.json", json.dumps(meta, default=str))
@@ -304,6 +304,8 @@ class RunDir:
         meta_path = self.ckpt_dir / f"{train_id}.json"
         if not (path.exists() and meta_path.exists()):
             return None
+        import torch
+
         state = torch.load(path, map_location="cpu", weights_only=True)
         return state, json.loads(meta_path.read_text())
 
@@ -351,6 +353,8 @@ class RunDir:
             }
         out.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
+        import torch  # only where weights are written or read: status and report need none
+
         torch.save(state, buf)
         atomic_write_bytes(out, buf.getvalue())
         return train_id

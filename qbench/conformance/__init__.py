@@ -24,28 +24,57 @@ by its ``kind``) shows up as one failing item with the error.
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
-from qbench.conformance._rules import RULES, ConformanceFailure, rule
-from qbench.conformance.backbone import b_capabilities, b_roundtrip, b_routes
-from qbench.conformance.dataset import d_bad, d_rgb
-from qbench.conformance.logger import l_constructs, l_inside, l_lifecycle
-from qbench.conformance.metric import m_aggregations, m_columns
-from qbench.conformance.quantizer import (
-    q_backbone,
-    q_bins,
-    q_constructs,
-    q_cuda,
-    q_declares_options,
-    q_deterministic,
-    q_eval_is_hard,
-    q_forward_keeps_state,
-    q_gradients,
-    q_progress,
-    q_shape_dtype,
-    q_state_dict,
-)
 from qbench.registry import KINDS
+
+#: ``{public name: module}``: the rules load (with torch) on first use, never when pytest
+#: merely starts with this plugin installed (``--qbench-conformance`` not given).
+_LAZY = {
+    **dict.fromkeys(("RULES", "ConformanceFailure", "rule"), "_rules"),
+    **dict.fromkeys(("b_capabilities", "b_roundtrip", "b_routes"), "backbone"),
+    **dict.fromkeys(("d_bad", "d_rgb"), "dataset"),
+    **dict.fromkeys(("l_constructs", "l_inside", "l_lifecycle"), "logger"),
+    **dict.fromkeys(("m_aggregations", "m_columns"), "metric"),
+    **dict.fromkeys(
+        (
+            "q_backbone",
+            "q_bins",
+            "q_constructs",
+            "q_cuda",
+            "q_declares_options",
+            "q_deterministic",
+            "q_eval_is_hard",
+            "q_forward_keeps_state",
+            "q_gradients",
+            "q_progress",
+            "q_shape_dtype",
+            "q_state_dict",
+        ),
+        "quantizer",
+    ),
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qbench.conformance' has no attribute {name!r}")
+    if name == "RULES":  # every kind's rules, not only those of the modules loaded so far
+        return _rules()
+    return getattr(importlib.import_module(f"qbench.conformance.{module}"), name)
+
+
+def _rules():
+    """The rule registry, every kind's rules registered (imports torch)."""
+    for module in sorted(set(_LAZY.values())):
+        importlib.import_module(f"qbench.conformance.{module}")
+    from qbench.conformance._rules import RULES
+
+    return RULES
+
 
 __all__ = [
     "KINDS",
@@ -134,6 +163,8 @@ class ConformanceItem(pytest.Item):
             pytest.skip("; ".join(env["skipped"]))
 
     def repr_failure(self, excinfo, style=None):
+        from qbench.conformance._rules import ConformanceFailure
+
         if isinstance(excinfo.value, ConformanceFailure):
             e = self.entry
             return f"{e.kind} {e.name!r} (plugin {e.plugin!r}, {e.provider}): {excinfo.value}"
@@ -152,6 +183,8 @@ class ProblemItem(pytest.Item):
         self.add_marker(pytest.mark.qbench_conformance)
 
     def runtest(self):
+        from qbench.conformance._rules import ConformanceFailure
+
         raise ConformanceFailure(describe_problem(self.problem))
 
     def repr_failure(self, excinfo, style=None):
@@ -185,7 +218,7 @@ def _rule_items(session, registry, wanted: dict[str, list[str]]) -> list[Conform
     any is given."""
     selecting = any(wanted.values())
     items = []
-    for kind, rules in RULES.items():
+    for kind, rules in _rules().items():
         for entry in registry.entries(kind):
             if selecting and entry.name not in wanted[kind]:
                 continue

@@ -15,10 +15,29 @@ This wing reads run directories (:mod:`qbench.results`) and never imports
   :mod:`~qbench.report.zoo` (the published points against measured ones).
 """
 
-from qbench.report.document import Report, write_report
-from qbench.report.references import reference_rows
-from qbench.report.tables import bd_table, bd_table_text, load_results, rate_gaps
-from qbench.report.variable_rate import variable_rate_rows
+import importlib as _importlib
+from typing import Any
+
+#: ``{public name: module}``, imported on first use: ``qbench status`` reads a run
+#: directory without pandas, matplotlib or scipy.
+_LAZY = {
+    "Report": "document",
+    "write_report": "document",
+    "reference_rows": "references",
+    "bd_table": "tables",
+    "bd_table_text": "tables",
+    "load_results": "tables",
+    "rate_gaps": "tables",
+    "variable_rate_rows": "variable_rate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qbench.report' has no attribute {name!r}")
+    return getattr(_importlib.import_module(f"qbench.report.{module}"), name)
+
 
 __all__ = [
     "Report",
