@@ -36,6 +36,8 @@ import numpy as np
 from qbench.registry import QbenchError
 
 METHODS = ("pchip", "cubic")
+#: The fewest points of a curve a BD metric is computed on.
+MIN_POINTS = 4
 #: The bjontegaard package's own minimum overlap before it warns.
 DEFAULT_MIN_OVERLAP = 0.75
 
@@ -48,8 +50,8 @@ def _curve(points: Sequence[Sequence[float]], which: str) -> tuple[np.ndarray, n
     arr = np.asarray(points, dtype=float)
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise BDRateError(f"{which}: expected a sequence of (bpp, psnr) pairs, got {points!r}")
-    if len(arr) < 4:
-        raise BDRateError(f"{which}: BD metrics need at least 4 points, got {len(arr)}")
+    if len(arr) < MIN_POINTS:
+        raise BDRateError(f"{which}: BD metrics need at least {MIN_POINTS} points, got {len(arr)}")
     if not np.isfinite(arr).all():
         raise BDRateError(f"{which}: non-finite values in {arr.tolist()}")
     if (arr[:, 0] <= 0).any():

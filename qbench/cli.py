@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from qbench import __version__
+from qbench.version import __version__
 
 
 def _plugins(args):
@@ -18,20 +18,15 @@ def _plugins(args):
 
 
 def cmd_list(args) -> int:
-    from tabulate import tabulate
+    import json
 
-    plugins = _plugins(args)
-    rows = []
-    for e in sorted(plugins.registry.entries(), key=lambda e: (e.kind, e.name)):
-        desc = e.description
-        if "parameters" in e.metadata:
-            desc += f" [{e.metadata['parameters']} parameters]"
-        rows.append([e.name, e.kind, e.plugin, e.provider, desc])
-    print(tabulate(rows, headers=["name", "kind", "plugin", "distribution", "description"]))
-    if plugins.problems:
-        print("\nPlugin problems:")
-        for p in plugins.problems:
-            print(f"  {p.plugin} ({p.distribution}): {p.reason}")
+    from qbench.catalogue import installed, render
+
+    catalogue = installed(tuple(args.disable_plugin))
+    if args.json:
+        print(json.dumps(catalogue.to_json(), indent=2))
+    else:
+        print(render(catalogue, long=args.long))
     return 0
 
 
@@ -217,6 +212,8 @@ def cmd_verify_zoo(args) -> int:
 def cmd_report(args) -> int:
     from qbench.report import bd_table_text, write_report
 
+    if args.format == "compressai-json":
+        return _report_compressai(args)
     report = write_report(
         Path(args.run_dir),
         anchor=args.anchor,
@@ -227,19 +224,64 @@ def cmd_report(args) -> int:
         print(report.summary)
         print(f"\nwrote {Path(args.run_dir) / 'report.md'}")
     else:
-        print(bd_table_text(report.bd_rows, args.format))
+        print(bd_table_text(report.bd_rows, args.format, report.bd_missing), end="")
+    return 0
+
+
+def _report_compressai(args) -> int:
+    """``qbench report RUN --format compressai-json``: one CompressAI results file per curve."""
+    from qbench.report.compressai_json import write_compressai_json
+
+    paths = write_compressai_json(Path(args.run_dir), args.out)
+    for path in paths:
+        print(f"wrote {path}")
+    folder = paths[0].parent
+    print(f"plot them with: python -m compressai.utils.plot -f {folder}/*.json -o rd.png")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from qbench.report.overlay import overlay
+
+    figures = overlay(
+        args.run_dirs, args.out, backbone=args.backbone, dataset=args.dataset, rate=args.rate
+    )
+    for f in figures:
+        print(f"wrote {f.path} ({f.backbone} on {f.dataset}: {', '.join(f.runs)}; {f.xlabel})")
     return 0
 
 
 def cmd_export(args) -> int:
+    from qbench.registry import QbenchError
     from qbench.results import RunDir
 
+    if args.format != "qbench":
+        return _export_for(args)
+    if args.backbone is not None:
+        raise QbenchError("--backbone selects the job for --format compressai only")
     run_dir = RunDir(args.run_dir)
     train_id = run_dir.export_weights(
         args.quantizer, args.lmbda, args.seed, Path(args.out), half=args.half
     )
     size = Path(args.out).stat().st_size
     print(f"wrote {args.out} ({size / 1e6:.2f} MB): the weights of train group {train_id}")
+    return 0
+
+
+def _export_for(args) -> int:
+    """``qbench export --format FMT``: the job's weights as another tool's model loads them."""
+    from qbench.run.export import JobKey, export_job
+
+    key = JobKey(args.quantizer, args.lmbda, args.seed, args.backbone)
+    done = export_job(args.run_dir, _plugins(args).registry, key, args.format, args.out, args.half)
+    size = done.path.stat().st_size
+    print(
+        f"wrote {done.path} ({size / 1e6:.2f} MB): the weights of train group {done.train_id} "
+        f"({done.job}) in {args.format} format"
+        + (f", architecture {done.architecture}" if done.architecture else "")
+    )
+    if done.usage():
+        print(done.usage())
     return 0
 
 
@@ -331,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["local", "submitit-local", "slurm"],
         default=None,
         help="where jobs run (default: the matrix's [executor] kind, else local); "
-        "submitit-local and slurm need pip install 'qbench[cluster]'",
+        "submitit-local and slurm need pip install 'qbench-lic[cluster]'",
     )
     cluster = r.add_argument_group("cluster (--executor slurm; override [executor] in the matrix)")
     cluster.add_argument("--slurm-partition", metavar="NAME", default=None)
@@ -362,7 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--all", action="store_true", help="list finished jobs too")
     st.set_defaults(func=cmd_status)
 
-    ls = sub.add_parser("list", help="plugins and what they registered")
+    ls = sub.add_parser(
+        "list",
+        help="plugins and what they registered",
+        description="Every registered quantizer, backbone, dataset, metric and logger, and the "
+        "plugins that failed to load. The listing is cached per set of installed plugins "
+        "(their versions and code), so it imports no plugin when nothing changed.",
+    )
+    ls.add_argument("--long", action="store_true", help="full descriptions, parameters, code")
+    ls.add_argument("--json", action="store_true", help="everything, as JSON")
     ls.set_defaults(func=cmd_list)
 
     v = sub.add_parser("validate", help="expand and check a matrix; print the jobs")
@@ -397,6 +447,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--half",
         action="store_true",
         help="store the weights as float16 (small tensors, e.g. bounds, stay exact)",
+    )
+    ex.add_argument(
+        "--format",
+        choices=["qbench", "compressai"],
+        default="qbench",
+        help="qbench: the stored checkpoint, quantizers included (default); compressai: the "
+        "state dict of CompressAI's own model class (from_state_dict, "
+        "compressai.utils.eval_model), refused when the job's quantizers decode otherwise",
+    )
+    ex.add_argument(
+        "--backbone",
+        default=None,
+        help="--format compressai: the job's backbone label, when the run trained several "
+        "with this quantizer",
     )
     ex.set_defaults(func=cmd_export)
 
@@ -456,13 +520,46 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the matrix's [report] min_overlap, 0.75)",
     )
     rep.add_argument(
+        "--out",
+        default=None,
+        help="--format compressai-json: the folder to write to (default: RUN_DIR/compressai)",
+    )
+    rep.add_argument(
         "--format",
-        choices=["md", "csv", "json"],
+        choices=["md", "csv", "json", "compressai-json"],
         default="md",
         help="md writes report.md and the plots; csv/json print the BD-rate table and "
-        "write nothing",
+        "write nothing; compressai-json writes one CompressAI results file per curve "
+        "(compressai.utils.plot draws them)",
     )
     rep.set_defaults(func=cmd_report)
+
+    pl = sub.add_parser(
+        "plot",
+        help="overlay the RD curves of several run directories (a figure per backbone, dataset)",
+        description="Draw the RD curves of several run directories in one figure per "
+        "(backbone, dataset), as each run's report reads them (mean over seeds, seed std as "
+        "error bars); legend entries are RUN: QUANTIZER. One rate axis never mixes the real "
+        "bitstream rate with the likelihood estimate: --rate auto takes the bitstream when "
+        "every run has it, the likelihood estimate when none has it, and refuses a mix.",
+    )
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    pl.add_argument(
+        "--out",
+        default=".",
+        help="folder for overlay_<backbone>_<dataset>.png (default: the current folder), "
+        "or an image file (.png, .pdf, .svg) when there is one figure",
+    )
+    pl.add_argument("--backbone", help="only this backbone label")
+    pl.add_argument("--dataset", help="only this dataset label")
+    pl.add_argument(
+        "--rate",
+        choices=["auto", "bitstream", "likelihood"],
+        default="auto",
+        help="the rate axis: the real bitstream's bpp or the likelihood estimate "
+        "(default auto: bitstream when every run has it)",
+    )
+    pl.set_defaults(func=cmd_plot)
     return p
 
 
@@ -487,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:  # `qbench list | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
 
 
 if __name__ == "__main__":

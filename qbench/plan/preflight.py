@@ -6,7 +6,8 @@ quantizer naming a latent its backbone does not have, a quantizer option set
 where it has nothing to act on (``Backbone.idle_options``), a missing dataset
 folder or a crop larger than every training image is one clear error naming
 the matrix file and the entry), and returns the warnings a user should see
-once (images a dataset skipped). Nothing is written.
+once (images a dataset skipped, and what the report will not be able to
+compute: :func:`report_warnings`). Nothing is written.
 """
 
 from __future__ import annotations
@@ -78,4 +79,41 @@ def preflight(matrix, registry: Registry) -> list[str]:
     for where, spec, ds in datasets:
         for _, why in getattr(ds, "skipped", []):
             warnings.append(f"{where} ({spec.label!r}): skipped {why}")
-    return warnings
+    return warnings + report_warnings(matrix)
+
+
+def report_warnings(matrix) -> list[str]:
+    """What the report of ``matrix`` cannot give, said before anything runs: curves with
+    fewer points than a BD-rate needs, and published reference curves not downloaded."""
+    from qbench import reference
+    from qbench.bdrate import MIN_POINTS
+
+    source, out = matrix.source, []
+    curves: dict[tuple, int] = {}  # (backbone, quantizer, dataset, seed): points
+    for j in matrix.jobs:
+        key = (j.backbone.label, j.quantizer.label, j.dataset.label, j.seed)
+        curves[key] = curves.get(key, 0) + 1
+    short: dict[int, list[str]] = {}
+    for (bb, q, _, _), n in curves.items():
+        if n < MIN_POINTS and f"{q} on {bb}" not in short.get(n, []):
+            short.setdefault(n, []).append(f"{q} on {bb}")
+    for n, names in sorted(short.items()):
+        out.append(
+            f"{source}: matrix.lambdas: {n} point(s) per curve ({', '.join(names)}): a BD-rate "
+            f"needs at least {MIN_POINTS}, so the report will have none for them; give "
+            f"{MIN_POINTS} or more lambdas"
+        )
+    names = matrix.report.get("reference_curves", [])
+    if names:
+        _, curves = reference.catalogue()
+        where = reference.folder()
+        absent = [n for n in names if n in curves and not (where / curves[n].file).is_file()]
+        if absent:
+            out.append(
+                f"{source}: report.reference_curves: {', '.join(absent)} not downloaded "
+                f"(looked in {where}); the report will draw without them. Fetch them with "
+                f"`qbench reference-curves --download {' '.join(absent)}`, or offline from a "
+                "copy of CompressAI's results folder with `--url "
+                "'file:///PATH/TO/COPY/{commit}/results/image/kodak/{file}'`"
+            )
+    return out

@@ -40,10 +40,14 @@ from qbench.report.variable_rate import methods, variable_rate_rows
 
 @dataclass
 class Report:
+    """What a report found: the summary printed, the BD-rate cells (computed, and not
+    computed with their reason), the notes and the plots written."""
+
     summary: str
     bd_rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
+    bd_missing: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class _Tables:
     bd_rows: list[dict]
     vr_rows: list[dict]
     references: dict
+    bd_missing: list[dict] = field(default_factory=list)
 
 
 def _manifest(run_dir: Path, notes: list[str]) -> dict:
@@ -148,7 +153,8 @@ def _body(run: _Run, notes: list[str]) -> tuple[list[str], _Tables]:
     rd = rd_points(ok, keys)
     lines += sections.rd_section(rd, keys)
     vr_rows = variable_rate_rows(ok, run.anchor, notes, run.min_overlap)
-    bd_rows = bd_table(ok, run.anchor, notes, run.min_overlap)
+    bd_missing: list[dict] = []
+    bd_rows = bd_table(ok, run.anchor, notes, run.min_overlap, bd_missing)
     lines += sections.bd_section(bd_rows, run.min_overlap)
     references = reference_curves(manifest, run.settings, notes)
     lines += sections.references_section(reference_rows(ok, references, notes, run.min_overlap))
@@ -159,7 +165,7 @@ def _body(run: _Run, notes: list[str]) -> tuple[list[str], _Tables]:
     lines += sections.schedule_section(ok, {m: declared[m] for m in scheduled}, notes, column_notes)
     rest = {m: cols for m, cols in declared.items() if m not in scheduled}
     lines += sections.metrics_section(ok, rest, keys, notes)
-    return lines, _Tables(keys, rd, bd_rows, vr_rows, references)
+    return lines, _Tables(keys, rd, bd_rows, vr_rows, references, bd_missing)
 
 
 def _summary(tables: _Tables, notes: list[str]) -> str:
@@ -206,7 +212,7 @@ def write_report(
     lines, tables = _body(run, notes)
     summary = _summary(tables, notes)
     if not write:
-        return Report(summary, tables.bd_rows, notes, [])
+        return Report(summary, tables.bd_rows, notes, [], tables.bd_missing)
     try:
         plots = _plots(run, tables)
         lines += sections.closing_sections(plots, notes)
@@ -216,4 +222,4 @@ def write_report(
             f"{run_dir}: cannot write the report ({exc.strerror or exc}); `qbench report "
             f"{run_dir} --format csv` prints the BD-rate table without writing"
         ) from exc
-    return Report(summary, tables.bd_rows, notes, plots)
+    return Report(summary, tables.bd_rows, notes, plots, tables.bd_missing)

@@ -13,6 +13,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -187,30 +188,58 @@ def has_rd_axes(df: pd.DataFrame) -> bool:
     return set(RD_COLUMNS) <= set(df.columns)
 
 
+#: The columns of ``qbench report --format csv|json``, computed cells and not computed ones.
+BD_COLUMNS = (
+    "backbone",
+    "dataset",
+    "quantizer",
+    "bd_rate_%",
+    "ci95_%",
+    "seeds",
+    "overlap_%",
+    "flag",
+    "reason",
+)
+
+
 def bd_table(
-    ok: pd.DataFrame, anchor: str, notes: list[str], min_overlap: float = DEFAULT_MIN_OVERLAP
+    ok: pd.DataFrame,
+    anchor: str,
+    notes: list[str],
+    min_overlap: float = DEFAULT_MIN_OVERLAP,
+    missing: list[dict] | None = None,
 ) -> list[dict]:
     """Per (backbone, dataset, quantizer): BD-rate vs the anchor, mean and 95% CI over seeds.
 
     Each cell carries the smallest overlap of the curves over its seeds and a
     ``flag`` when a seed's number rests on little overlap or on a curve's
-    monotone subset (the reason is in the notes).
+    monotone subset (the reason is in the notes). Each cell that could not be
+    computed is appended to ``missing`` (when given) with its ``reason``.
     """
     rows = []
     if not has_rd_axes(ok):
         notes.append(f"BD-rate: results have no {'/'.join(RD_COLUMNS)} columns")
+        if missing is not None:
+            missing.append({"reason": notes[-1]})
         return rows
     for (bb, ds), grp in ok.groupby(["backbone", "dataset"], sort=False):
+        where = {"backbone": bb, "dataset": ds}
         if anchor not in set(grp["quantizer"]):
             notes.append(f"BD-rate ({bb}, {ds}): anchor {anchor!r} has no finished job")
+            for q in grp["quantizer"].unique() if missing is not None else ():
+                missing.append({**where, "quantizer": q, "seeds": 0, "reason": notes[-1]})
             continue
         ref = grp[grp["quantizer"] == anchor]
         for q in grp["quantizer"].unique():
+            before = len(notes)
             cell = bd_over_seeds(
                 ref, grp[grp["quantizer"] == q], min_overlap, notes, f"{bb}, {ds}, {q}"
             )
             if cell is not None:
-                rows.append({"backbone": bb, "dataset": ds, "quantizer": q, **cell})
+                rows.append({**where, "quantizer": q, **cell})
+            elif missing is not None:
+                reason = "; ".join(notes[before:])
+                missing.append({**where, "quantizer": q, "seeds": 0, "reason": reason})
     return rows
 
 
@@ -242,11 +271,29 @@ def rd_points(ok: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return rd
 
 
-def bd_table_text(rows: list[dict], fmt: str) -> str:
-    """The BD-rate table as JSON (``fmt == "json"``) or CSV."""
+def bd_table_text(rows: list[dict], fmt: str, missing: list[dict] | tuple = ()) -> str:
+    """The BD-rate table as strict JSON (``fmt == "json"``: ``null``, never ``NaN``) or CSV,
+    with its header always, and the cells not computed (``missing``) with their reason."""
+    table = [{c: r.get(c) for c in BD_COLUMNS} for r in [*rows, *missing]]
+    for row in table:
+        row["reason"] = row["reason"] or ""
     if fmt == "json":
-        return json.dumps(rows, indent=2, default=lambda v: None)
-    return pd.DataFrame(rows).to_csv(index=False)
+        return json.dumps(strict_json(table), indent=2, allow_nan=False)
+    return pd.DataFrame(table, columns=list(BD_COLUMNS)).to_csv(index=False)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinities) as ``None``: JSON has no NaN,
+    and only Python's parser reads the ``NaN`` that :func:`json.dumps` writes by default."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return strict_json(value.item())
+    return value
 
 
 #: relative difference of the likelihood and bitstream bpp beyond which the report says so
