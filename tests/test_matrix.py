@@ -173,3 +173,29 @@ def test_two_labels_of_one_configuration_are_two_rows_of_one_training(tmp_path, 
     again = [j for j in m.jobs if j.quantizer.label == "ste-again"]
     assert [j.train_id for j in ste] == [j.train_id for j in again]
     assert not {j.job_id for j in ste} & {j.job_id for j in again}
+
+
+def test_set_cannot_address_list_elements_and_says_what_to_do(tmp_path, registry):
+    """``--set matrix.backbones[0].N=8`` names the key path syntax and the ways that work,
+    not an "unknown key" of the [matrix] table; the whole-list form it suggests runs."""
+    p = write(tmp_path, BASE)
+    for bad, where in (
+        ("matrix.backbones[0].N=8", "matrix.backbones[0]"),
+        ("matrix.backbones.N=8", "matrix.backbones"),
+        ("matrix.lambdas[1]=0.5", "matrix.lambdas[1]"),
+    ):
+        with pytest.raises(MatrixError) as info:
+            load_matrix(p, registry, [bad])
+        msg = str(info.value)
+        assert str(p) in msg and bad in msg and where in msg, msg
+        assert "unknown key" not in msg and "did you mean" not in msg, msg
+        assert "dotted path of table keys" in msg and "list element" in msg, msg
+        assert "edit the matrix file" in msg, msg
+    with pytest.raises(MatrixError) as info:
+        load_matrix(p, registry, ["matrix.backbones[0].N=8"])
+    msg = str(info.value)
+    # the suggestion sets the whole list, the element changed as asked; it is valid as given
+    suggested = 'matrix.backbones=[{ name = "bmshj2018-factorized", N = 8, M = 16 }]'
+    assert suggested in msg, msg
+    m = load_matrix(p, registry, [suggested])
+    assert {j.backbone.params["N"] for j in m.jobs} == {8}

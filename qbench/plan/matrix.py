@@ -23,7 +23,10 @@ with the :mod:`~qbench.plan.recipes` recipe that produces its weights:
 from __future__ import annotations
 
 import copy
+import json
+import math
 import re
+import shlex
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -150,7 +153,14 @@ def load_matrix(
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
-    """A copy of ``raw`` with each ``KEY.PATH=VALUE`` of ``overrides`` set."""
+    """A copy of ``raw`` with each ``KEY.PATH=VALUE`` of ``overrides`` set.
+
+    KEY.PATH is a dotted path of table keys (``train.steps``); VALUE is read as a
+    TOML value (``[0.001, 0.01]``, ``{ name = "sua", zero_center = false }``), or as
+    a string when it is not one. A list element cannot be addressed
+    (``matrix.backbones[0].N``): the error says so and spells the whole-list
+    ``--set`` that makes the change.
+    """
     out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -161,15 +171,92 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) 
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text.strip()
-        table = out
         parts = key.split(".")
+        for i, part in enumerate(parts):
+            if "[" in part or "]" in part:
+                raise MatrixError(_list_element_message(source, item, out, parts, i, value))
+        table = out
         for i, part in enumerate(parts[:-1]):
             table = table.setdefault(part, {})
+            if isinstance(table, list):
+                raise MatrixError(_list_element_message(source, item, out, parts, i, value))
             if not isinstance(table, dict):
                 where = ".".join(parts[: i + 1])
                 raise MatrixError(f"{source}: --set {item!r}: {where} is not a table")
         table[parts[-1]] = value
     return out
+
+
+#: A ``--set`` path step that indexes a list: ``backbones[0]``.
+_INDEXED = re.compile(r"([^\[\]]*)\[(\d+)\]")
+
+
+def _list_element_message(
+    source: str, item: str, raw: dict[str, Any], parts: list[str], i: int, value: Any
+) -> str:
+    """Why ``--set ITEM`` fails at ``parts[i]`` (a list, or a list index) and what to do:
+    the whole list as one TOML value, with the element changed as asked where it can."""
+    where = ".".join(parts[: i + 1])
+    indexed = _INDEXED.fullmatch(parts[i])
+    name = parts[i].split("[", 1)[0]
+    list_key = ".".join([*parts[:i], name])
+    current: Any = raw
+    for step in [*parts[:i], name]:
+        current = current.get(step) if isinstance(current, dict) else None
+    whole, then = f"{list_key}=[...]", " with every element written out"
+    if isinstance(current, list):
+        changed = copy.deepcopy(current)
+        if indexed and _set_in_element(changed, int(indexed.group(2)), parts[i + 1 :], value):
+            whole, then = f"{list_key}={_toml_inline(changed)}", ""
+        else:
+            whole, then = f"{list_key}={_toml_inline(current)}", " with your change made"
+    what = "a list element" if indexed else "a list, not a table"
+    return (
+        f"{source}: --set {item!r}: {where} is {what}; --set takes a dotted path of table "
+        f"keys (train.steps=200, eval.max_images=4) and cannot address a list element. "
+        f"Set the whole list as one TOML value instead, e.g. --set {shlex.quote(whole)}{then}, "
+        f"or edit the matrix file"
+    )
+
+
+def _set_in_element(items: list, index: int, rest: list[str], value: Any) -> bool:
+    """Set ``items[index]`` (``rest`` empty) or its key path ``rest`` to ``value`` in place
+    (an entry given as a bare name becomes ``{ name = ... }``); False where it cannot be."""
+    if index >= len(items) or any("[" in p or "]" in p for p in rest):
+        return False
+    if not rest:
+        items[index] = value
+        return True
+    if isinstance(items[index], str):
+        items[index] = {"name": items[index]}
+    table = items[index]
+    for step in rest[:-1]:
+        if not isinstance(table, dict):
+            return False
+        table = table.setdefault(step, {})
+    if not isinstance(table, dict):
+        return False
+    table[rest[-1]] = value
+    return True
+
+
+def _toml_inline(value: Any) -> str:
+    """``value`` (as :mod:`tomllib` reads it) written as one inline TOML value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_inline(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        keys = [k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k) for k in value]
+        inner = ", ".join(f"{k} = {_toml_inline(v)}" for k, v in zip(keys, value.values()))
+        return "{ " + inner + " }"
+    return json.dumps(str(value))  # dates and times: shown as text
 
 
 def parse_matrix(
