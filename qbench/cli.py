@@ -289,8 +289,10 @@ def cmd_new_plugin(args) -> int:
     from qbench.scaffold import write_plugin
 
     root = write_plugin(args.name, args.kind, args.out)
-    print(f"wrote {root}; install it with: pip install -e {root}")
-    print(f"then check it with: pytest {root}")
+    print(f"wrote {root}; install it (with pytest and pytest-xdist) with:")
+    print(f'    pip install -e "{root}[test]"')
+    print("then check it with qbench's conformance suite:")
+    print(f"    python -m pytest {root}")
     return 0
 
 

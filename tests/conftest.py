@@ -17,7 +17,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 KODAK = Path(os.environ.get("QBENCH_TEST_KODAK", SHARED / "kodak"))
 PHOTOS = Path(os.environ.get("QBENCH_TEST_PHOTOS", SHARED / "photos-train"))
 
-needs_kodak = pytest.mark.skipif(not KODAK.is_dir(), reason=f"Kodak images not found at {KODAK}")
+needs_kodak = pytest.mark.skipif(
+    not KODAK.is_dir(),
+    reason=f"Kodak images not found at {KODAK} (set QBENCH_TEST_KODAK=/path/to/kodak)",
+)
 
 
 def pytest_configure(config):

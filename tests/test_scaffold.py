@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,60 @@ def test_new_plugin_refuses_bad_names_and_non_empty_folders(tmp_path):
     with pytest.raises(QbenchError, match="not empty"):
         write_plugin("ok", "quantizer", tmp_path / "c")
     assert (tmp_path / "c" / "keep.txt").read_text() == "mine"
+
+
+def _fresh_venv(folder):
+    """A new virtual environment that sees the packages of this one (qbench-lic, torch,
+    pytest...) as a site directory, the way a user's environment has qbench installed,
+    and nothing of the plugin under test. It has no pip of its own (the pip of this
+    environment runs in it as ``python -m pip``): a new venv's bundled setuptools would
+    shadow the newer one CompressAI requires."""
+    import sysconfig
+
+    venv = folder / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ours = sysconfig.get_paths()["purelib"]
+    (Path(purelib) / "qbench-env.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST", "VIRTUAL"))}
+    env.update(
+        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        VIRTUAL_ENV=str(venv),
+        PIP_NO_INDEX="1",  # offline: everything the plugin needs is already installed
+        PIP_NO_BUILD_ISOLATION="0",  # pip's spelling of --no-build-isolation
+    )
+    return python, env
+
+
+def test_the_documented_plugin_commands_pass_in_a_fresh_venv(tmp_path):
+    """docs/plugins.md and the scaffold's README, as written: new-plugin, then
+    ``pip install -e "qbench-NAME[test]"`` and ``python -m pytest qbench-NAME``, from a
+    folder that holds other test files too, in a new virtual environment."""
+    python, env = _fresh_venv(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "test_unrelated.py").write_text("def test_not_mine():\n    assert False\n")
+
+    def sh(*argv):
+        done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{argv}\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    said = sh(python, "-m", "qbench.cli", "new-plugin", "halfnoise", "--kind", "quantizer")
+    install = 'pip install -e "qbench-halfnoise[test]"'
+    assert install in said and "python -m pytest qbench-halfnoise" in said
+    pip = sh(python, "-m", "pip", "install", "-e", "qbench-halfnoise[test]")
+    assert "pytest-xdist" in pip and "pytest>=" in pip  # the [test] extra brings them
+    tests = sh(python, "-m", "pytest", "qbench-halfnoise")
+    assert "1 passed" in tests and "test_not_mine" not in tests
+    # the conformance command of docs/plugins.md, from the same folder: its items only
+    conformance = sh(
+        python, "-m", "pytest", "-q", "--qbench-conformance", "--qbench-quantizer", "halfnoise"
+    )
+    assert "passed" in conformance and "test_not_mine" not in conformance

@@ -11,9 +11,11 @@ spreads the checks over workers::
 
 With a ``--qbench-KIND NAME`` option only the named plugins are checked, and a
 plugin that failed to load is reported as a warning rather than a failure
-(it is not the one under test).
+(it is not the one under test); given no test path on the command line, such a
+run collects nothing else (the test files of the folder it runs in are not
+its business).
 
-The rules are DESIGN.md's contract, one module per kind (:mod:`.quantizer`,
+The rules are the plugin contract of ``docs/plugins.md``, one module per kind (:mod:`.quantizer`,
 :mod:`.backbone`, :mod:`.dataset`, :mod:`.metric`, :mod:`.logger`; the
 registry in :mod:`._rules`); each check's docstring states its rule. A check
 that cannot run here (no CUDA device, a quantizer declared non-differentiable,
@@ -196,6 +198,19 @@ class ProblemItem(pytest.Item):
 
 #: the name this item had when every problem it reported was an import failure
 ImportFailureItem = ProblemItem
+
+
+def _selecting(config) -> bool:
+    return bool(config.getoption("--qbench-conformance")) and any(
+        config.getoption(f"--qbench-{kind}") for kind in KINDS
+    )
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Checking named plugins with no test path given: collect no test file."""
+    if _selecting(config) and config.args_source != pytest.Config.ArgsSource.ARGS:
+        return True
+    return None
 
 
 def pytest_configure(config):

@@ -1,4 +1,4 @@
-"""Quantizer rules: the ``Quantizer`` contract (DESIGN.md), alone and inside real backbones.
+"""Quantizer rules: the ``Quantizer`` contract (docs/plugins.md), alone and inside real backbones.
 
 A quantizer is checked as a backbone uses it: bound to latent ``"y"`` of 3
 channels, in training (the surrogate: shapes, gradients, determinism, state)
