@@ -30,6 +30,7 @@ import shlex
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,28 @@ class Matrix:
     executor: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
-        """What a run directory records of the matrix it holds: its job set's hash and names."""
+        """What a run directory records of the matrix it holds: its job set's hash and names,
+        the job ids, and the code each registered name it uses came from (``"kind name"``:
+        ``"distribution version code-digest"``), so that a run of the same matrix after a
+        plugin edit can tell which jobs the edit touched (:meth:`RunDir.claim`)."""
         return {
             "id": stable_hash(sorted(j.job_id for j in self.jobs)),
             "name": self.name,
             "source": self.source,
             "jobs": len(self.jobs),
+            "job_ids": sorted(j.job_id for j in self.jobs),
+            "code": self.code(),
         }
+
+    def code(self) -> dict[str, str]:
+        """``{"kind name": "distribution version code-digest"}`` of every name the jobs use."""
+        code: dict[str, str] = {}
+        for job in self.jobs:
+            for spec in (job.backbone, job.quantizer, job.unlisted, job.train_dataset, job.dataset):
+                code[f"{spec.kind} {spec.name}"] = f"{spec.provider} {spec.code}".strip()
+        for name, made in zip(self.eval.metrics, self.eval.metric_code):
+            code[f"metric {name}"] = made
+        return dict(sorted(code.items()))
 
     def resolved(self) -> dict[str, Any]:
         """The matrix as resolved (defaults filled in, overrides applied), for the manifest."""
@@ -301,7 +317,10 @@ def parse_matrix(
         train_dataset=ck.spec("dataset", train.pop("dataset"), "train.dataset"),
         train=TrainConfig.from_table(train, base["train"], ck.failing("train")),
         evaluation=EvalConfig.from_table(
-            section(ck, raw, "eval", base["eval"]), ck.metric_problem, ck.failing("eval")
+            section(ck, raw, "eval", base["eval"]),
+            ck.metric_problem,
+            ck.failing("eval"),
+            partial(ck.provenance, "metric"),
         ),
     )
     report = _report_section(ck, section(ck, raw, "report", base["report"]), quantizers)
