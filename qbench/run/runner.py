@@ -30,6 +30,7 @@ from qbench.plugins import PluginSet, get_plugins
 from qbench.rd import LOSS
 from qbench.registry import QbenchError, Registry
 from qbench.results import RunDir
+from qbench.run.console import console_for
 from qbench.run.executors import (
     Dispatch,
     Executor,
@@ -69,7 +70,8 @@ class RunOptions:
         append: add this matrix's jobs to a directory holding another matrix.
         rerun_failed: re-run failed and diverged jobs.
         disable: plugins (entry-point names) to leave out.
-        show_progress: progress bars.
+        show_progress: the live display (:mod:`qbench.run.console`) when standard output
+            is a terminal and ``echo`` is the default; plain lines otherwise.
         echo: where the runner's lines go.
         executor: overrides of the matrix's ``[executor]`` table (``--executor``,
             ``--slurm-*``).
@@ -111,24 +113,28 @@ def run_matrix(
         opts.echo(f"warning: {line}")
     run_dir = RunDir(out)
     run_dir.ensure()
+    console = console_for(opts.show_progress, None if opts.echo is print else opts.echo)
     with run_dir.lock():
         for p in run_dir.clean_leftovers():
-            opts.echo(f"removed {p.name}, left by a run that was killed while writing")
+            console.line(f"removed {p.name}, left by a run that was killed while writing")
         said = run_dir.claim(matrix.identity(), force=opts.force, append=opts.append)
         if said:
-            opts.echo(said)
+            console.line(said)
         dispatch = Dispatch(
             run_dir,
             device=opts.device,
             workers=opts.workers,
             jobs_per_gpu=opts.jobs_per_gpu,
-            show_progress=opts.show_progress,
             disable=tuple(opts.disable),
-            echo=opts.echo,
+            echo=console.line,
+            console=console,
         )
-        return _run_locked(
-            matrix, run_dir, plugins, runner, dispatch, opts.force, opts.rerun_failed
-        )
+        try:
+            return _run_locked(
+                matrix, run_dir, plugins, runner, dispatch, opts.force, opts.rerun_failed
+            )
+        finally:
+            console.close()
 
 
 def _bad_executor(key: str, msg: str) -> None:
@@ -168,6 +174,12 @@ def _run_locked(
             FINAL_SUFFIXES + AVERAGE_SUFFIXES if name in manifest["schedule_metrics"] else ("",)
         )
     ]
+    dispatch.columns = tuple(
+        c
+        for name, cols in manifest["metric_columns"].items()
+        if name not in manifest["schedule_metrics"]
+        for c in cols
+    )
     echo(
         f"qbench {__version__}: {matrix.name}: {len(matrix.jobs)} jobs, "
         f"{len(matrix.jobs) - len(pending)} already finished, {len(pending)} to run on "
@@ -188,6 +200,9 @@ def _run_locked(
 
     dispatch.merged = merge
     if groups:
+        dispatch.console.begin(
+            len(groups), sum(max(g[0][1].recipe.steps(g[0][1].train), 1) for g in groups.values())
+        )
         runner.run(list(groups.values()), dispatch)
     try:
         run_dir.write_tables(metric_cols)

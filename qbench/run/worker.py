@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,6 +36,9 @@ from qbench.run.train import Outcome, seed_everything
 from qbench.run.weights import Context, load_or_produce, source_weights
 from qbench.snapshots import SnapshotPolicy, Snapshots
 
+#: ``progress(step, stats)``: a training step done, with its loss and bpp.
+Progress = Callable[[int, dict[str, float]], None]
+
 __all__ = ["DatasetCache", "build_model", "failure_row", "run_group"]
 
 
@@ -49,24 +53,25 @@ def run_group(
     plugins: PluginSet,
     device: torch.device,
     datasets: DatasetCache,
-    position: int = 0,
-    show_progress: bool = True,
+    progress: Progress | None = None,
 ) -> None:
-    """Produce the weights once and evaluate every job of a train group; one row per job."""
-    _Group(jobs, run_dir, plugins, device, datasets, position, show_progress).run()
+    """Produce the weights once and evaluate every job of a train group; one row per job.
+
+    ``progress(step, stats)`` is told of every training step (the local executor sends
+    it to the qbench process's display; the group itself prints nothing)."""
+    _Group(jobs, run_dir, plugins, device, datasets, progress).run()
 
 
 class _Group:
     """One train group under way: its model, its live view and its rows."""
 
-    def __init__(self, jobs, run_dir, plugins, device, datasets, position, show_progress):
+    def __init__(self, jobs, run_dir, plugins, device, datasets, progress):
         self.jobs, self.first = jobs, jobs[0][1]
         self.run_dir, self.plugins, self.registry = run_dir, plugins, plugins.registry
         self.device, self.datasets = device, datasets
-        self.position, self.show_progress = position, show_progress
+        self.progress = progress
         self.rows: dict[str, dict[str, Any]] = {}
         self.monitor: Monitor | None = None
-        self.bar = None
         self.probe = None
 
     def run(self) -> None:
@@ -98,8 +103,6 @@ class _Group:
         seed_everything(first.seed)  # before the weights are initialised
         model = build_model(first, self.registry)
         outcome, resumed = load_or_produce(first, model, self.run_dir, lambda: self.context(model))
-        if self.bar:
-            self.bar.close()
         if outcome.status != "ok":
             for order, job in self.jobs:
                 self.rows[job.job_id] = failure_row(
@@ -119,8 +122,7 @@ class _Group:
         """The production context of the group: heartbeat, monitor, snapshots, probe."""
         first, registry, run_dir = self.first, self.registry, self.run_dir
         steps = first.recipe.steps(first.train)
-        self.bar = _progress(first, steps, self.position, self.show_progress)
-        heartbeat = _Heartbeat(run_dir, first.train_id, steps, self.bar)
+        heartbeat = _Heartbeat(run_dir, first.train_id, steps, self.progress)
         loggers = [(s.label, registry.build("logger", s.name, **s.params)) for s in first.loggers]
         self.monitor = Monitor(first, self.plugins, loggers, run_dir.root)
         self.monitor.model = model
@@ -212,16 +214,17 @@ def _setting_columns(job: Job, model: Backbone) -> dict[str, Any]:
 
 
 class _Heartbeat:
-    """After every step: the progress bar, and (every 30 s) the group's ``running/`` record."""
+    """After every step: the progress callback, and the group's ``running/`` record (at the
+    first step, so that ``qbench status`` shows a started training at once, then every 30 s)."""
 
-    def __init__(self, run_dir: RunDir, train_id: str, steps: int, bar) -> None:
-        self.run_dir, self.train_id, self.steps, self.bar = run_dir, train_id, steps, bar
-        self.last = time.monotonic()
+    def __init__(self, run_dir: RunDir, train_id: str, steps: int, progress) -> None:
+        self.run_dir, self.train_id, self.steps, self.progress = run_dir, train_id, steps, progress
+        self.last: float | None = None
 
     def update(self, step: int, stats: dict[str, float]) -> None:
-        if self.bar is not None:
-            self.bar.update(step, stats)
-        if time.monotonic() - self.last >= 30.0:
+        if self.progress is not None:
+            self.progress(step, stats)
+        if self.last is None or time.monotonic() - self.last >= 30.0:
             self.last = time.monotonic()
             self.run_dir.mark_running(self.train_id, {"step": step, "steps": self.steps})
 
@@ -230,29 +233,3 @@ def _log_exception(run_dir: RunDir, job: Job, exc: BaseException) -> None:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     with contextlib.suppress(OSError):
         (run_dir.logs_dir / f"{job.job_id}.log").write_text(text)
-
-
-def _progress(job: Job, steps: int, position: int, show: bool):
-    if not show or steps <= 0:
-        return None
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=steps,
-        desc=f"{job.quantizer.label} l={job.lmbda:g} s={job.seed}",
-        position=position,
-        leave=False,
-        mininterval=0.5,
-        dynamic_ncols=True,
-        disable=None,
-    )
-
-    class _Bar:
-        def update(self, step: int, stats: dict[str, float]) -> None:
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", bpp=f"{stats['bpp']:.3f}", refresh=False)
-            bar.update(1)
-
-        def close(self) -> None:
-            bar.close()
-
-    return _Bar()

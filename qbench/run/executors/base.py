@@ -19,6 +19,7 @@ from qbench.plan.jobs import Job
 from qbench.plugins import DISABLE_ENV
 from qbench.registry import QbenchError
 from qbench.results import RunDir
+from qbench.run.console import Console, PlainConsole
 from qbench.run.worker import failure_row
 
 #: attempts of a group whose process dies before it is marked failed
@@ -40,9 +41,12 @@ class Dispatch:
         device: ``auto``, ``cpu`` or ``cuda`` (``--device``).
         workers: ``--workers`` (None: the executor's default).
         jobs_per_gpu: groups that share one GPU at a time.
-        show_progress: progress bars (local workers only).
         disable: plugins disabled for this run (passed to every job's process).
-        echo: where progress lines go.
+        echo: where progress lines go (the console's :meth:`~qbench.run.console.Console.line`).
+        console: the run's display (:mod:`qbench.run.console`): executors tell it
+            which group started, how far it is and when it finished.
+        columns: the metric columns a finished row's line shows (the first few
+            the matrix's metrics declared).
         merged: called after each finished group (merges ``results.csv``).
         attempts: died attempts so far, by train id (:meth:`crashed`).
     """
@@ -51,9 +55,10 @@ class Dispatch:
     device: str = "auto"
     workers: int | None = None
     jobs_per_gpu: int = 1
-    show_progress: bool = True
     disable: tuple[str, ...] = ()
     echo: Callable[[str], None] = print
+    console: Console = field(default_factory=PlainConsole)
+    columns: tuple[str, ...] = ()
     merged: Callable[[], None] = lambda: None
     attempts: dict[str, int] = field(default_factory=dict)
 
@@ -68,9 +73,11 @@ class Dispatch:
             r = rows.get(job.job_id, {})
             status = r.get("status", "missing")
             if status == "ok":
+                shown = ", ".join(
+                    f"{c}={_short(r[c])}" for c in self.columns[:4] if r.get(c) is not None
+                )
                 self.echo(
-                    f"[{n}/{total}] {job.describe()}: bpp={r.get('bpp', float('nan')):.4f} "
-                    f"psnr={r.get('psnr', float('nan')):.2f} dB "
+                    f"[{n}/{total}] {job.describe()}: {shown} "
                     f"({r.get('train_seconds', 0):.0f}s train, "
                     f"{r.get('eval_seconds', 0):.1f}s eval)"
                 )
@@ -100,6 +107,11 @@ class Dispatch:
                 )
         self.echo(f"{group[0][1].describe()}: {reason} ({n} attempts): marked failed; see {log}")
         return False
+
+
+def _short(value) -> str:
+    """A metric value in a progress line: four significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def ready(queue: list[Group], running: list[Group]) -> list[int]:

@@ -7,6 +7,12 @@ worker that dies (segfault, OOM kill) is replaced and its group tried again
 (:meth:`Dispatch.crashed`). An interrupted worker (SIGINT, SIGTERM, SIGHUP) is
 not a failure: its group is queued again, or left for the next run. Workers
 die with the qbench process that started them, however it ends.
+
+Workers print nothing on the console: their standard output and error go to
+``logs/worker-N.log`` of the run directory, and their progress reaches the
+qbench process as messages on their pipe, for its one display
+(:mod:`qbench.run.console`). They start with SIGINT ignored, so that a Ctrl-C
+while one is still importing torch prints no traceback of theirs.
 """
 
 from __future__ import annotations
@@ -79,7 +85,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker_main(
-    conn, index: int, device: str, threads: int, out: str, show: bool, parent: int, sigint
+    conn, index: int, device: str, threads: int, out: str, parent: int, sigint
 ) -> None:
     """Entry point of a spawned worker: run groups until told to stop.
 
@@ -87,21 +93,48 @@ def _worker_main(
     background job of a script does, has workers that ignore it too).
     """
     _die_with_parent(parent)
+    run_dir = RunDir(out)
+    _to_log(run_dir.logs_dir / f"worker-{index}.log")
     signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == signal.SIG_IGN else signal.SIG_DFL)
     torch.set_num_threads(threads)
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     plugins = get_plugins()
-    run_dir = RunDir(out)
     datasets = DatasetCache(plugins.registry)
     dev = torch.device(device)
     while True:
         jobs = conn.recv()
         if jobs is None:
             break
-        run_group(jobs, run_dir, plugins, dev, datasets, position=index, show_progress=show)
+        run_group(jobs, run_dir, plugins, dev, datasets, progress=_Sender(conn))
         conn.send(("done", [j.job_id for _, j in jobs]))
+
+
+def _to_log(path) -> None:
+    """Send this process's standard output and error (Python's and C's) to ``path``."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for stream in (1, 2):
+            os.dup2(fd, stream)
+        os.close(fd)
+
+
+class _Sender:
+    """A worker's progress, sent to the qbench process at most five times a second."""
+
+    def __init__(self, conn) -> None:
+        self.conn, self.last = conn, 0.0
+
+    def __call__(self, step: int, stats: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        shown = {k: float(stats[k]) for k in ("loss", "bpp") if k in stats}
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("progress", step, shown))
 
 
 # ---------------------------------------------------------------------------
@@ -124,6 +157,21 @@ def _environ(values: dict[str, str | None]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a worker starts: a spawned child inherits the disposition, so it
+    imports torch with Ctrl-C ignored (no traceback of a half-started worker)."""
+    try:
+        saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to change
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
 
 
 @dataclass
@@ -169,7 +217,8 @@ class _Pool:
         """Start ``w``'s process, its GPU and the disabled plugins in its environment."""
         parent, child = self.ctx.Pipe()
         env = {"CUDA_VISIBLE_DEVICES": w.cuda_visible, DISABLE_ENV: self.env_disable}
-        with _environ(env):
+        sigint = signal.getsignal(signal.SIGINT)
+        with _environ(env), _sigint_ignored():
             w.proc = self.ctx.Process(
                 target=_worker_main,
                 args=(
@@ -178,9 +227,8 @@ class _Pool:
                     w.device,
                     self.threads,
                     str(self.dispatch.run_dir.root),
-                    self.dispatch.show_progress,
                     os.getpid(),
-                    signal.getsignal(signal.SIGINT),
+                    sigint,
                 ),
                 daemon=True,
             )
@@ -197,7 +245,12 @@ class _Pool:
         if w.group is None:
             return
         extra = f" (+{len(w.group) - 1} eval sets)" if len(w.group) > 1 else ""
-        self.dispatch.echo(f"[worker {w.index}] start {w.group[0][1].describe()}{extra}")
+        first = w.group[0][1]
+        what = (
+            f"{first.quantizer.label} lambda={first.lmbda:g} seed={first.seed} "
+            f"({first.backbone.label}){extra}"
+        )
+        self.dispatch.console.started(w.index, what, first.recipe.steps(first.train))
         w.conn.send(w.group)
 
     def step(self) -> None:
@@ -216,13 +269,18 @@ class _Pool:
                 self.died(w)
 
     def received(self, w: _Worker) -> bool:
-        """Take ``w``'s "done" and give it the next group; False when its pipe broke."""
+        """Take ``w``'s message: its progress, or "done" (then give it the next group);
+        False when its pipe broke."""
         try:
-            w.conn.recv()
+            message = w.conn.recv()
         except (EOFError, OSError):
             return False
+        if message[0] == "progress":
+            self.dispatch.console.progress(w.index, message[1], message[2])
+            return True
         self.finished += 1
         self.dispatch.finished_group(w.group, self.finished, self.total)
+        self.dispatch.console.finished(w.index)
         self.assign(w)
         return True
 
@@ -231,15 +289,27 @@ class _Pool:
         w.proc.join(timeout=5)
         reason = exit_reason(w.proc.exitcode)
         code = w.proc.exitcode or 0
+        self.dispatch.console.idle(w.index)
         if code < 0 and -code in INTERRUPTS:
             self.interrupted_group(w, reason)
-        elif self.dispatch.crashed(w.group, f"worker process {reason}", ""):
+        elif self.dispatch.crashed(w.group, f"worker process {reason}", self._log_tail(w)):
             self.queue.append(w.group)
         else:
             self.finished += 1
+            self.dispatch.console.finished(None)
             self.dispatch.merged()
         self.start(w)
         self.assign(w)
+
+    def _log_tail(self, w: _Worker) -> str:
+        """The end of ``w``'s log (what it printed before it died), for the attempt's log."""
+        try:
+            text = (self.dispatch.run_dir.logs_dir / f"worker-{w.index}.log").read_text(
+                errors="replace"
+            )
+        except OSError:
+            return ""
+        return text[-20000:]
 
     def interrupted_group(self, w: _Worker, reason: str) -> None:
         """An interrupted job is not a failed job: no row, it runs again (or in the next run)."""

@@ -74,7 +74,6 @@ class GroupTask(_task_base()):
             plugins,
             device,
             DatasetCache(plugins.registry),
-            show_progress=False,
         )
         return [job.job_id for _, job in group]
 
@@ -211,6 +210,7 @@ class SubmititExecutor(Executor):
                 continue
             state.finished += 1
             dispatch.finished_group(g, state.finished, state.total)
+            dispatch.console.finished(None)
 
 
 def _may_retry(group: Group, job: Any, dispatch: Dispatch) -> bool:
