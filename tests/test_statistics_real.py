@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 INIT = resources.files("qbench") / "data" / "init" / "mbt2018-mean-48-64.pt"
 needs_photos = pytest.mark.skipif(
-    not PHOTOS.is_dir(), reason=f"training photographs not found at {PHOTOS} (set QBENCH_TEST_PHOTOS=/path/to/photos)"
+    not PHOTOS.is_dir(),
+    reason=f"training photographs not found at {PHOTOS} (set QBENCH_TEST_PHOTOS=/path/to/photos)",
 )
 
 
