@@ -166,20 +166,7 @@ def _run_locked(
     threads = runner.threads(dispatch, len(groups))
     manifest = _manifest(matrix, plugins, runner, plan, threads, dispatch.disable)
     run_dir.write_manifest(manifest)
-    metric_cols = [
-        c + suffix
-        for name, cols in manifest["metric_columns"].items()
-        for c in cols
-        for suffix in (
-            FINAL_SUFFIXES + AVERAGE_SUFFIXES if name in manifest["schedule_metrics"] else ("",)
-        )
-    ]
-    dispatch.columns = tuple(
-        c
-        for name, cols in manifest["metric_columns"].items()
-        if name not in manifest["schedule_metrics"]
-        for c in cols
-    )
+    metric_cols, dispatch.columns = _columns(manifest)
     echo(
         f"qbench {__version__}: {matrix.name}: {len(matrix.jobs)} jobs, "
         f"{len(matrix.jobs) - len(pending)} already finished, {len(pending)} to run on "
@@ -222,6 +209,25 @@ def _run_locked(
     return RunSummary(
         Path(out), len(matrix.jobs), len(matrix.jobs) - len(pending), len(pending), statuses
     )
+
+
+def _columns(manifest: dict[str, Any]) -> tuple[list[str], tuple[str, ...]]:
+    """The metric columns of ``results.csv`` (a schedule statistic's with its final and
+    average suffixes), and those a finished row's line shows (no schedule statistic)."""
+    scheduled = manifest["schedule_metrics"]
+    merged = [
+        c + suffix
+        for name, cols in manifest["metric_columns"].items()
+        for c in cols
+        for suffix in (FINAL_SUFFIXES + AVERAGE_SUFFIXES if name in scheduled else ("",))
+    ]
+    shown = tuple(
+        c
+        for name, cols in manifest["metric_columns"].items()
+        if name not in scheduled
+        for c in cols
+    )
+    return merged, shown
 
 
 def _metric_manifest(matrix: Matrix, plugins: PluginSet) -> dict[str, Any]:
