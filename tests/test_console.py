@@ -133,3 +133,18 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_status_sees_a_training_at_its_first_step(tmp_path):
+    """The group's running record is written at the first step, not 30 s later."""
+    from qbench.results import RunDir
+    from qbench.run.worker import _Heartbeat
+
+    run_dir = RunDir(tmp_path)
+    run_dir.ensure()
+    seen = []
+    beat = _Heartbeat(run_dir, "abc", 100, lambda step, stats: seen.append(step))
+    beat.update(1, {"loss": 1.0, "bpp": 0.5})
+    assert run_dir.running()["abc"]["step"] == 1 and seen == [1]
+    beat.update(2, {"loss": 1.0, "bpp": 0.5})  # within 30 s: the record stays, progress goes on
+    assert run_dir.running()["abc"]["step"] == 1 and seen == [1, 2]
