@@ -18,6 +18,7 @@ otherwise than CompressAI's rounding are refused.
 
 from __future__ import annotations
 
+import urllib.parse
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,32 @@ from torch import Tensor
 
 import qbench
 from qbench import coding
+from qbench.fetch import FetchError, Offline, curl, offline_message, reason
 from qbench.likelihoods import bottleneck_likelihood, gaussian_likelihood
 from qbench.registry import QbenchError
 
 
 class CheckpointError(QbenchError):
     """A checkpoint file that cannot be read or does not fit the model."""
+
+
+def zoo_weights_message(zoo_name: str, quality: int, error: BaseException) -> str:
+    """The error of CompressAI's zoo weights (``zoo_name``, MSE, ``quality``) that torch hub
+    could not download (``error``): the URL of ``compressai.zoo.image.model_urls``, the
+    file torch hub's cache reads (``torch.hub.get_dir()/checkpoints/<file name of the
+    URL>``, the path ``torch.hub.load_state_dict_from_url`` looks at) and the command
+    that fetches it on a machine with network."""
+    from compressai.zoo.image import model_urls
+
+    url = model_urls[zoo_name]["mse"][quality]
+    name = Path(urllib.parse.urlparse(url).path).name
+    path = Path(torch.hub.get_dir()) / "checkpoints" / name
+    offline = Offline(
+        place=f"put {name} into {path.parent} (torch hub's cache, $TORCH_HOME/hub/checkpoints)",
+        command=f"on a machine with network `{curl(url, path)}`, then copy the file to the "
+        "same path here",
+    )
+    return offline_message(f"pretrained = {quality} ({zoo_name})", url, reason(error), offline)
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
@@ -136,7 +157,9 @@ class _CompressAIBackbone(qbench.Backbone):
     def _zoo(self, quality: int):
         """CompressAI's pretrained model of ``quality`` (MSE), through its own zoo loader:
         the weights come from torch hub's cache (``$TORCH_HOME/hub/checkpoints``) and are
-        downloaded there only when absent."""
+        downloaded there only when absent; a download that fails raises
+        :class:`qbench.fetch.FetchError` naming the file and where to put it
+        (:func:`zoo_weights_message`)."""
         from compressai.zoo.image import model_architectures, model_urls
 
         qualities = sorted(model_urls[self.zoo_name]["mse"])
@@ -147,7 +170,10 @@ class _CompressAIBackbone(qbench.Backbone):
             )
         from compressai.zoo import image_models
 
-        net = image_models[self.zoo_name](quality=int(quality), pretrained=True)
+        try:
+            net = image_models[self.zoo_name](quality=int(quality), pretrained=True)
+        except OSError as exc:  # torch hub's download: no route, DNS, HTTP error, timeout
+            raise FetchError(zoo_weights_message(self.zoo_name, int(quality), exc)) from exc
         if not isinstance(net, model_architectures[self.zoo_name]):  # pragma: no cover
             raise QbenchError(f"the zoo's {self.zoo_name} is not {self.model_class.__name__}")
         return net

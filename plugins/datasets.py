@@ -9,15 +9,14 @@ images it expects when some are missing (in the rows' ``skipped`` column).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import urllib.request
+import shlex
 import zipfile
 from importlib import resources
 from pathlib import Path
 
 import qbench
+from qbench.fetch import FetchError, Offline, curl, fetch
 from qbench.images import DatasetError, ImageDataset, list_images
 
 KODAK_URL = "http://r0k.us/graphics/kodak/kodak/"
@@ -60,36 +59,48 @@ def folder(path: str, recursive: bool = True) -> ImageDataset:
     return ImageDataset(files, description=f"folder {root}", root=root)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+class DatasetDownloadError(DatasetError, FetchError):
+    """A test set's file or archive that could not be fetched, or whose digest is not the
+    published one; the message says how to get it without network."""
+
+
+def kodak_offline(dest: str | Path, base_url: str = KODAK_URL) -> Offline:
+    """Where the Kodak images go when they cannot be downloaded here, and the command that
+    fetches them on a machine with network."""
+    dest = Path(dest).expanduser()
+    base = base_url.rstrip("/") + "/"
+    loop = (
+        f"for i in $(seq -w 1 24); do curl -fL --create-dirs -o {shlex.quote(str(dest))}"
+        f"/kodim$i.png {shlex.quote(base)}kodim$i.png; done"
+    )
+    return Offline(
+        place=f"put kodim01.png..kodim24.png (from {base}) into {dest} (the dataset's "
+        "path = ... or $QBENCH_KODAK)",
+        command=f"on a machine with network `{loop}`, then copy the 24 files here",
+    )
 
 
 def download_kodak(dest: str | Path, base_url: str = KODAK_URL) -> Path:
-    """Fetch kodim01..24 into ``dest`` and verify each file's SHA-256.
+    """Fetch kodim01..24 into ``dest`` and verify each file's SHA-256 (:mod:`qbench.fetch`).
 
-    Files already present with the right checksum are kept. A file whose
-    checksum does not match is deleted and reported. ``base_url`` may be any
-    URL urllib opens (``file://`` for a local mirror).
+    Files already present with the right checksum are kept (nothing is fetched). A
+    download whose checksum does not match is not kept and is reported. ``base_url`` may
+    be ``file://`` (a local mirror). A file that cannot be fetched raises
+    :class:`DatasetDownloadError` naming the URL, the folder and the command.
     """
     dest = Path(dest).expanduser()
-    dest.mkdir(parents=True, exist_ok=True)
     for name, digest in KODAK_SHA256.items():
-        target = dest / name
-        if target.exists() and _sha256(target) == digest:
-            continue
-        tmp = target.with_suffix(".part")
         url = base_url.rstrip("/") + "/" + name
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f)
-        got = _sha256(tmp)
-        if got != digest:
-            tmp.unlink()
-            raise DatasetError(f"{base_url}{name}: checksum mismatch ({got} != {digest})")
-        os.replace(tmp, target)
+        try:
+            fetch(
+                url,
+                dest / name,
+                f"sha256:{digest}",
+                what=f"Kodak {name}",
+                offline=kodak_offline(dest, base_url),
+            )
+        except FetchError as exc:
+            raise DatasetDownloadError(str(exc)) from exc
     return dest
 
 
@@ -138,12 +149,21 @@ CLIC_PRO = {
 }
 
 
-def _digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def archive_offline(url: str, dest: Path, members: str, sha1: str | None, where: str) -> Offline:
+    """Where the images of a test set's archive go when it cannot be downloaded here (the
+    archive can be unpacked by hand into the folder) and the commands."""
+    zipname = f"{dest.name or 'images'}.zip"
+    check = f" && echo '{sha1}  {zipname}' | sha1sum -c" if sha1 else ""
+    unzip = (
+        f"unzip -j -o -C {shlex.quote(zipname)} {shlex.quote(members + '*.png')} "
+        f"-x '*/._*' -d {shlex.quote(str(dest))}"
+    )
+    return Offline(
+        place=f"unpack its PNG images{' under ' + members if members else ''} by hand, flat, "
+        f"into {dest} ({where})" + (f"; its SHA-1 is {sha1}" if sha1 else ""),
+        command=f"on a machine with network `{curl(url, zipname)}{check}`, copy "
+        f"{zipname} here and `{unzip}`",
+    )
 
 
 def download_archive(
@@ -152,6 +172,7 @@ def download_archive(
     members: str = "",
     sha1: str | None = None,
     expect: list[str] | None = None,
+    where: str = "the dataset's path = ...",
 ) -> Path:
     """Fetch a zip archive, check it, and unpack its PNG images under ``members`` into ``dest``.
 
@@ -159,17 +180,25 @@ def download_archive(
     and raises). ``expect``: file names that must all be in the archive (the
     content check of an archive published without a digest). Only image files
     are written, flat, by their base name; ``url`` may be ``file://`` (a mirror).
+    ``where``: how a user chooses ``dest`` (for the message of a download that fails,
+    :class:`DatasetDownloadError`, which says how to unpack the archive by hand).
     """
     dest = Path(dest).expanduser()
-    dest.mkdir(parents=True, exist_ok=True)
     archive = dest / ".download.zip"
-    with urllib.request.urlopen(url, timeout=600) as r, open(archive, "wb") as f:
-        shutil.copyfileobj(r, f)
+    if sha1 is None:  # nothing tells a leftover from another archive: fetch it again
+        archive.unlink(missing_ok=True)
     try:
-        if sha1 is not None:
-            got = _digest(archive, "sha1")
-            if got != sha1:
-                raise DatasetError(f"{url}: SHA-1 mismatch ({got} != {sha1}); nothing kept")
+        fetch(
+            url,
+            archive,
+            f"sha1:{sha1}" if sha1 else None,
+            what=f"the archive of {dest}",
+            offline=archive_offline(url, dest, members, sha1, where),
+            timeout=120,
+        )
+    except FetchError as exc:
+        raise DatasetDownloadError(str(exc)) from exc
+    try:
         with zipfile.ZipFile(archive) as z:
             wanted = [
                 n
@@ -222,7 +251,13 @@ def tecnick(path: str | None = None, download: bool = False) -> ImageDataset:
     """
     root = _root(path, "QBENCH_TECNICK", "~/.cache/qbench/tecnick")
     if download and not all((root / n).exists() for n in TECNICK_NAMES):
-        download_archive(TECNICK_URL, root, TECNICK_MEMBERS, expect=TECNICK_NAMES)
+        download_archive(
+            TECNICK_URL,
+            root,
+            TECNICK_MEMBERS,
+            expect=TECNICK_NAMES,
+            where="path = ... or $QBENCH_TECNICK",
+        )
     if not root.is_dir():
         raise DatasetError(
             f"Tecnick folder {root} does not exist (set path = ..., $QBENCH_TECNICK, or "
@@ -243,7 +278,12 @@ def clic_pro(split: str = "valid", path: str | None = None, download: bool = Fal
     base = os.environ.get("QBENCH_CLIC", "~/.cache/qbench/clic")
     root = Path(path).expanduser() if path else Path(base).expanduser() / f"professional-{split}"
     if download and not (root.is_dir() and list_images(root, recursive=False)):
-        download_archive(url, root, sha1=sha1)
+        download_archive(
+            url,
+            root,
+            sha1=sha1,
+            where=f"path = ... or $QBENCH_CLIC/professional-{split}",
+        )
     if not root.is_dir():
         raise DatasetError(
             f"CLIC folder {root} does not exist (set path = ..., $QBENCH_CLIC, or download = true)"

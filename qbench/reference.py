@@ -21,14 +21,16 @@ import difflib
 import hashlib
 import json
 import os
+import shlex
 import sys
-import urllib.request
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from qbench import fetch
 from qbench.registry import QbenchError
 
 if sys.version_info >= (3, 11):
@@ -120,7 +122,7 @@ def load(name: str, where: str | Path | None = None) -> ReferenceCurve:
     if not path.is_file():
         raise QbenchError(
             f"reference curve {name!r}: {path} is missing; fetch it with "
-            f"`qbench reference-curves --download` (or set ${ENV})"
+            f"`qbench reference-curves --download {name}`; {offline_route([name], where)}"
         )
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != src.sha256:
@@ -141,6 +143,59 @@ def load(name: str, where: str | Path | None = None) -> ReferenceCurve:
     )
 
 
+def offline(names: Iterable[str], where: str | Path | None = None) -> fetch.Offline:
+    """How to have the files of the curves ``names`` without a download from here: the
+    folder they go to (to copy them by hand), and the commands: ``qbench reference-curves
+    --download NAME --url 'file:///PATH/{commit}/...'`` from a copy of the repository at
+    the pinned commit, or ``curl`` on a machine with network."""
+    settings, curves = catalogue()
+    names = list(names)
+    target = folder(where)
+    files = [curves[n].file for n in names if n in curves] or ["{file}"]
+    template, commit = settings["url"], settings["commit"]
+    base, tail = _mirror_parts(template)
+    inside = tail.split("/")[1:-1]
+    dir_option = f" --dir {shlex.quote(str(target))}" if where else ""
+    place = (
+        f"copy {', '.join(files)} into {target} (the folder of --dir, ${ENV}, default "
+        f"~/.cache/qbench/reference-curves) by hand, from a copy of {base} at commit "
+        f"{commit}" + (f" (its {'/'.join(inside)}/)" if inside else "")
+    )
+    copies = " && ".join(
+        fetch.curl(template.format(commit=commit, file=f), target / f) for f in files
+    )
+    command = (
+        f"`qbench reference-curves --download {' '.join(names)}{dir_option} --url "
+        f"'file:///PATH/{tail}'` with that copy in /PATH/{commit}, or on a machine with "
+        f"network `{copies}` and copy the file{'s' if len(files) > 1 else ''} into {target}"
+    )
+    return fetch.Offline(place, command)
+
+
+def offline_route(names: Iterable[str], where: str | Path | None = None) -> str:
+    """The words of :func:`offline` for a message (a missing curve in :func:`load`, the
+    warnings before a run): the same route a failed download gives."""
+    route = offline(names, where)
+    return f"without network: {route.place}; or {route.command}"
+
+
+def _mirror_parts(template: str) -> tuple[str, str]:
+    """``(what the mirror copies, the URL template's path from {commit} on)``:
+    ``("https://github.com/InterDigitalInc/CompressAI", "{commit}/results/image/kodak/{file}")``
+    for the shipped catalogue."""
+    parts = urllib.parse.urlparse(template)
+    segments = parts.path.strip("/").split("/")
+    cut = next((i for i, seg in enumerate(segments) if "{commit}" in seg), 0)
+    head = "/".join(segments[:cut])
+    if parts.netloc == "raw.githubusercontent.com" and head:
+        base = f"https://github.com/{head}"
+    elif parts.scheme:
+        base = f"{parts.scheme}://{parts.netloc}/{head}".rstrip("/")
+    else:
+        base = head or template
+    return base, "/".join(segments[cut:])
+
+
 def download(
     names: Iterable[str] | None = None,
     where: str | Path | None = None,
@@ -151,36 +206,35 @@ def download(
 
     ``url`` replaces the catalogue's URL template (``{commit}`` and ``{file}``
     are filled in; a ``file://`` mirror works too). A file already there with
-    the right checksum is kept. A download whose checksum differs is not kept.
+    the right checksum is kept (nothing is fetched). A download whose checksum
+    differs is not kept (:class:`qbench.fetch.ChecksumError`); a download that
+    cannot reach its URL raises :class:`qbench.fetch.FetchError` naming the URL,
+    the folder to copy the file into by hand and the mirror command
+    (:func:`offline_route`).
     """
     settings, curves = catalogue()
     wanted = list(curves) if names is None else list(names)
     check_names(wanted, _refuse)
     target = folder(where)
-    target.mkdir(parents=True, exist_ok=True)
     template = url or settings["url"]
     done = []
     for name in wanted:
         src = curves[name]
         path = target / src.file
-        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == src.sha256:
-            done.append(path)
-            continue
+        fresh = not (path.is_file() and _sha256(path) == src.sha256)
         address = template.format(commit=settings["commit"], file=src.file)
-        try:
-            with urllib.request.urlopen(address, timeout=60) as response:  # noqa: S310
-                data = response.read()
-        except OSError as exc:
-            raise QbenchError(f"reference curve {name!r}: cannot fetch {address}: {exc}") from exc
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != src.sha256:
-            raise QbenchError(
-                f"reference curve {name!r}: {address} has SHA-256 {digest}, expected "
-                f"{src.sha256}; not kept"
-            )
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        echo(f"fetched {name} -> {path}")
+        fetch.fetch(
+            address,
+            path,
+            f"sha256:{src.sha256}",
+            what=f"reference curve {name!r}",
+            offline=offline([name], where),
+        )
+        if fresh:
+            echo(f"fetched {name} -> {path}")
         done.append(path)
     return done
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -121,6 +121,30 @@ def test_kodak_download_verifies_checksums(tmp_path, monkeypatch):
     assert not (tmp_path / "kodak" / "kodim02.png").exists()
 
 
+def test_kodak_offline_names_the_url_the_folder_and_the_command(tmp_path):
+    import qbench_plugins.datasets as dsmod
+
+    from qbench.fetch import FetchError
+
+    dest = tmp_path / "kodak"
+    with pytest.raises(DatasetError) as info:
+        dsmod.download_kodak(dest, base_url="http://127.0.0.1:9/kodak/")
+    msg = str(info.value)
+    assert isinstance(info.value, FetchError)
+    assert msg.startswith(
+        "Kodak kodim01.png: cannot fetch http://127.0.0.1:9/kodak/kodim01.png (Connection refused)"
+    )
+    assert f"put kodim01.png..kodim24.png (from http://127.0.0.1:9/kodak/) into {dest}" in msg
+    assert "path = ... or $QBENCH_KODAK" in msg
+    assert (
+        f"`for i in $(seq -w 1 24); do curl -fL --create-dirs -o {dest}/kodim$i.png "
+        "http://127.0.0.1:9/kodak/kodim$i.png; done`"
+    ) in msg
+    assert not list(dest.iterdir())
+    # the published location by default
+    assert dsmod.KODAK_URL in dsmod.kodak_offline(dest).place
+
+
 @needs_kodak
 def test_kodak_from_local_folder(registry):
     import qbench_plugins.datasets as dsmod
@@ -184,11 +208,44 @@ def test_clic_pro_checks_the_published_digest(tmp_path, monkeypatch, registry):
     assert len(ds) == 3
     assert ds.skipped == [(str(tmp_path / "clic"), "clic-pro valid expects 41 images, 3 found")]
     monkeypatch.setitem(d.CLIC_PRO, "valid", (mirror.as_uri(), "0" * 40, 41))
-    with pytest.raises(DatasetError, match="SHA-1 mismatch"):
+    with pytest.raises(
+        DatasetError,
+        match=f"checksum mismatch: .* has SHA-1 {sha1}, expected 0{{40}}; the file was not kept",
+    ):
         registry.build("dataset", "clic-pro", path=str(tmp_path / "c2"), download=True)
     assert not list((tmp_path / "c2").iterdir())
     with pytest.raises(Exception, match="split must be one of valid, test"):
         registry.build("dataset", "clic-pro", split="train", path=str(tmp_path))
+
+
+def test_an_archive_offline_says_how_to_unpack_it_by_hand(tmp_path, monkeypatch, registry):
+    import shutil
+    import subprocess
+
+    import qbench_plugins.datasets as d
+
+    monkeypatch.setattr(d, "TECNICK_URL", "http://127.0.0.1:9/testimages.zip")
+    dest = tmp_path / "tecnick"
+    with pytest.raises(DatasetError) as info:
+        registry.build("dataset", "tecnick", path=str(dest), download=True)
+    msg = str(info.value)
+    assert msg.startswith(
+        f"the archive of {dest}: cannot fetch http://127.0.0.1:9/testimages.zip "
+        "(Connection refused)"
+    )
+    assert f"unpack its PNG images under RGB/RGB_OR_1200x1200/ by hand, flat, into {dest}" in msg
+    assert "$QBENCH_TECNICK" in msg and "curl -fL --create-dirs -o tecnick.zip" in msg
+    unzip = msg[msg.index("`unzip") + 1 : msg.rindex("`")]
+    assert unzip == (
+        f"unzip -j -o -C tecnick.zip 'RGB/RGB_OR_1200x1200/*.png' -x '*/._*' -d {dest}"
+    )
+    # that command, run where the archive was copied, unpacks what download = true would
+    if shutil.which("unzip") is None:
+        pytest.skip("unzip is not installed here")
+    _zip_of_pngs(tmp_path / "tecnick.zip", [f"RGB/RGB_OR_1200x1200/{n}" for n in d.TECNICK_NAMES])
+    subprocess.run(unzip, shell=True, cwd=tmp_path, check=True, capture_output=True)  # noqa: S602
+    ds = registry.build("dataset", "tecnick", path=str(dest))
+    assert len(ds) == 100 and not ds.skipped
 
 
 def test_kodak_names_the_missing_images(tmp_path, registry):

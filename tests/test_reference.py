@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from qbench import reference
+from qbench.fetch import FetchError
 from qbench.plan.matrix import MatrixError, load_matrix
 from qbench.registry import QbenchError
 from qbench.report import reference_rows
@@ -79,6 +80,9 @@ def test_download_from_a_mirror_checks_the_sha256(tmp_path, monkeypatch):
     assert path == target / "lab_model.json" and lines == [f"fetched lab/model -> {path}"]
     curve = reference.load("lab/model", target)
     assert curve.bpp == (0.1, 0.2) and curve.psnr == (28.0, 30.0)
+    # there with the right checksum: kept, the (unreachable) URL is not opened
+    assert reference.download(None, target, "http://127.0.0.1:9/{file}", lines.append) == [path]
+    assert len(lines) == 1
     # a mirror serving other bytes is refused and nothing is kept
     (mirror / "lab_model.json").write_text("{}")
     path.unlink()
@@ -87,6 +91,55 @@ def test_download_from_a_mirror_checks_the_sha256(tmp_path, monkeypatch):
     assert not path.exists()
     with pytest.raises(QbenchError, match=r"is missing; fetch it with `qbench reference-curves"):
         reference.load("lab/model", target)
+
+
+def test_an_unreachable_download_says_the_mirror_the_folder_and_the_command(
+    tmp_path, monkeypatch, registry
+):
+    """No network: the error names the URL, the folder to copy the file into by hand, the
+    ``--url 'file:///PATH/{commit}/...'`` mirror form and the exact command; a missing
+    curve in ``load`` and the warning before a run give the same route."""
+    from qbench.plan.preflight import report_warnings
+
+    settings, curves = reference.catalogue()
+    src, commit = curves["vtm"], settings["commit"]
+    monkeypatch.setenv(reference.ENV, str(tmp_path / "curves"))
+    with pytest.raises(FetchError) as info:
+        reference.download(["vtm"], url="http://127.0.0.1:9/{commit}/{file}")
+    msg = str(info.value)
+    assert msg.startswith(
+        f"reference curve 'vtm': cannot fetch http://127.0.0.1:9/{commit}/{src.file} "
+        "(Connection refused)"
+    )
+    assert (
+        f"copy {src.file} into {tmp_path / 'curves'}" in msg and "$QBENCH_REFERENCE_CURVES" in msg
+    )
+    assert f"https://github.com/InterDigitalInc/CompressAI at commit {commit}" in msg
+    assert (
+        "`qbench reference-curves --download vtm --url "
+        "'file:///PATH/{commit}/results/image/kodak/{file}'` with that copy in "
+        f"/PATH/{commit}"
+    ) in msg
+    upstream = settings["url"].format(commit=commit, file=src.file)
+    assert f"`curl -fL --create-dirs -o {tmp_path / 'curves' / src.file} {upstream}`" in msg
+    assert not (tmp_path / "curves" / src.file).exists()
+    # the same route from load() and from the warnings before a run
+    with pytest.raises(QbenchError) as missing:
+        reference.load("vtm")
+    route = reference.offline_route(["vtm"])
+    assert str(missing.value).endswith(route) and "file:///PATH/{commit}/" in route
+    p = tiny(tmp_path)
+    p.write_text(p.read_text() + '\n[report]\nreference_curves = ["vtm"]\n')
+    (warning,) = [w for w in report_warnings(load_matrix(p, registry)) if "vtm" in w]
+    assert warning.endswith(route)
+    # the mirror form works: a copy of the repository in /PATH/<commit> (a test catalogue's)
+    own = own_catalogue(tmp_path, monkeypatch, {"lab/model": ([0.1, 0.2], [28.0, 30.0])})
+    copy = tmp_path / "copy" / "test" / "results" / "image" / "kodak"
+    copy.mkdir(parents=True)
+    (copy / "lab_model.json").write_bytes((own / "lab_model.json").read_bytes())
+    mirror = f"file://{tmp_path / 'copy'}/{{commit}}/results/image/kodak/{{file}}"
+    reference.download(["lab/model"], tmp_path / "fresh", mirror, echo=lambda _: None)
+    assert reference.load("lab/model", tmp_path / "fresh").bpp == (0.1, 0.2)
 
 
 def test_bd_rate_against_a_published_curve():

@@ -112,8 +112,7 @@ def report_warnings(matrix) -> list[str]:
             out.append(
                 f"{source}: report.reference_curves: {', '.join(absent)} not downloaded "
                 f"(looked in {where}); the report will draw without them. Fetch them with "
-                f"`qbench reference-curves --download {' '.join(absent)}`, or offline from a "
-                "copy of CompressAI's results folder with `--url "
-                "'file:///PATH/TO/COPY/{commit}/results/image/kodak/{file}'`"
+                f"`qbench reference-curves --download {' '.join(absent)}`; "
+                + reference.offline_route(absent)
             )
     return out
