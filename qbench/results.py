@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
 import math
@@ -130,28 +129,36 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Hold the directory's lock for a run: a second run on it is refused, naming the first.
 
-        An OS file lock (``flock``): the kernel releases it when its process
-        ends in any way, ``kill -9`` included, so a dead run leaves no stale lock.
+        An OS file lock on ``.qbench.lock`` (``filelock``: ``flock`` on POSIX,
+        ``LockFileEx`` on Windows): the OS releases it when its process ends in any
+        way, ``kill -9`` included, so a dead run leaves no stale lock. The holder's pid
+        is kept beside it in ``.qbench.lock.pid`` (not in the lock file: filelock before
+        3.30 truncates the lock file on every attempt, and Windows locks its first byte
+        against reading), removed while the lock is still held.
         """
+        from filelock import FileLock, Timeout
+
         path = self.root / ".qbench.lock"
-        f = open(path, "a+")  # noqa: SIM115 - held for the whole run
+        holder = self.root / ".qbench.lock.pid"
+        lock = FileLock(str(path), timeout=0)
         try:
+            lock.acquire()
+        except Timeout:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "unknown"
-                raise RunDirError(
-                    f"{self.root} is in use by another qbench run (pid {holder}); wait for it "
-                    "to finish or use another --out"
-                ) from None
-            f.seek(0)
-            f.truncate()
-            f.write(str(os.getpid()))
-            f.flush()
+                pid = holder.read_text(encoding="utf-8").strip() or "unknown"
+            except OSError:
+                pid = "unknown"
+            raise RunDirError(
+                f"{self.root} is in use by another qbench run (pid {pid}); wait for it "
+                "to finish or use another --out"
+            ) from None
+        try:
+            holder.write_text(str(os.getpid()), encoding="utf-8")
             yield
         finally:
-            f.close()
+            with contextlib.suppress(OSError):
+                holder.unlink()
+            lock.release()
 
     def claim(self, identity: dict[str, Any], *, force: bool, append: bool) -> str:
         """Make this directory ``identity``'s (a matrix: ``id``, ``name``, ``source``, ``jobs``).
