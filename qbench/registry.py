@@ -175,11 +175,13 @@ def did_you_mean(name: str, known: Iterable[str], n: int = 3, cutoff: float = 0.
 
 
 def reason(exc: BaseException, limit: int = 500) -> str:
-    """One line saying why ``exc`` happened: a :class:`QbenchError`'s own message, or
-    ``"TypeName: message"`` for any other exception; newlines folded, at most ``limit``
-    characters."""
-    text = str(exc) if isinstance(exc, QbenchError) else f"{type(exc).__name__}: {exc}"
-    return text.replace("\n", " ")[:limit]
+    """One line saying why ``exc`` happened: a :class:`QbenchError`'s own message, whole
+    (it was written for the user and ends, often, with what to do), or
+    ``"TypeName: message"`` for any other exception, at most ``limit`` characters;
+    newlines folded."""
+    if isinstance(exc, QbenchError):
+        return str(exc).replace("\n", " ")
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:limit]
 
 
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:

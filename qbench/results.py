@@ -20,6 +20,7 @@ Layout of a run directory::
     monitor/<logger>/      live loggers' files (e.g. TensorBoard events)
     run.json               which matrix the directory holds (one per directory)
     .qbench.lock           held by the one qbench run that owns the directory
+    .qbench.lock.pid       the pid of the run holding ``.qbench.lock``
     superseded/            earlier runs set aside by ``--force`` with another matrix
 
 A kill at any instant leaves every row file either complete or absent, and

@@ -103,7 +103,7 @@ def planned_checks(
 def unavailable(check: ZooCheck, why: str) -> str:
     """Mark ``check`` skipped for want of weights (``why``); the line to print."""
     check.verdict = "skipped"
-    check.reason = f"weights not available: {why}"[:300]
+    check.reason = f"weights not available: {why}"  # whole: it ends with what to do
     return f"{check.backbone} q={check.quality}: skipped ({check.reason})"
 
 
