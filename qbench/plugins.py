@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import metadata as importlib_metadata
@@ -56,6 +57,9 @@ class PluginSet:
     pm: pluggy.PluginManager
     registry: Registry
     plugins: list[LoadedPlugin] = field(default_factory=list)
+    #: where a failing hook or logger is reported: standard error, or, in a worker
+    #: process of the local executor, the qbench process's console
+    warn: Callable[[str], None] = field(default=lambda text: print(text, file=sys.stderr))
 
     @property
     def problems(self) -> list[Problem]:
@@ -68,16 +72,15 @@ class PluginSet:
     def call_guarded(self, name: str, **kwargs: Any) -> None:
         """Call lifecycle hook ``name`` on every plugin; a plugin that raises is reported by name.
 
-        A logger or reporter must never fail a job: its exception is printed to
-        stderr with the plugin's name, and the other plugins are still called.
+        A logger or reporter must never fail a job: its exception is reported
+        (:attr:`warn`) with the plugin's name, and the other plugins are still called.
         """
         for impl in getattr(self.pm.hook, name).get_hookimpls():
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:
-                print(
-                    f"qbench: warning: plugin {impl.plugin_name!r}: {name} raised {reason(exc)}",
-                    file=sys.stderr,
+                self.warn(
+                    f"qbench: warning: plugin {impl.plugin_name!r}: {name} raised {reason(exc)}"
                 )
 
 

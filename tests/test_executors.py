@@ -168,11 +168,11 @@ def test_slurm_job_array_script(tmp_path, monkeypatch):
 
 def test_missing_submitit_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if it were not installed
-    with pytest.raises(ExecutorError, match=r"pip install 'qbench\[cluster\]'"):
+    with pytest.raises(ExecutorError, match=r"pip install 'qbench-lic\[cluster\]'"):
         build_executor(ExecutorConfig(**{**SETTINGS, "kind": "slurm"}))
     plugins = qbench.plugins.get_plugins()
     m = load_matrix(tiny(tmp_path), plugins.registry)
-    with pytest.raises(ExecutorError, match="qbench.cluster"):
+    with pytest.raises(ExecutorError, match=r"qbench-lic\[cluster\]"):
         run_matrix(m, tmp_path / "run", executor={"kind": "submitit-local"}, echo=lambda *_: 0)
     assert not (tmp_path / "run").exists(), "refused before anything was written"
 

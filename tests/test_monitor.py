@@ -98,7 +98,7 @@ def test_missing_tensorboard_is_refused_before_any_job(tmp_path, monkeypatch):
     registry = qbench.plugins.get_plugins().registry
     m = load_matrix(monitored(tmp_path, '["tensorboard"]'), registry)
     with pytest.raises(
-        PreflightError, match=r"monitor\.loggers.*pip install 'qbench\[tensorboard\]'"
+        PreflightError, match=r"monitor\.loggers.*pip install 'qbench-lic\[tensorboard\]'"
     ):
         run_matrix(m, tmp_path / "run", device="cpu", echo=lambda *_: None)
     assert not (tmp_path / "run").exists()

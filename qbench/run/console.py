@@ -66,6 +66,10 @@ class Console:
         """A message or a finished row."""
         self.echo(text)
 
+    def warn(self, text: str) -> None:
+        """A warning from a worker (a plugin hook or logger that raised): standard error."""
+        print(text, file=sys.stderr)
+
     def started(self, worker: int, what: str, steps: int) -> None:
         """``worker`` began a group (``what``) of ``steps`` training steps."""
         self.busy[worker] = _Busy(what, steps)
@@ -156,6 +160,12 @@ class LiveConsole(Console):
     def line(self, text: str) -> None:
         self._write(self._erase() + f"{text}\n")
         self.drawn = 0
+        self.draw(force=True)
+
+    def warn(self, text: str) -> None:
+        self._write(self._erase())
+        self.drawn = 0
+        print(text, file=sys.stderr, flush=True)
         self.draw(force=True)
 
     def started(self, worker: int, what: str, steps: int) -> None:

@@ -11,14 +11,13 @@ Every ``[train] log_every`` steps the worker hands one record of the training
 A record holds ``progress``, the step's training ``loss``, ``bpp``, ``mse`` and
 ``psnr``, and every quantizer's annealing state as ``"<latent>/<name>"``
 (:meth:`qbench.Quantizer.annealing_state`). Monitoring never fails a job and
-never changes one: a logger or hook that raises is reported on stderr with its
+never changes one: a logger or hook that raises is reported (``PluginSet.warn``) with its
 name and left out for the rest of the job, and nothing here draws random
 numbers or touches the model's state.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +51,9 @@ class Monitor:
             return True
         except Exception as exc:
             why = reason(exc, 300)
-            print(
+            self.plugins.warn(
                 f"qbench: warning: logger {name!r}: {what} raised {why}; it is left out for "
-                f"job {self.job.describe()}",
-                file=sys.stderr,
+                f"job {self.job.describe()}"
             )
             self.loggers = [(n, lg) for n, lg in self.loggers if n != name]
             return False

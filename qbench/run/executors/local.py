@@ -101,6 +101,7 @@ def _worker_main(
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     plugins = get_plugins()
+    plugins.warn = lambda text: _send(conn, ("say", text))  # to the qbench console
     datasets = DatasetCache(plugins.registry)
     dev = torch.device(device)
     while True:
@@ -121,6 +122,11 @@ def _to_log(path) -> None:
         os.close(fd)
 
 
+def _send(conn, message) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        conn.send(message)
+
+
 class _Sender:
     """A worker's progress, sent to the qbench process at most five times a second."""
 
@@ -133,8 +139,7 @@ class _Sender:
             return
         self.last = now
         shown = {k: float(stats[k]) for k in ("loss", "bpp") if k in stats}
-        with contextlib.suppress(OSError, ValueError):
-            self.conn.send(("progress", step, shown))
+        _send(self.conn, ("progress", step, shown))
 
 
 # ---------------------------------------------------------------------------
@@ -277,6 +282,9 @@ class _Pool:
             return False
         if message[0] == "progress":
             self.dispatch.console.progress(w.index, message[1], message[2])
+            return True
+        if message[0] == "say":  # a plugin's warning: on the console, on standard error
+            self.dispatch.console.warn(message[1])
             return True
         self.finished += 1
         self.dispatch.finished_group(w.group, self.finished, self.total)
