@@ -36,6 +36,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import tempfile
 import time
@@ -65,11 +66,48 @@ MERGED = ("results.csv", "per_image.csv", "history.csv", "schedule.csv")
 NESTED = ("per_image", "history", "schedule")
 
 
+#: A job, train or matrix id: the 12 hex digits of :func:`qbench.plan.jobs.stable_hash`.
+ID_PATTERN = re.compile(r"[0-9a-f]{12}")
+
+
+def valid_id(value: object) -> bool:
+    """Whether ``value`` is a qbench id (12 lowercase hex digits), safe as a file name."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def _umask() -> int:
+    """This process's umask (read without changing it where the OS says it)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (Linux: ``/proc/<pid>/stat`` field 22, clock ticks since
+    boot), or None where that cannot be read (another OS, no such process). Two processes
+    with the same pid have different start times."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as f:
+            text = f.read()
+        return int(text.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError, OverflowError):
+        return None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, whole."""
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, whole.
+
+    The file gets the mode any tool's new file gets (``0o666`` less the umask).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -90,6 +128,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` as UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -111,6 +150,40 @@ class RunDir:
         self.rows_dir = self.root / "rows"
         self.ckpt_dir = self.root / "checkpoints"
         self.logs_dir = self.root / "logs"
+        #: ``"rows/<file>: why"`` of each row file the last :meth:`rows` could not use
+        self.unreadable: list[str] = []
+
+    #: what a qbench run makes in a directory before it records its matrix in ``run.json``
+    BEFORE_CLAIM = ("rows", "checkpoints", "logs", ".qbench.lock", ".qbench.lock.pid")
+
+    def check_ours(self) -> None:
+        """Refuse a directory that is neither empty, nor one qbench made (it has ``run.json``),
+        naming what it holds: a run writes ``results.csv``, ``report.md``, ``manifest.json``
+        and more, and must not overwrite the user's own files."""
+        if not self.root.is_dir() or (self.root / "run.json").exists():
+            return
+        try:
+            names = sorted(p.name for p in self.root.iterdir())
+        except OSError as exc:
+            raise RunDirError(
+                f"{self.root}: cannot read the run directory ({exc.strerror or exc}); choose "
+                "another --out"
+            ) from exc
+        foreign = [
+            n
+            for n in names
+            if n not in self.BEFORE_CLAIM
+            or ((self.root / n).is_dir() and any((self.root / n).iterdir()))
+        ]
+        if foreign:
+            shown = ", ".join(foreign[:6]) + (
+                f" and {len(foreign) - 6} more" if foreign[6:] else ""
+            )
+            raise RunDirError(
+                f"{self.root} is not a qbench run directory (no run.json) and is not empty: it "
+                f"holds {shown}; a run would write its files there, so choose an empty or new "
+                "--out"
+            )
 
     def ensure(self) -> None:
         try:
@@ -171,14 +244,16 @@ class RunDir:
         was done, for the log (``""`` when the directory was new or the same).
         """
         path = self.root / "run.json"
-        try:
-            held = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-        except (OSError, ValueError):
-            held = None
+        held, problem = read_run_record(path)
         if held is None and not self.rows():
             atomic_write_text(path, json.dumps({**identity, "appended": []}, indent=2))
             return ""
-        if held is None:  # rows from a qbench that kept no record: treat as another matrix
+        if held is None:  # rows without a usable record: treat as another matrix
+            if not force:
+                raise RunDirError(
+                    f"{path}: {problem or 'missing'}, and rows/ holds rows of a run; use another "
+                    "--out, or --force to move that run to superseded/"
+                )
             held = {"id": "unknown", "name": "unknown", "source": "unknown", "jobs": "?"}
         known = [held.get("id")] + [a.get("id") for a in held.get("appended", [])]
         if identity["id"] in known:
@@ -247,19 +322,41 @@ class RunDir:
         atomic_write_text(self.rows_dir / f"{row['job_id']}.json", data)
 
     def rows(self) -> list[dict[str, Any]]:
-        out = []
+        """Every usable row of ``rows/``. A row file is written whole or not at all, so one
+        that does not read as a row was changed by someone else: it is left out and named
+        in :attr:`unreadable` (``"rows/<file>: why"``), for the caller to say."""
+        out: list[dict[str, Any]] = []
+        self.unreadable = []
         if not self.rows_dir.is_dir():
             return out
         for p in sorted(self.rows_dir.glob("*.json")):
             try:
-                out.append(json.loads(p.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError):  # pragma: no cover - never partial
-                continue
+                row = json.loads(p.read_text(encoding="utf-8"))
+                problem = row_problem(row, p.stem)
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                problem = f"not readable JSON ({type(exc).__name__})"
+            if problem:
+                self.unreadable.append(f"rows/{p.name}: {problem}")
+            else:
+                out.append(row)
         return out
+
+    def checked_rows(self) -> list[dict[str, Any]]:
+        """:meth:`rows`, refusing a row file that is not a row (a run must not guess)."""
+        rows = self.rows()
+        if self.unreadable:
+            raise RunDirError(
+                f"{self.root}: {self.unreadable[0]}"
+                + (f" (and {len(self.unreadable) - 1} more)" if self.unreadable[1:] else "")
+                + "; a row file is written whole by qbench, so this one was changed: move it "
+                "out of the run directory and its job runs again"
+            )
+        return rows
 
     def finished(self, rerun_failed: bool = False) -> set[str]:
         """Job ids that a resumed run skips (all rows; only ``ok`` ones with ``rerun_failed``)."""
-        return {r["job_id"] for r in self.rows() if not rerun_failed or r.get("status") == "ok"}
+        rows = self.checked_rows()
+        return {r["job_id"] for r in rows if not rerun_failed or r.get("status") == "ok"}
 
     # -- where each train group is ----------------------------------------------
     @property
@@ -269,6 +366,9 @@ class RunDir:
     def mark_running(self, train_id: str, info: dict[str, Any]) -> None:
         """Record that ``train_id`` is being produced now (host, pid, step; a heartbeat)."""
         record = {"host": socket.gethostname(), "pid": os.getpid(), **info, "updated": time.time()}
+        started = process_start(os.getpid())
+        if started is not None:  # tells this process from a later one given the same pid
+            record["started"] = started
         with contextlib.suppress(OSError):
             atomic_write_text(self.running_dir / f"{train_id}.json", json.dumps(record))
 
@@ -421,13 +521,65 @@ def code_changes(held: dict[str, Any], identity: dict[str, Any]) -> list[str]:
     ]
 
 
+def read_run_record(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """``run.json`` as a dict whose ids are qbench ids, or ``(None, why not)`` (``""``: no file).
+
+    Its ``id`` becomes part of a path (``superseded/<id>-<time>``), so a record whose ids are
+    not 12 hex digits, or whose fields have the wrong types, is not used."""
+    if not path.exists():
+        return None, ""
+    try:
+        held = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"not readable JSON ({type(exc).__name__})"
+    if not isinstance(held, dict):
+        return None, "not a qbench run record (not a JSON object)"
+    appended = held.get("appended", [])
+    if not isinstance(appended, list) or not all(isinstance(a, dict) for a in appended):
+        return None, "not a qbench run record ('appended' is not a list of records)"
+    for where, record in [("id", held)] + [
+        (f"appended[{k}].id", a) for k, a in enumerate(appended)
+    ]:
+        if not valid_id(record.get("id")):
+            return None, f"not a qbench run record ({where} {record.get('id')!r} is not an id)"
+    for key, kind in (("name", str), ("source", str), ("code", dict), ("job_ids", list)):
+        if key in held and not isinstance(held[key], kind):
+            return None, f"not a qbench run record ({key!r} is not a {kind.__name__})"
+    return {"name": "unknown", "source": "unknown", "jobs": "?", **held}, ""
+
+
+def row_problem(row: object, stem: str) -> str:
+    """Why ``row`` (read from ``rows/<stem>.json``) is not a usable row, or ``""``."""
+    if not isinstance(row, dict):
+        return "not a row (not a JSON object)"
+    if not valid_id(row.get("job_id")) or row["job_id"] != stem:
+        return f"job_id {row.get('job_id')!r} is not this file's id {stem!r}"
+    if row.get("train_id") is not None and not valid_id(row["train_id"]):
+        return f"train_id {row['train_id']!r} is not an id"
+    if not isinstance(row.get("status", ""), str):
+        return "status is not a string"
+    order = row.get("order", 0)
+    if isinstance(order, bool) or not isinstance(order, int | float) or order != order:
+        return "order is not a number"
+    for field in NESTED:
+        items = row.get(field, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            return f"{field} is not a list of records"
+    return ""
+
+
 def _read_records(folder: Path) -> dict[str, dict[str, Any]]:
-    """``stem -> JSON record`` of every ``*.json`` file in ``folder`` (unreadable ones skipped)."""
+    """``train_id -> JSON record`` of every ``<train_id>.json`` file in ``folder`` (files that
+    are not named by an id or are not a JSON object are skipped)."""
     out = {}
     if folder.is_dir():
         for p in sorted(folder.glob("*.json")):
-            with contextlib.suppress(OSError, ValueError):
-                out[p.stem] = json.loads(p.read_text(encoding="utf-8"))
+            if not valid_id(p.stem):
+                continue
+            with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+                record = json.loads(p.read_text(encoding="utf-8"))
+                if isinstance(record, dict):
+                    out[p.stem] = record
     return out
 
 

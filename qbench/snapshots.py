@@ -84,7 +84,7 @@ class Snapshots:
         """``slot -> record`` of the slots whose record reads."""
         out = {}
         for slot in self.SLOTS:
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, OverflowError):
                 record = json.loads(self._paths(slot)[1].read_text())
                 out[slot] = {"step": int(record["step"]), "sha256": str(record["sha256"])}
         return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from qbench.report.tables import (
     separate_configurations,
 )
 from qbench.report.variable_rate import methods, variable_rate_rows
+from qbench.results import atomic_write_text
 
 
 @dataclass
@@ -121,7 +123,11 @@ def _job_notes(df: pd.DataFrame, ok: pd.DataFrame) -> list[str]:
 
 def _read(run_dir: Path, anchor: str | None, min_overlap: float | None, notes: list[str]) -> _Run:
     """Load the run directory, resolve anchor and threshold, note what the rows say."""
-    df = load_results(run_dir)
+    warned: list[str] = []
+    df = load_results(run_dir, warned)
+    for line in warned:  # a file of the run directory not used as it is: said, never silently
+        print(f"warning: {line}", file=sys.stderr)
+    notes += warned
     manifest = _manifest(run_dir, notes)
     df = separate_configurations(df, notes)
     settings = manifest.get("matrix", {}).get("report", {})
@@ -216,7 +222,7 @@ def write_report(
     try:
         plots = _plots(run, tables)
         lines += sections.closing_sections(plots, notes)
-        (run_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
+        atomic_write_text(run_dir / "report.md", "\n".join(lines))
     except OSError as exc:
         raise QbenchError(
             f"{run_dir}: cannot write the report ({exc.strerror or exc}); `qbench report "

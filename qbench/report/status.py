@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qbench.registry import QbenchError
-from qbench.results import RunDir
+from qbench.results import RunDir, process_start, valid_id
 from qbench.snapshots import Snapshots
 
 #: a heartbeat from another host older than this is taken as a dead job (seconds)
@@ -45,20 +45,44 @@ class JobStatus:
     log: str = ""
 
 
-def _alive(pid: int) -> bool:
+class Statuses(list):
+    """The :class:`JobStatus` of every job, and ``warnings``: files of the run directory
+    that could not be used (each ``"<file>: why"``)."""
+
+    def __init__(self, items: list[JobStatus] = (), warnings: list[str] | None = None) -> None:
+        super().__init__(items)
+        self.warnings = list(warnings or [])
+
+
+def _alive(pid: int, started: object = None) -> bool:
+    """Whether process ``pid`` lives and, when the heartbeat recorded its start time
+    (``started``), is the same process (not a later one given the same pid)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    except (OverflowError, OSError):
+        return False
+    if isinstance(started, int) and not isinstance(started, bool):
+        now = process_start(pid)
+        return now is None or now == started
     return True
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _fresh(beat: dict) -> bool:
     if beat.get("host") == socket.gethostname():
-        return _alive(int(beat.get("pid", -1)))
-    return time.time() - float(beat.get("updated", 0)) < STALE_SECONDS
+        pid = beat.get("pid")
+        return isinstance(pid, int) and _alive(pid, beat.get("started"))
+    updated = _number(beat.get("updated"))
+    return updated is not None and time.time() - updated < STALE_SECONDS
 
 
 def _manifest(root: Path) -> dict:
@@ -66,9 +90,26 @@ def _manifest(root: Path) -> dict:
     if not path.is_file():
         raise QbenchError(f"{root}: no manifest.json: not a qbench run directory (or not started)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise QbenchError(f"{path}: unreadable ({exc})") from exc
+        raise QbenchError(f"{path}: unreadable ({type(exc).__name__})") from exc
+    jobs = data.get("jobs", []) if isinstance(data, dict) else None
+    if not isinstance(jobs, list):
+        raise QbenchError(f"{path}: not a qbench manifest ('jobs' is not a list)")
+    for k, entry in enumerate(jobs):
+        if not isinstance(entry, dict):
+            raise QbenchError(f"{path}: not a qbench manifest (jobs[{k}] is not a record)")
+        for key in ("job_id", "train_id"):
+            if not valid_id(entry.get(key)):
+                raise QbenchError(
+                    f"{path}: jobs[{k}].{key} {entry.get(key)!r} is not a qbench id (12 hex digits)"
+                )
+    return data
+
+
+def _text(value: object) -> str:
+    """A field of a record for the table (anything that is not a plain value: ``?``)."""
+    return str(value) if isinstance(value, str | int | float) else "?"
 
 
 def _set_state(
@@ -78,16 +119,16 @@ def _set_state(
     snapshot = Snapshots(run_dir.ckpt_dir, status.train_id).latest_step()
     if row is not None:
         status.state = row.get("status", "?")
-        status.detail = row.get("reason", "") or (
-            f"resumed from {row['resumed']}" if row.get("resumed") else ""
+        status.detail = _text(row.get("reason", "")) or (
+            f"resumed from {_text(row['resumed'])}" if row.get("resumed") else ""
         )
         log = run_dir.logs_dir / f"{status.job_id}.log"
         if status.state != "ok" and log.exists():
             status.log = str(log)
     elif beat is not None and _fresh(beat):
         status.state = "running"
-        status.detail = f"step {beat.get('step', '?')}/{beat.get('steps', '?')} on " + (
-            f"{beat.get('host')} (pid {beat.get('pid')})"
+        status.detail = f"step {_text(beat.get('step', '?'))}/{_text(beat.get('steps', '?'))} " + (
+            f"on {_text(beat.get('host'))} (pid {_text(beat.get('pid'))})"
         )
     elif beat is not None or snapshot is not None:
         status.state = "interrupted"
@@ -96,27 +137,30 @@ def _set_state(
         ) + " at the next qbench run"
     elif sub:
         status.state = "queued"
-        status.detail = f"submitted {sub.get('submitted', '')} (attempt {sub.get('attempt')})"
+        status.detail = (
+            f"submitted {_text(sub.get('submitted', ''))} (attempt {_text(sub.get('attempt'))})"
+        )
 
 
-def run_status(root: Path) -> list[JobStatus]:
-    """Every job of the run directory ``root`` with its state (see the module docstring)."""
+def run_status(root: Path) -> Statuses:
+    """Every job of the run directory ``root`` with its state (see the module docstring);
+    row files that are not rows are left out and named in the result's ``warnings``."""
     run_dir = RunDir(root)
     manifest = _manifest(root)
     rows = {r["job_id"]: r for r in run_dir.rows()}
     running = run_dir.running()
     submitted = run_dir.submissions()
-    out = []
+    out = Statuses(warnings=[f"{w}: not counted" for w in run_dir.unreadable])
     for entry in manifest.get("jobs", []):
         job_id, train_id = entry["job_id"], entry["train_id"]
         sub = submitted.get(train_id, {})
         status = JobStatus(
             job_id,
             train_id,
-            entry.get("describe", job_id),
+            _text(entry.get("describe", job_id)),
             "pending",
-            scheduler_job_id=sub.get("scheduler_job_id", ""),
-            log=sub.get("stderr", ""),
+            scheduler_job_id=_text(sub.get("scheduler_job_id", "")),
+            log=_text(sub.get("stderr", "")),
         )
         _set_state(status, run_dir, rows.get(job_id), running.get(train_id), sub)
         out.append(status)
@@ -131,6 +175,7 @@ def status_text(statuses: list[JobStatus], verbose: bool = False) -> str:
     for s in statuses:
         counts[s.state] = counts.get(s.state, 0) + 1
     head = f"{len(statuses)} jobs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    head += "".join(f"\nwarning: {w}" for w in getattr(statuses, "warnings", ()))
     shown = [s for s in statuses if verbose or s.state != "ok"]
     if not shown:
         return head

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +49,25 @@ USABLE = ("ok", "nonfinite")
 REQUIRED = ("backbone", "quantizer", "lambda", "dataset", "seed", "status")
 
 
-def load_results(run_dir: Path) -> pd.DataFrame:
-    """``results.csv`` of a run directory (rebuilt from ``rows/`` when it is missing), each
-    row with its :class:`Role` in column ``role``."""
-    path = Path(run_dir) / "results.csv"
+def load_results(run_dir: Path, warnings: list[str] | None = None) -> pd.DataFrame:
+    """``results.csv`` of a run directory, each row with its :class:`Role` in column ``role``.
+
+    It is rebuilt from ``rows/`` when it is missing, and, said in ``warnings``, when it
+    holds no row or fewer rows than ``rows/`` or ends mid-line (truncated); a truncated file
+    without ``rows/`` is read without its cut last line. A row file that is not a row is
+    named in ``warnings`` too. Each warning is ``"<file>: what was done"``; with no list
+    given they are printed to standard error as ``warning: ...`` lines.
+    """
+    said: list[str] = []
     try:
-        if path.exists():
-            df = pd.read_csv(path)
-        else:  # killed before its first merge: the rows are the results
-            text = RunDir(run_dir).results_csv()
-            if text.count("\n") < 2:
-                raise QbenchError(f"{path}: no results.csv and no finished job in this directory")
-            df = pd.read_csv(io.StringIO(text))
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise QbenchError(f"{path}: not a readable results table ({type(exc).__name__})") from exc
+        df = _read_results(Path(run_dir), said)
+    finally:
+        if warnings is None:
+            for line in said:
+                print(f"warning: {line}", file=sys.stderr)
+        else:
+            warnings.extend(said)
+    path = Path(run_dir) / "results.csv"
     for col in REQUIRED:
         if col not in df.columns:
             raise QbenchError(f"{path}: column {col!r} is missing; not a qbench results file")
@@ -69,6 +75,44 @@ def load_results(run_dir: Path) -> pd.DataFrame:
         return with_roles(df)
     except ValueError as exc:
         raise QbenchError(f"{path}: {exc}") from exc
+
+
+def _read_results(run_dir: Path, said: list[str]) -> pd.DataFrame:
+    """The table of :func:`load_results` before its checks (``said``: its warnings)."""
+    path = run_dir / "results.csv"
+    run = RunDir(run_dir)
+    rows = run.rows()
+    said += [f"{w}; left out of the report" for w in run.unreadable]
+
+    def rebuilt(why: str) -> pd.DataFrame:
+        text = run.results_csv()
+        if text.count("\n") < 2:
+            raise QbenchError(f"{path}: {why}, and rows/ holds no finished job")
+        if why != "missing":
+            said.append(f"{path}: {why}; the report is built from rows/ instead")
+        return pd.read_csv(io.StringIO(text))
+
+    try:
+        if not path.exists():  # killed before its first merge: the rows are the results
+            return rebuilt("missing")
+        text = path.read_bytes().decode("utf-8")
+        lines = text.splitlines()
+        if len(lines) < 2:
+            return rebuilt("holds no row" + ("" if lines else " (an empty file)"))
+        cut = not text.endswith("\n")
+        df = pd.read_csv(io.StringIO("\n".join(lines[:-1]) + "\n" if cut else text))
+        if len(df) < len(rows):
+            how = "ends mid-line (truncated)" if cut else "holds fewer rows than rows/"
+            return rebuilt(f"{how}: {len(df) + cut} row(s), rows/ has {len(rows)}")
+        if cut and df.empty:
+            raise QbenchError(f"{path}: ends mid-line (truncated) and holds no whole row")
+        if cut:
+            said.append(f"{path}: ends mid-line (truncated): its last line is left out")
+        return df
+    except OSError as exc:
+        raise QbenchError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise QbenchError(f"{path}: not a readable results table ({type(exc).__name__})") from exc
 
 
 def _role(mode: object) -> Role:

@@ -112,6 +112,7 @@ def run_matrix(
     for line in preflight(matrix, plugins.registry):
         opts.echo(f"warning: {line}")
     run_dir = RunDir(out)
+    run_dir.check_ours()  # the user's own files are never written over
     run_dir.ensure()
     console = console_for(opts.show_progress, None if opts.echo is print else opts.echo)
     with run_dir.lock():

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,6 +265,38 @@ class SubmititLocalExecutor(SubmititExecutor):
 
 #: Slurm states of a job that is still on its way (re-attached, not resubmitted)
 _ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
+#: a Slurm job id as ``submitted/<train_id>.json`` records it (``4242`` or ``4242_0``)
+_SLURM_ID = re.compile(r"[0-9]+(_[0-9]+)?")
+
+
+def _slurm_state(job_id: str, what: str) -> str | None:
+    """Slurm's state of ``job_id`` (``sacct``), None when Slurm definitely does not know it;
+    an :class:`ExecutorError` naming the job (``what``) when Slurm cannot be asked."""
+    try:
+        out = subprocess.run(
+            ["sacct", "-j", job_id, "-o", "JobID,State", "--parsable2", "--noheader"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        out = None
+        why = str(exc)
+    if out is None or out.returncode != 0:
+        why = why if out is None else (out.stderr.strip() or f"exit status {out.returncode}")
+        raise ExecutorError(
+            f"Slurm job {job_id} ({what}): cannot ask Slurm whether it is still on its way "
+            f"(sacct: {why.splitlines()[-1] if why else 'no answer'}); it is not submitted "
+            f"again while it may run: run again once sacct answers, or scancel {job_id}"
+        )
+    base = job_id.split("_")[0]
+    states = {}
+    for line in out.stdout.splitlines():
+        jid, _, state = line.partition("|")
+        if jid == job_id or (jid.startswith(f"{base}_[") and "_" in job_id):
+            states[jid] = state.split()[0] if state.split() else "UNKNOWN"
+    return states.get(job_id) or next(iter(states.values()), None)
 
 
 class SlurmExecutor(SubmititExecutor):
@@ -309,16 +343,25 @@ class SlurmExecutor(SubmititExecutor):
         return params
 
     def reattach(self, group: Group, dispatch: Dispatch) -> Any | None:
-        record = dispatch.run_dir.submission(group[0][1].train_id)
+        """The Slurm job of ``group``'s last submission while Slurm has it on its way; None
+        when Slurm says it ended or does not know it (then it is submitted again). Anything
+        else (``sacct`` failing, a record that names no Slurm job) is an error naming the
+        job: a job that may still run is never submitted a second time."""
+        train_id = group[0][1].train_id
+        record = dispatch.run_dir.submission(train_id)
         if not record or record.get("executor") != self.kind:
             return None
-        try:
-            job = self.submitit.SlurmJob(
-                folder=dispatch.run_dir.root / "submitit", job_id=record["scheduler_job_id"]
+        where = dispatch.run_dir.root / "submitted" / f"{train_id}.json"
+        job_id = record.get("scheduler_job_id")
+        if not isinstance(job_id, str) or not _SLURM_ID.fullmatch(job_id):
+            raise ExecutorError(
+                f"{where}: scheduler_job_id {job_id!r} is not a Slurm job id; if no job of "
+                f"this run is still on its way, remove {where} and run again"
             )
-            return job if job.state in _ALIVE else None
-        except Exception:
+        state = _slurm_state(job_id, f"{group[0][1].describe()}, {where}")
+        if state not in _ALIVE:
             return None
+        return self.submitit.SlurmJob(folder=dispatch.run_dir.root / "submitit", job_id=job_id)
 
     def abandon(self, jobs: list[Any], dispatch: Dispatch) -> None:
         """Slurm's jobs go on; the same ``qbench run`` re-attaches to them."""
