@@ -76,7 +76,7 @@ def _pty_run(argv, env, until: str, timeout: float = 300) -> tuple[int, str]:
 
 
 def test_ctrl_c_on_a_terminal_says_one_line_and_exits_130(tmp_path):
-    m = tiny(tmp_path, '["noise", "ste"]', lambdas="[0.001, 0.01]", steps=120)
+    m = tiny(tmp_path, '["noise", "ste"]', lambdas="[0.001, 0.01]", steps=60)
     out = tmp_path / "run"
     argv = [a for a in run_command(m, out) if a != "--no-progress"]
     env = {**os.environ, "COLUMNS": "100"}
@@ -94,7 +94,7 @@ def test_ctrl_c_on_a_terminal_says_one_line_and_exits_130(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_kill_9_of_the_qbench_process_leaves_no_warning_and_no_worker(tmp_path):
-    m = tiny(tmp_path, '["noise", "ste"]', lambdas="[0.001, 0.01]", steps=120)
+    m = tiny(tmp_path, '["noise", "ste"]', lambdas="[0.001, 0.01]", steps=60)
     out = tmp_path / "run"
     proc = subprocess.Popen(
         run_command(m, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -143,8 +143,8 @@ def test_status_sees_a_training_at_its_first_step(tmp_path):
     run_dir = RunDir(tmp_path)
     run_dir.ensure()
     seen = []
-    beat = _Heartbeat(run_dir, "abc", 100, lambda step, stats: seen.append(step))
+    beat = _Heartbeat(run_dir, "abcdef012345", 100, lambda step, stats: seen.append(step))
     beat.update(1, {"loss": 1.0, "bpp": 0.5})
-    assert run_dir.running()["abc"]["step"] == 1 and seen == [1]
+    assert run_dir.running()["abcdef012345"]["step"] == 1 and seen == [1]
     beat.update(2, {"loss": 1.0, "bpp": 0.5})  # within 30 s: the record stays, progress goes on
-    assert run_dir.running()["abc"]["step"] == 1 and seen == [1, 2]
+    assert run_dir.running()["abcdef012345"]["step"] == 1 and seen == [1, 2]

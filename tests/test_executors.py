@@ -42,7 +42,7 @@ def rows_by_job(out):
 
 @pytest.mark.slow
 def test_submitit_local_killed_mid_training_resubmitted_gives_the_local_rows(tmp_path):
-    m = tiny(tmp_path, '["noise", "sua"]', steps=200)
+    m = tiny(tmp_path, '["noise", "sua"]', steps=100)
     text = m.read_text().replace("lr = 1e-3", "lr = 1e-3\ncheckpoint_every = 10")
     m.write_text(text.replace("bmshj2018-factorized", "mbt2018-mean"))
     run(m, tmp_path / "local")
