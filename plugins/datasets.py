@@ -17,7 +17,8 @@ from pathlib import Path
 
 import qbench
 from qbench.fetch import FetchError, Offline, curl, fetch
-from qbench.images import DatasetError, ImageDataset, list_images
+from qbench.images import BadImageError, DatasetError, ImageDataset, list_images, load_image_u8
+from qbench.results import read_run_record
 
 KODAK_URL = "http://r0k.us/graphics/kodak/kodak/"
 KODAK_SHA256 = {
@@ -49,14 +50,57 @@ KODAK_SHA256 = {
 
 
 def folder(path: str, recursive: bool = True) -> ImageDataset:
-    """Every image (png/jpg/bmp/tiff/webp/ppm) under ``path``, sorted by path."""
+    """Every image (png/jpg/bmp/tiff/webp/ppm) under ``path``, sorted by path.
+
+    qbench's own run directories below ``path`` (a folder holding a ``run.json`` that
+    qbench wrote: ``path = "."`` beside a matrix whose runs go to ``runs/``) are left
+    out, and the dataset's description names them: their plots are no training images.
+    """
     root = Path(path).expanduser()
+    if root.is_file():
+        raise DatasetError(
+            f"dataset folder {root} is a file, not a folder; path names a folder of images"
+        )
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
-    files = list_images(root, recursive=recursive)
+    runs: dict[Path, bool] = {}
+    files = [f for f in list_images(root, recursive=recursive) if not _in_run_dir(f, root, runs)]
+    excluded = sorted(d.relative_to(root).as_posix() for d, is_run in runs.items() if is_run)
+    description = f"folder {root}"
+    if excluded:
+        description += f" (without qbench's run directories {', '.join(excluded)})"
     if not files:
         raise DatasetError(f"dataset folder {root} holds no image file")
-    return ImageDataset(files, description=f"folder {root}", root=root)
+    try:
+        return ImageDataset(files, description=description, root=root)
+    except DatasetError as exc:
+        raise DatasetError(f"{exc}: {_unreadable(files)}") from None
+
+
+def _in_run_dir(file: Path, root: Path, runs: dict[Path, bool]) -> bool:
+    """Whether ``file`` lies in a qbench run directory below ``root`` (``runs`` caches the
+    folders seen: ``folder -> is a run directory``)."""
+    for parent in file.parents:
+        if parent == root or root not in parent.parents:
+            return False
+        if parent not in runs:
+            held, _ = read_run_record(parent / "run.json")
+            runs[parent] = held is not None
+        if runs[parent]:
+            return True
+    return False
+
+
+def _unreadable(files: list[Path], shown: int = 5) -> str:
+    """The first ``shown`` unreadable ``files`` with why, for an error message."""
+    problems = []
+    for f in files:
+        try:
+            load_image_u8(f)
+        except BadImageError as exc:
+            problems.append(str(exc))
+    more = f" and {len(problems) - shown} more" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
 
 
 class DatasetDownloadError(DatasetError, FetchError):

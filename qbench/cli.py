@@ -8,13 +8,24 @@ import sys
 import warnings
 from pathlib import Path
 
-from qbench.version import __version__
+from qbench.version import DISTRIBUTION, __version__
 
 
 def _plugins(args):
     from qbench.plugins import get_plugins
 
     return get_plugins(tuple(args.disable_plugin))
+
+
+def _user_path(text: str, option: str) -> Path:
+    """``text`` (a path the user gave with ``option``) with ``~`` expanded; a ``~user`` of
+    no such user is refused rather than becoming a folder named ``~user``."""
+    from qbench.registry import QbenchError
+
+    path = Path(os.path.expanduser(text))
+    if str(path).startswith("~"):
+        raise QbenchError(f"{option} {text}: no such user's home folder")
+    return path
 
 
 def cmd_list(args) -> int:
@@ -82,7 +93,7 @@ def cmd_run(args) -> int:
 
     plugins = _plugins(args)
     matrix = load_matrix(args.matrix, plugins.registry, args.set)
-    out = Path(args.out or Path("runs") / matrix.name)
+    out = _user_path(args.out, "--out") if args.out else Path("runs") / matrix.name
     executor = {
         key: value
         for key, value in (
@@ -127,12 +138,62 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _reference_catalogue():
+    """:func:`qbench.reference.catalogue`, a malformed catalogue file said in one line."""
+    from qbench import reference
+    from qbench.registry import QbenchError
+
+    own = os.environ.get(reference.CATALOGUE_ENV)
+    try:
+        settings, curves = reference.catalogue()
+        for key in ("commit", "url"):
+            if not isinstance(settings.get(key), str):
+                raise ValueError(f"{key!r} is not a string")
+        for name, src in curves.items():
+            if not isinstance(src.file, str) or not isinstance(src.sha256, str):
+                raise ValueError(f"curves.{name}: 'file' and 'sha256' must be strings")
+    except QbenchError:
+        raise
+    except Exception as exc:  # TOML errors, missing or unknown keys, wrong types
+        where = f"${reference.CATALOGUE_ENV} ({own})" if own else "the reference catalogue"
+        raise QbenchError(
+            f"{where}: not a reference catalogue ({type(exc).__name__}: {exc})"
+        ) from None
+    return settings, curves
+
+
+def _check_mirror(url: str, settings: dict) -> None:
+    """A ``--url`` mirror template must fill in and name a scheme qbench downloads from."""
+    from urllib.parse import urlsplit
+
+    from qbench.registry import QbenchError
+
+    try:
+        filled = url.format(commit=settings["commit"], file="x.json")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise QbenchError(
+            f"--url {url!r}: a template with {{commit}} and {{file}} only ({exc!r})"
+        ) from None
+    if "{file}" not in url or urlsplit(filled).scheme not in ("http", "https", "ftp", "file"):
+        raise QbenchError(
+            f"--url {url!r}: expected an http(s)://, ftp:// or file:// URL template with "
+            "{file} (and {commit})"
+        )
+
+
 def cmd_reference_curves(args) -> int:
     from tabulate import tabulate
 
     from qbench import reference
+    from qbench.registry import QbenchError
 
-    settings, curves = reference.catalogue()
+    settings, curves = _reference_catalogue()
+    if args.dir is not None:
+        args.dir = str(_user_path(args.dir, "--dir"))
+        if Path(args.dir).exists() and not Path(args.dir).is_dir():
+            raise QbenchError(f"--dir {args.dir} is not a folder")
+    if args.url is not None:
+        _check_mirror(args.url, settings)
     if args.download:
         reference.download(args.name or None, args.dir, args.url)
     where = reference.folder(args.dir)
@@ -259,13 +320,44 @@ def cmd_export(args) -> int:
         return _export_for(args)
     if args.backbone is not None:
         raise QbenchError("--backbone selects the job for --format compressai only")
+    out = _export_target(args.out)
     run_dir = RunDir(args.run_dir)
-    train_id = run_dir.export_weights(
-        args.quantizer, args.lmbda, args.seed, Path(args.out), half=args.half
-    )
-    size = Path(args.out).stat().st_size
+    try:
+        train_id = run_dir.export_weights(
+            args.quantizer, args.lmbda, args.seed, out, half=args.half
+        )
+    except (QbenchError, OSError):
+        raise
+    except Exception as exc:  # a checkpoint that does not load
+        files = sorted(
+            str(run_dir.checkpoint_path(r["train_id"]))
+            for r in run_dir.rows()
+            if r.get("quantizer") == args.quantizer and isinstance(r.get("train_id"), str)
+        )
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise QbenchError(
+            f"{', '.join(files) or run_dir.ckpt_dir}: the job's checkpoint does not load "
+            f"({type(exc).__name__}: {first})"
+        ) from None
+    size = out.stat().st_size
     print(f"wrote {args.out} ({size / 1e6:.2f} MB): the weights of train group {train_id}")
     return 0
+
+
+def _export_target(text: str) -> Path:
+    """``--out`` of ``export``: a file to write (not a folder; its folder writable)."""
+    from qbench.registry import QbenchError
+
+    out = _user_path(text, "--out")
+    if out.is_dir():
+        raise QbenchError(f"--out {out} is a directory; name the file to write")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QbenchError(f"--out {out}: cannot create {out.parent} ({exc.strerror})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise QbenchError(f"--out {out}: {out.parent} is not writable")
+    return out
 
 
 def _export_for(args) -> int:
@@ -286,14 +378,53 @@ def _export_for(args) -> int:
 
 
 def cmd_new_plugin(args) -> int:
+    from qbench.registry import QbenchError
     from qbench.scaffold import write_plugin
 
+    registry = _plugins(args).registry
+    if (args.kind, args.name) in registry:
+        entry = registry.get(args.kind, args.name)
+        raise QbenchError(
+            f"plugin name {args.name!r}: a {args.kind} of that name is already registered by "
+            f"plugin {entry.plugin!r} ({entry.provider}); choose another name"
+        )
     root = write_plugin(args.name, args.kind, args.out)
     print(f"wrote {root}; install it (with pytest and pytest-xdist) with:")
     print(f'    pip install -e "{root}[test]"')
     print("then check it with qbench's conformance suite:")
     print(f"    python -m pytest {root}")
     return 0
+
+
+#: The exit statuses, as ``qbench --help`` lists them.
+EXIT_STATUS = """exit status:
+  0    done (every job of a run finished ok)
+  1    a run finished, but some job did not finish ok (see its row and report.md)
+  2    bad input: a matrix, option, path or file that cannot be used (one line says which),
+       or a file qbench cannot read or write (permissions, disk full)
+  3    an internal error of qbench or a plugin: one line says where its traceback was written
+  130  interrupted (Ctrl-C); finished jobs are kept, the same command resumes"""
+
+
+def _internal_error(exc: BaseException) -> int:
+    """Write the traceback of an unexpected exception to a file, say where in one line: 3."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        fd, where = tempfile.mkstemp(prefix="qbench-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"qbench {__version__}: {' '.join(sys.argv)}\n{text}")
+    except OSError:
+        where = "(it could not be written; standard error follows)"
+        print(text, file=sys.stderr)
+    first = (str(exc).splitlines() or [""])[0][:200]
+    print(
+        f"qbench: internal error: {type(exc).__name__}: {first}; traceback in {where}",
+        file=sys.stderr,
+    )
+    return 3
 
 
 def _positive_int(text: str) -> int:
@@ -322,8 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qbench",
         description="Benchmark quantization surrogates for learned image compression.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"qbench {__version__}")
+    p.add_argument(
+        "--version", action="version", version=f"qbench {__version__} (distribution {DISTRIBUTION})"
+    )
     p.add_argument(
         "--disable-plugin",
         action="append",
@@ -590,6 +725,12 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
         return 0
+    except OSError as exc:  # a file the system would not read or write (disk full, rights)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"qbench: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        return _internal_error(exc)
 
 
 if __name__ == "__main__":

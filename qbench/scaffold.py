@@ -10,6 +10,7 @@ qbench's conformance suite on it; the templates are the files under
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import re
 from importlib import resources
@@ -46,9 +47,18 @@ def write_plugin(name: str, kind: str, out: str | Path | None = None) -> Path:
             "starting with a letter"
         )
     ident = name.replace("-", "_")
-    if keyword.iskeyword(ident):
-        raise QbenchError(f"plugin name {name!r} is a Python keyword")
-    root = Path(out) if out else Path(f"qbench-{name}")
+    cls = "".join(part.capitalize() for part in re.split(r"[-_]", name))
+    for word in (ident, cls):
+        if keyword.iskeyword(word) or keyword.issoftkeyword(word) or hasattr(builtins, word):
+            raise QbenchError(
+                f"plugin name {name!r}: the generated code would name a function or class "
+                f"{word!r}, a Python keyword or built-in; choose another name"
+            )
+    root = Path(out).expanduser() if out else Path(f"qbench-{name}")
+    if str(root).startswith("~"):
+        raise QbenchError(f"--out {out}: no such user's home folder")
+    if root.exists() and not root.is_dir():
+        raise QbenchError(f"--out {root} is a file, not a folder; choose another --out")
     if root.exists() and any(root.iterdir()):
         raise QbenchError(f"{root} exists and is not empty; choose another --out")
     module = f"qbench_{ident}"
@@ -57,7 +67,7 @@ def write_plugin(name: str, kind: str, out: str | Path | None = None) -> Path:
         "kind": kind,
         "dist": f"qbench-{name}",
         "module": module,
-        "cls": "".join(part.capitalize() for part in re.split(r"[-_]", name)),
+        "cls": cls,
         "func": ident,
         "column": ident,
         "description": DESCRIPTION[kind],
@@ -69,8 +79,13 @@ def write_plugin(name: str, kind: str, out: str | Path | None = None) -> Path:
         f"{module}/__init__.py": f"module-{kind}.py.tmpl",
         f"tests/test_{ident}_conformance.py": "test_conformance.py.tmpl",
     }
-    for rel, template in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(_template(template).substitute(words), encoding="utf-8")
+    try:
+        for rel, template in files.items():
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(_template(template).substitute(words), encoding="utf-8")
+    except OSError as exc:
+        raise QbenchError(
+            f"--out {root}: cannot write the package ({exc.strerror or exc}); choose another --out"
+        ) from exc
     return root

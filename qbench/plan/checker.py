@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,18 @@ from qbench.registry import QbenchError, Registry, did_you_mean, unknown_name_me
 ENTRY_KEYS = {"name", "label"}
 #: keys of a quantizer entry that qbench reads itself (which latents, which recipe)
 QUANTIZER_KEYS = ENTRY_KEYS | {"latents", "from_anchor", "refine_steps", "refine_lr", "interpolate"}
+#: What a label may be: it names files (plots, exports) and table cells on every file system,
+#: and the report adds ``#config`` or ``@lambdas`` to it, so at most 64 of these characters.
+LABEL_RE = re.compile(r"[A-Za-z0-9_.+@#-]{1,64}")
+#: Seeds are signed 64-bit integers: torch takes them (and the probes' ``seed + 2``) whole.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
+def label_problem(label: object) -> str:
+    """``""`` when ``label`` is a usable label (:data:`LABEL_RE`, no ``..``), else why not."""
+    if isinstance(label, str) and LABEL_RE.fullmatch(label) and ".." not in label:
+        return ""
+    return f"expected a label of at most 64 letters, digits and '-_.+@#' (no '..'), got {label!r}"
 
 
 class MatrixError(QbenchError):
@@ -105,8 +118,13 @@ class Checker:
             )
         reg = self.registry.get(kind, name)
         label = entry.get("label", name)
-        if not isinstance(label, str) or not label:
-            self.fail(f"{path}.label", f"expected a non-empty string, got {label!r}")
+        problem = label_problem(label)
+        if problem:
+            given = "label" in entry
+            self.fail(
+                f"{path}.label",
+                problem + ("" if given else f" (the name {name!r}; give the entry a 'label')"),
+            )
         latents = None
         if "latents" in reserved and "latents" in entry:
             lat = entry["latents"]
@@ -138,7 +156,10 @@ class Checker:
                 continue
             if not isinstance(params[key], str) or "\x00" in params[key]:
                 self.fail(f"{path}.{key}", f"expected a path, got {params[key]!r}")
-            resolved = (self.base_dir / Path(params[key]).expanduser()).resolve()
+            try:
+                resolved = (self.base_dir / Path(params[key]).expanduser()).resolve()
+            except RuntimeError:  # ~user of no such user
+                self.fail(f"{path}.{key}", f"{params[key]!r}: no such user's home folder")
             params[key] = str(resolved)
             fingerprints[key] = fingerprint(resolved)
         return Spec(kind, name, label, params, reg.provider, latents, fingerprints, reg.code)
@@ -179,6 +200,8 @@ class Checker:
         for i, s in enumerate(value):
             if isinstance(s, bool) or not isinstance(s, int):
                 self.fail(f"matrix.seeds[{i}]", f"expected an integer, got {s!r}")
+            if not SEED_MIN <= s <= SEED_MAX:
+                self.fail(f"matrix.seeds[{i}]", f"expected a seed from -2^63 to 2^63-1, got {s}")
         if len(set(value)) != len(value):
             self.fail("matrix.seeds", f"duplicate seed in {value}")
         return list(value)

@@ -51,13 +51,14 @@ TOP_KEYS = {"name", "matrix", "train", "eval", "report", "monitor", "executor"}
 MATRIX_KEYS = {"backbones", "quantizers", "lambdas", "datasets", "seeds", "unlisted_latents"}
 
 
-#: What a run name may be: it names the folder ``runs/<name>``, so no path.
-NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+#: What a run name may be: it names the folder ``runs/<name>``, so no path (and no ``..``).
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 
 
 def _safe_name(stem: str) -> str:
     """A default run name from a file stem: characters outside NAME_RE become '-'."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip(".-")[:100]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip(".-")[:64]
+    name = re.sub(r"\.{2,}", ".", name)
     return name or "matrix"
 
 
@@ -183,6 +184,11 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) 
         key = key.strip()
         if not sep or not key:
             raise MatrixError(f"{source}: --set {item!r}: expected KEY=VALUE (train.steps=200)")
+        if "\n" in item or "\r" in item:  # TOML would read the rest as other keys, unused
+            raise MatrixError(
+                f"{source}: --set {item!r}: a value is one line (it holds a newline); "
+                "give each key its own --set"
+            )
         try:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
@@ -352,11 +358,12 @@ def parse_matrix(
 
 def _run_name(ck: Checker, raw: dict[str, Any], default_name: str) -> str:
     name = raw.get("name", _safe_name(default_name))
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         ck.fail(
             "name",
-            f"expected a run name of letters, digits, '.', '_' and '-' (at most 100, not "
-            f"starting with '.' or '-'), got {name!r}; it names the folder runs/<name>",
+            f"expected a run name of letters, digits, '.', '_' and '-' (at most 64, not "
+            f"starting with '.' or '-', no '..'), got {name!r}; it names the folder "
+            "runs/<name>",
         )
     return name
 

@@ -1,14 +1,20 @@
-"""Reproducible resumption: the random state a snapshot carries.
+"""Reproducible resumption: the random state a snapshot carries, and what is done with a
+file that loads but cannot be used.
 
 What a snapshot holds and how its files are kept is :mod:`qbench.snapshots`;
 this module captures and restores the python, numpy, torch and CUDA random
-states that the next training step depends on.
+states that the next training step depends on, and sets aside (renames, never
+deletes) a snapshot or checkpoint that loaded but could not be used, so that the
+job starts fresh on the next run instead of failing on it again.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,3 +43,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+#: The suffix of a snapshot or checkpoint file set aside by :func:`set_aside`.
+UNUSABLE = ".unusable"
+
+
+def set_aside(paths: Iterable[Path]) -> list[str]:
+    """Rename each existing file of ``paths`` to ``<name>.unusable`` (an earlier one of that
+    name is replaced); the new names, for the row's ``resumed`` column."""
+    done = []
+    for path in paths:
+        path = Path(path)
+        if path.is_file():
+            target = path.with_name(path.name + UNUSABLE)
+            os.replace(path, target)
+            done.append(target.name)
+    return done

@@ -29,7 +29,7 @@ from qbench.plan.preflight import preflight
 from qbench.plugins import PluginSet, get_plugins
 from qbench.rd import LOSS
 from qbench.registry import QbenchError, Registry
-from qbench.results import RunDir
+from qbench.results import RunDir, code_changes, read_run_record
 from qbench.run.console import console_for
 from qbench.run.executors import (
     Dispatch,
@@ -118,6 +118,8 @@ def run_matrix(
     with run_dir.lock():
         for p in run_dir.clean_leftovers():
             console.line(f"removed {p.name}, left by a run that was killed while writing")
+        if opts.append:
+            _refuse_shared_labels(run_dir, matrix)
         said = run_dir.claim(matrix.identity(), force=opts.force, append=opts.append)
         if said:
             console.line(said)
@@ -136,6 +138,29 @@ def run_matrix(
             )
         finally:
             console.close()
+
+
+def _refuse_shared_labels(run_dir: RunDir, matrix: Matrix) -> None:
+    """``--append`` of a matrix whose quantizer labels the directory's rows already use would
+    put two configurations under one label (the report could tell them apart by no name):
+    refused before any job, naming the labels."""
+    held, _ = read_run_record(run_dir.root / "run.json")
+    if held is None:
+        return
+    identity = matrix.identity()
+    if identity["id"] in [held.get("id")] + [a.get("id") for a in held.get("appended", [])]:
+        return  # this matrix's own run: resumed, nothing is appended
+    if code_changes(held, identity):
+        return  # this matrix after a plugin edit: the touched jobs are set aside, not appended
+    theirs = {r.get("quantizer") for r in run_dir.rows()}
+    shared = sorted({j.quantizer.label for j in matrix.jobs} & theirs)
+    if shared:
+        raise RunError(
+            f"{run_dir.root}: --append: the quantizer label(s) {', '.join(map(repr, shared))} "
+            f"of matrix {identity['name']!r} already name jobs of matrix {held['name']!r} "
+            "there; a label names one configuration in the report: give these entries "
+            "another 'label', or use another --out"
+        )
 
 
 def _bad_executor(key: str, msg: str) -> None:

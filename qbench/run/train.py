@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -37,7 +38,8 @@ from torch import Tensor
 from qbench.backbone import Backbone
 from qbench.plan.configs import AMP_MODES, TrainConfig
 from qbench.rd import rd_loss
-from qbench.run.resume import rng_state, set_rng_state
+from qbench.registry import reason
+from qbench.run.resume import rng_state, set_aside, set_rng_state
 from qbench.snapshots import Snapshots
 
 #: the autocast dtype of each ``[train] amp`` mode (float32 when absent)
@@ -212,11 +214,54 @@ class _Loop:
         self.start = self.probe_seconds = 0.0
 
     def restore(self) -> None:
-        """Continue from the newest usable snapshot, if any."""
+        """Continue from the newest usable snapshot, if any.
+
+        A snapshot that loads but cannot be applied (a key missing, a value of the wrong
+        kind) is set aside (:func:`qbench.run.resume.set_aside`) and the training starts
+        fresh from the state it had before, as for a snapshot that does not load; the
+        row's ``resumed`` says so."""
         snapshots = self.hooks.snapshots
         restored = snapshots.load(self.config.steps) if snapshots is not None else None
         if restored is None:
             return
+        fresh = self._state()
+        try:
+            self._apply(restored)
+        except Exception as exc:
+            self._apply(fresh)
+            kept = set_aside(snapshots.paths())
+            step = restored.get("step") if isinstance(restored, dict) else None
+            snapshots.resumed = (
+                f"fresh start (the snapshot of step {step} is unusable: {reason(exc, 200)}; "
+                f"set aside as {', '.join(kept) or 'nothing'})"
+            )
+
+    def _state(self) -> dict[str, Any]:
+        """Everything :meth:`_apply` sets, as it is now (a fresh start's state)."""
+        return {
+            "step": self.first,
+            "seconds": self.spent,
+            "stats": dict(self.stats),
+            "model": copy.deepcopy(self.model.state_dict()),
+            "opt": copy.deepcopy(self.opt.state_dict()),
+            "aux_opt": copy.deepcopy(self.aux_opt.state_dict()) if self.aux_opt else {},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "sampler": self.sampler.gen.get_state(),
+            "history": json.dumps(self.history),
+            "schedule": json.dumps(self.schedule, default=_plain),
+            "rng": rng_state(),
+        }
+
+    def _apply(self, restored: dict[str, Any]) -> None:
+        """Set the training's state from a snapshot (or from :meth:`_state`)."""
+        step, seconds, stats = restored["step"], restored["seconds"], restored["stats"]
+        if not (isinstance(step, int) and 0 <= step <= self.config.steps):
+            raise ValueError(f"its step {step!r} is not one of this training's")
+        if not isinstance(seconds, (int, float)) or not isinstance(stats, dict):
+            raise ValueError("its seconds or stats are of the wrong kind")
+        history, schedule = json.loads(restored["history"]), json.loads(restored["schedule"])
+        if not isinstance(history, list) or not isinstance(schedule, list):
+            raise ValueError("its history or schedule is not a list")
         self.model.load_state_dict(restored["model"])
         self.opt.load_state_dict(restored["opt"])
         if self.aux_opt is not None:
@@ -224,13 +269,8 @@ class _Loop:
         if self.scaler.is_enabled():
             self.scaler.load_state_dict(restored["scaler"])
         self.sampler.gen.set_state(restored["sampler"])
-        self.first, self.spent, self.stats = (
-            restored["step"],
-            restored["seconds"],
-            restored["stats"],
-        )
-        self.history = json.loads(restored["history"])
-        self.schedule = json.loads(restored["schedule"])
+        self.first, self.spent, self.stats = step, float(seconds), stats
+        self.history, self.schedule = history, schedule
         set_rng_state(restored["rng"])  # last: loading above draws nothing, but be sure
 
     def seconds(self) -> float:

@@ -9,6 +9,7 @@ with its probes, logs and snapshots attached.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from qbench.plan.configs import TrainConfig
 from qbench.plan.jobs import Job
 from qbench.registry import QbenchError, reason
 from qbench.results import RunDir
+from qbench.run.resume import set_aside
 from qbench.run.train import CropSampler, Outcome, TrainHooks, train
 from qbench.snapshots import Snapshots
 
@@ -128,6 +130,33 @@ def _cached_weights(run_dir: RunDir, train_id: str) -> tuple[Any, str]:
         return None, f"the trained checkpoint was unreadable ({reason(exc)[:160]}): produced again"
 
 
+def _use_checkpoint(
+    model: Backbone, run_dir: RunDir, train_id: str, state: Any, meta: Any
+) -> tuple[tuple[Outcome, str] | None, str]:
+    """Load a finished checkpoint into ``model``: ``((outcome, resumed), "")``; or, when it
+    loads but cannot be used (its record has keys an outcome does not, its weights do
+    not fit the model), ``(None, why)``: the model is put back as it was, the checkpoint
+    is set aside (:func:`qbench.run.resume.set_aside`) and the group is produced again."""
+    before = copy.deepcopy(model.state_dict())
+    try:
+        if not isinstance(meta, dict):
+            raise ValueError("its record is not a JSON object")
+        meta = dict(meta)
+        resumed = meta.pop("resumed", "")
+        outcome = Outcome(**meta)
+        if not isinstance(resumed, str) or not isinstance(outcome.status, str):
+            raise ValueError("its record has values of the wrong kind")
+        model.load_state_dict(state)
+        return (outcome, resumed), ""
+    except Exception as exc:
+        model.load_state_dict(before)
+        kept = set_aside([run_dir.checkpoint_path(train_id), run_dir.ckpt_dir / f"{train_id}.json"])
+        return None, (
+            f"the trained checkpoint was unusable ({reason(exc)[:160]}; set aside as "
+            f"{', '.join(kept)}): produced again"
+        )
+
+
 def load_or_produce(
     job: Job, model: Backbone, run_dir: RunDir, context: Callable[[], Context]
 ) -> tuple[Outcome, str]:
@@ -141,10 +170,9 @@ def load_or_produce(
     """
     cached, unreadable = _cached_weights(run_dir, job.train_id)
     if cached is not None:
-        state, meta = cached
-        model.load_state_dict(state)
-        resumed = meta.pop("resumed", "")
-        return Outcome(**meta), resumed
+        used, unreadable = _use_checkpoint(model, run_dir, job.train_id, *cached)
+        if used is not None:
+            return used
     ctx = context()
     outcome = job.recipe.produce(model, ctx)
     outcome.probe_settings = job.eval.probe_settings()

@@ -30,6 +30,7 @@ def plan_devices(
         raise ExecutorError(f"--jobs-per-gpu must be >= 1, got {jobs_per_gpu}")
     if device not in ("auto", "cpu", "cuda"):
         raise ExecutorError(f"--device must be auto, cpu or cuda, got {device!r}")
+    worker_threads()  # a bad $QBENCH_THREADS is known before any job
     n_gpu = torch.cuda.device_count() if device in ("auto", "cuda") else 0
     if device == "cuda" and n_gpu == 0:
         raise ExecutorError("--device cuda: no CUDA GPU is visible")
@@ -55,4 +56,13 @@ def worker_threads() -> int:
     of and of the machine's core count. Recorded in the manifest;
     ``QBENCH_THREADS`` trades that for intra-op threads.
     """
-    return int(os.environ.get("QBENCH_THREADS", "0") or 0) or 1
+    text = os.environ.get("QBENCH_THREADS", "").strip()
+    if not text:
+        return 1
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        raise ExecutorError(f"QBENCH_THREADS must be a whole number of threads, got {text!r}")
+    return threads or 1  # 0: the default
