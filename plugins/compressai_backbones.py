@@ -18,6 +18,8 @@ otherwise than CompressAI's rounding are refused.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import urllib.parse
 from functools import partial
 from pathlib import Path
@@ -30,7 +32,7 @@ from torch import Tensor
 
 import qbench
 from qbench import coding
-from qbench.fetch import FetchError, Offline, curl, offline_message, reason
+from qbench.fetch import Offline, curl, fetch, offline_message, reason
 from qbench.likelihoods import bottleneck_likelihood, gaussian_likelihood
 from qbench.registry import QbenchError
 
@@ -39,12 +41,16 @@ class CheckpointError(QbenchError):
     """A checkpoint file that cannot be read or does not fit the model."""
 
 
-def zoo_weights_message(zoo_name: str, quality: int, error: BaseException) -> str:
-    """The error of CompressAI's zoo weights (``zoo_name``, MSE, ``quality``) that torch hub
-    could not download (``error``): the URL of ``compressai.zoo.image.model_urls``, the
-    file torch hub's cache reads (``torch.hub.get_dir()/checkpoints/<file name of the
-    URL>``, the path ``torch.hub.load_state_dict_from_url`` looks at) and the command
-    that fetches it on a machine with network."""
+#: The SHA-256 prefix a zoo file's name carries (``name-<hex>.ext``: torch hub's
+#: ``check_hash`` convention, ``torch.hub.HASH_REGEX``, with at least 8 digits).
+_HASH_PREFIX = re.compile(r"-([a-f0-9]{8,})\.")
+
+
+def zoo_file(zoo_name: str, quality: int) -> tuple[str, Path, Offline]:
+    """``(url, path, offline)`` of CompressAI's zoo weights ``zoo_name`` (MSE, ``quality``):
+    the URL of ``compressai.zoo.image.model_urls``, the file in torch hub's cache
+    (``torch.hub.get_dir()/checkpoints/<file name of the URL>``) and how to put it there
+    without network."""
     from compressai.zoo.image import model_urls
 
     url = model_urls[zoo_name]["mse"][quality]
@@ -55,7 +61,71 @@ def zoo_weights_message(zoo_name: str, quality: int, error: BaseException) -> st
         command=f"on a machine with network `{curl(url, path)}`, then copy the file to the "
         "same path here",
     )
+    return url, path, offline
+
+
+def zoo_weights_message(zoo_name: str, quality: int, error: BaseException) -> str:
+    """The error of CompressAI's zoo weights (``zoo_name``, MSE, ``quality``) that could not
+    be downloaded (``error``): the URL, the file in torch hub's cache and the command that
+    fetches it on a machine with network (:func:`zoo_file`)."""
+    url, _, offline = zoo_file(zoo_name, quality)
     return offline_message(f"pretrained = {quality} ({zoo_name})", url, reason(error), offline)
+
+
+def load_zoo_state(zoo_name: str, quality: int) -> dict[str, Tensor]:
+    """The state dict of CompressAI's zoo weights ``zoo_name`` (MSE, ``quality``), with
+    CompressAI's key names (``compressai.zoo.pretrained.load_pretrained``).
+
+    The file is the one torch hub's cache holds (:func:`zoo_file`), fetched there through
+    :func:`qbench.fetch.fetch` when absent. Before anything is unpickled its SHA-256 must
+    start with the prefix the file name carries (CompressAI publishes its weights under
+    such names), and it is read with ``torch.load(weights_only=True)``, so a file put in
+    the cache by someone else runs no code. A mismatch raises :class:`CheckpointError`
+    naming the file (a download that does not match is not kept; a file that was already
+    there is left as it is).
+    """
+    from compressai.zoo.pretrained import load_pretrained
+
+    url, path, offline = zoo_file(zoo_name, quality)
+    what = f"pretrained = {quality} ({zoo_name})"
+    found = _HASH_PREFIX.search(path.name)
+    if found is None:
+        raise CheckpointError(
+            f"{what}: {url} carries no SHA-256 prefix in its name (name-<hex>.ext), so its "
+            "weights cannot be checked; not loaded"
+        )
+    fresh = not path.exists()
+    fetch(url, path, None, what=what, offline=offline)
+    digest = _sha256(path)
+    if not digest.startswith(found.group(1)):
+        if fresh:
+            path.unlink(missing_ok=True)
+        kept = (
+            "the download was not kept"
+            if fresh
+            else "not loaded; delete it to have it fetched again, or put the published file there"
+        )
+        raise CheckpointError(
+            f"{what}: {path} has SHA-256 {digest}, its name says {found.group(1)}...; {kept}"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{what}: {path}: cannot load weights ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{what}: {path}: not a state dict of tensors")
+    return load_pretrained(state)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
@@ -155,11 +225,11 @@ class _CompressAIBackbone(qbench.Backbone):
         return self.model_class(N, M)
 
     def _zoo(self, quality: int):
-        """CompressAI's pretrained model of ``quality`` (MSE), through its own zoo loader:
-        the weights come from torch hub's cache (``$TORCH_HOME/hub/checkpoints``) and are
-        downloaded there only when absent; a download that fails raises
-        :class:`qbench.fetch.FetchError` naming the file and where to put it
-        (:func:`zoo_weights_message`)."""
+        """CompressAI's pretrained model of ``quality`` (MSE): its architecture built from
+        the zoo's weights as ``compressai.zoo`` does (``from_state_dict``), the weights
+        read by :func:`load_zoo_state` (torch hub's cache, hash-checked, ``weights_only``;
+        a download that fails raises :class:`qbench.fetch.FetchError` naming the file and
+        where to put it)."""
         from compressai.zoo.image import model_architectures, model_urls
 
         qualities = sorted(model_urls[self.zoo_name]["mse"])
@@ -168,12 +238,16 @@ class _CompressAIBackbone(qbench.Backbone):
                 f"pretrained = {quality!r}: CompressAI's {self.zoo_name} zoo has qualities "
                 f"{qualities[0]}..{qualities[-1]}"
             )
-        from compressai.zoo import image_models
-
+        state = load_zoo_state(self.zoo_name, int(quality))
         try:
-            net = image_models[self.zoo_name](quality=int(quality), pretrained=True)
-        except OSError as exc:  # torch hub's download: no route, DNS, HTTP error, timeout
-            raise FetchError(zoo_weights_message(self.zoo_name, int(quality), exc)) from exc
+            net = model_architectures[self.zoo_name].from_state_dict(state)
+        except (KeyError, RuntimeError, IndexError) as exc:
+            _, path, _ = zoo_file(self.zoo_name, int(quality))
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(
+                f"pretrained = {quality} ({self.zoo_name}): {path} does not fit CompressAI's "
+                f"{self.zoo_name} ({first})"
+            ) from exc
         if not isinstance(net, model_architectures[self.zoo_name]):  # pragma: no cover
             raise QbenchError(f"the zoo's {self.zoo_name} is not {self.model_class.__name__}")
         return net

@@ -71,18 +71,53 @@ class ReferenceCurve:
 
 def catalogue() -> tuple[dict[str, Any], dict[str, Source]]:
     """``(settings, {name: Source})`` of ``qbench/data/reference_curves.toml``, or of the
-    catalogue file ``$QBENCH_REFERENCE_CATALOGUE`` (your own curves, same format)."""
+    catalogue file ``$QBENCH_REFERENCE_CATALOGUE`` (your own curves, same format).
+
+    Every entry's ``file`` must be a plain file name (no folder part, no ``..``): it is
+    joined to the curves' folder, and nothing may be read or written outside it. A
+    catalogue that breaks this, or is not that format, raises :class:`QbenchError`
+    naming the catalogue and the entry.
+    """
     own = os.environ.get(CATALOGUE_ENV)
     if own:
+        where = f"${CATALOGUE_ENV} ({own})"
         try:
             text = Path(own).read_text("utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise QbenchError(f"${CATALOGUE_ENV}: cannot read {own} ({exc})") from exc
     else:
+        where = "qbench/data/reference_curves.toml"
         text = (resources.files("qbench") / "data" / "reference_curves.toml").read_text("utf-8")
-    data = tomllib.loads(text)
-    curves = {name: Source(name=name, **entry) for name, entry in data.pop("curves").items()}
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise QbenchError(f"{where}: not valid TOML ({exc})") from exc
+    table = data.pop("curves", None)
+    if not isinstance(table, dict):
+        raise QbenchError(f"{where}: no [curves.NAME] tables")
+    curves = {name: _source(where, name, entry) for name, entry in table.items()}
     return data, curves
+
+
+def _source(where: str, name: str, entry: Any) -> Source:
+    """The :class:`Source` of catalogue entry ``name`` (:func:`catalogue`'s checks)."""
+    fields = {"file", "sha256", "dataset", "psnr", "description"}
+    if not isinstance(entry, dict) or not fields <= set(entry):
+        missing = sorted(fields - set(entry)) if isinstance(entry, dict) else sorted(fields)
+        raise QbenchError(f"{where}: curves.{name!r} lacks {', '.join(missing)}")
+    known = fields | {"zoo"}
+    for key in entry:
+        if key not in known:
+            raise QbenchError(f"{where}: curves.{name!r}.{key}: unknown key")
+        if not isinstance(entry[key], str):
+            raise QbenchError(f"{where}: curves.{name!r}.{key}: must be a string")
+    file = entry["file"]
+    if not file or file in (".", "..") or Path(file).name != file or "\\" in file or "\0" in file:
+        raise QbenchError(
+            f"{where}: curves.{name!r}.file = {file!r}: must be a plain file name inside the "
+            "curves' folder (no folder part, no '..')"
+        )
+    return Source(name=name, **entry)
 
 
 def folder(path: str | Path | None = None) -> Path:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -133,11 +134,18 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def _digest(path: Path, st: os.stat_result) -> str:
-    """SHA-256 of a file's bytes (memoised per process while its size and mtime stay)."""
+    """SHA-256 of a regular file's bytes (memoised per process while its size and mtime
+    stay). The file is opened without blocking and checked on the open file, so a FIFO
+    or a device put in its place is never read (``OSError``)."""
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{path}: not a regular file")
+            if hasattr(os, "set_blocking"):
+                os.set_blocking(fd, True)
+            h = hashlib.sha256()
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         _DIGESTS[key] = h.hexdigest()
@@ -147,13 +155,15 @@ def _digest(path: Path, st: os.stat_result) -> str:
 def fingerprint(path: Path) -> str:
     """A fingerprint of a file's or folder's content: the SHA-256 of every file's bytes.
 
-    A folder contributes every file below it (symlinked subfolders followed,
-    each real folder once) by path relative to the folder and digest. Changing,
-    adding, removing or renaming a file inside a folder changes the fingerprint;
-    the same bytes under another path, spelling, clone or machine give the same
-    one (modification times do not count: a fresh clone or a copy without
-    ``rsync -t`` keeps its ids). Every file is read once per process (about
-    2 s per GB); ``"missing"`` when nothing is there.
+    A folder contributes every regular file below it (symlinked subfolders followed,
+    each real folder once) by path relative to the folder and digest; entries that
+    are not regular files (a FIFO, a link to a device, a socket, a broken link) are
+    not read and do not count (the dataset that lists them names them as skipped).
+    Changing, adding, removing or renaming a file inside a folder changes the
+    fingerprint; the same bytes under another path, spelling, clone or machine give
+    the same one (modification times do not count: a fresh clone or a copy without
+    ``rsync -t`` keeps its ids). Every file is read once per process (about 2 s per
+    GB); ``"missing"`` when nothing is there.
     """
     path = Path(path)
     if not path.exists():
@@ -172,7 +182,9 @@ def fingerprint(path: Path) -> str:
         for f in sorted(files):
             full = Path(folder) / f
             try:
-                entries.append([str(full.relative_to(path)), _digest(full, full.stat())])
+                st = full.stat()
+                if stat.S_ISREG(st.st_mode):
+                    entries.append([str(full.relative_to(path)), _digest(full, st)])
             except OSError:
                 continue
     return stable_hash(entries, 16)

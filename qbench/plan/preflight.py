@@ -12,6 +12,7 @@ compute: :func:`report_warnings`). Nothing is written.
 
 from __future__ import annotations
 
+from qbench.images import image_size
 from qbench.registry import QbenchError, Registry, reason
 
 
@@ -66,7 +67,7 @@ def preflight(matrix, registry: Registry) -> list[str]:
     warnings = []
     train = build("dataset", "train.dataset", matrix.train_dataset)
     crop = matrix.train.crop
-    sizes = [tuple(train.uint8(i).shape[-2:]) for i in range(len(train))]
+    sizes = [image_size(train, i) for i in range(len(train))]  # headers: nothing decoded
     if sizes and all(h < crop or w < crop for h, w in sizes):
         largest = max(sizes, key=lambda s: s[0] * s[1])
         raise PreflightError(
@@ -79,7 +80,24 @@ def preflight(matrix, registry: Registry) -> list[str]:
     for where, spec, ds in datasets:
         for _, why in getattr(ds, "skipped", []):
             warnings.append(f"{where} ({spec.label!r}): skipped {why}")
+    for _, spec, ds in datasets[1:]:
+        check_max_pixels(source, matrix.eval, spec.label, ds)
     return warnings + report_warnings(matrix)
+
+
+def check_max_pixels(source, config, label: str, ds) -> None:
+    """:class:`PreflightError` when ``[eval] max_pixels`` leaves out every image of the
+    evaluation dataset ``ds`` (``label``) that ``max_images`` selects, said with the
+    smallest of them (sizes from the headers: nothing is decoded)."""
+    n = min(config.max_images or len(ds), len(ds))
+    sizes = [image_size(ds, i) for i in range(n)]
+    if sizes and all(h * w > config.max_pixels for h, w in sizes):
+        h, w = min(sizes, key=lambda s: s[0] * s[1])
+        raise PreflightError(
+            f"{source}: eval.max_pixels: {config.max_pixels} ({config.max_pixels / 1e6:.1f} MP) "
+            f"is below every image of dataset {label!r} evaluated (the smallest is {w}x{h}, "
+            f"{h * w / 1e6:.1f} MP), so none would be evaluated; raise it to at least {h * w}"
+        )
 
 
 def report_warnings(matrix) -> list[str]:

@@ -157,12 +157,15 @@ def evaluate(
 def select_images(ds: Any, config: EvalConfig) -> tuple[list[int], list[str]]:
     """``(indices, skipped)``: the dataset's first ``[eval] max_images`` images (all when 0)
     that have at most ``max_pixels`` pixels, and why the others (and any the dataset itself
-    skipped) are not evaluated."""
+    skipped) are not evaluated. Sizes come from the images' headers where the dataset knows
+    them (:func:`qbench.images.image_size`), so an image left out is never decoded."""
+    from qbench.images import image_size
+
     n = config.max_images or len(ds)
     skipped = [why for _, why in getattr(ds, "skipped", [])]
     idx = []
     for i in range(min(n, len(ds))):
-        h, w = ds.uint8(i).shape[-2:]
+        h, w = image_size(ds, i)
         if h * w > config.max_pixels:
             skipped.append(
                 f"{ds.names[i]}: {w}x{h} is {h * w / 1e6:.1f} MP, more than [eval] "
