@@ -2,8 +2,10 @@
 
 Grayscale, palette, 16-bit, RGBA (composited on white) and CMYK images become
 8-bit RGB, turned upright by their EXIF orientation (as a viewer shows them).
-A file Pillow cannot read, and a decompression bomb (more than
-``PIL.Image.MAX_IMAGE_PIXELS`` pixels), is reported by path
+Only regular files are read (a FIFO or a link to a device named ``*.png`` is
+refused without reading). A file Pillow cannot read, and an image of more than
+``PIL.Image.MAX_IMAGE_PIXELS`` pixels (known from its header, refused before
+decoding), is reported by path
 (:class:`BadImageError`); :class:`ImageDataset` skips such files and keeps the
 list in ``skipped``; qbench shows that list once, before the first job, and
 records it in every row that evaluates the dataset.
