@@ -99,7 +99,20 @@ def kill_after_snapshot(matrix, out, *extra, after=0, timeout=300):
     assert step is not None and step > after, f"no new snapshot: {proc.communicate()[0]}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    _until_dead(out)
     return step
+
+
+def _until_dead(out, timeout=10.0):
+    """Wait until the processes of the run's heartbeats are gone (SIGKILL is delivered
+    asynchronously: a worker may run on for a moment after ``killpg`` returns)."""
+    from qbench.report.status import _alive
+
+    deadline = time.time() + timeout
+    for beat in (out / "running").glob("*.json"):
+        pid = json.loads(beat.read_text()).get("pid")
+        while isinstance(pid, int) and _alive(pid) and time.time() < deadline:
+            time.sleep(0.05)
 
 
 def final_state(out):
@@ -115,7 +128,7 @@ def assert_same_weights(a, b):
 
 @pytest.mark.slow
 def test_kill_9_mid_training_resumes_bit_for_bit(tmp_path):
-    steps = 240
+    steps = 120
     plain = run(write_matrix(tmp_path / "plain.toml", steps, 0), tmp_path / "plain")
     assert "1 ok" in plain
     m = write_matrix(tmp_path / "m.toml", steps, 10)
@@ -225,24 +238,31 @@ def test_running_record_and_status_of_a_fresh_run_dir(tmp_path):
         json.dumps(
             {
                 "jobs": [
-                    {"job_id": "j1", "train_id": "t1", "describe": "a"},
-                    {"job_id": "j2", "train_id": "t2", "describe": "b"},
-                    {"job_id": "j3", "train_id": "t3", "describe": "c"},
+                    {"job_id": "000000000001", "train_id": "00000000000a", "describe": "a"},
+                    {"job_id": "000000000002", "train_id": "00000000000b", "describe": "b"},
+                    {"job_id": "000000000003", "train_id": "00000000000c", "describe": "c"},
                 ]
             }
         )
     )
-    rd.mark_running("t1", {"step": 3, "steps": 10})  # this live process
-    rd.record_submission("t2", {"scheduler_job_id": "77_1", "stderr": "x.err", "attempt": 1})
+    rd.mark_running("00000000000a", {"step": 3, "steps": 10})  # this live process
+    rd.record_submission(
+        "00000000000b", {"scheduler_job_id": "77_1", "stderr": "x.err", "attempt": 1}
+    )
     states = {s.job_id: s for s in run_status(tmp_path)}
-    assert states["j1"].state == "running" and "step 3/10" in states["j1"].detail
-    assert states["j2"].state == "queued" and states["j2"].scheduler_job_id == "77_1"
-    assert states["j3"].state == "pending"
+    assert (
+        states["000000000001"].state == "running" and "step 3/10" in states["000000000001"].detail
+    )
+    assert (
+        states["000000000002"].state == "queued"
+        and states["000000000002"].scheduler_job_id == "77_1"
+    )
+    assert states["000000000003"].state == "pending"
     # a heartbeat of a dead process is an interrupted job
-    record = json.loads((tmp_path / "running" / "t1.json").read_text())
+    record = json.loads((tmp_path / "running" / "00000000000a.json").read_text())
     record["pid"] = 2**22 + 12345
-    (tmp_path / "running" / "t1.json").write_text(json.dumps(record))
-    assert {s.job_id: s for s in run_status(tmp_path)}["j1"].state == "interrupted"
+    (tmp_path / "running" / "00000000000a.json").write_text(json.dumps(record))
+    assert {s.job_id: s for s in run_status(tmp_path)}["000000000001"].state == "interrupted"
 
 
 def test_an_unreadable_trained_checkpoint_is_never_loaded(tmp_path, registry):

@@ -67,10 +67,21 @@ def _alive(pid: int, started: object = None) -> bool:
         pass
     except (OverflowError, OSError):
         return False
+    if _zombie(pid):  # killed, not yet reaped by its parent (or an init that never reaps)
+        return False
     if isinstance(started, int) and not isinstance(started, bool):
         now = process_start(pid)
         return now is None or now == started
     return True
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and only its process-table entry is left (Linux)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def _number(value: object) -> float | None:
