@@ -365,7 +365,8 @@ def _export_for(args) -> int:
     from qbench.run.export import JobKey, export_job
 
     key = JobKey(args.quantizer, args.lmbda, args.seed, args.backbone)
-    done = export_job(args.run_dir, _plugins(args).registry, key, args.format, args.out, args.half)
+    out = _export_target(args.out)
+    done = export_job(args.run_dir, _plugins(args).registry, key, args.format, out, args.half)
     size = done.path.stat().st_size
     print(
         f"wrote {done.path} ({size / 1e6:.2f} MB): the weights of train group {done.train_id} "

@@ -191,6 +191,7 @@ def test_export_bad_out(finished_run, tmp_path):
     one_line_error(cli(*base, str(tmp_path)), str(tmp_path), "directory")
     one_line_error(cli(*base, "/proc/qbench-x/w.pt"), "/proc/qbench-x")
     assert cli(*base, str(tmp_path / "w.pt")).returncode == 0
+    one_line_error(cli(*base, str(tmp_path), "--format", "compressai"), "directory")
 
 
 def test_export_corrupt_checkpoint(finished_run, tmp_path):
