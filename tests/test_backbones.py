@@ -107,15 +107,24 @@ def test_checkpoint_round_trip_and_mismatch(registry, tmp_path):
 
 def test_zoo_path_loads_from_local_cache(registry, tmp_path, monkeypatch):
     """The real CompressAI zoo loader, served from torch hub's cache (no download)."""
+    import hashlib
+
     from compressai.models import FactorizedPrior
     from compressai.zoo.image import model_urls
 
-    url = model_urls["bmshj2018-factorized"]["mse"][1]
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     torch.manual_seed(3)
     ref = FactorizedPrior(128, 192)
-    torch.save(ref.state_dict(), cache / url.split("/")[-1])
+    raw = cache / "weights.tmp"
+    torch.save(ref.state_dict(), raw)
+    name = (
+        f"bmshj2018-factorized-prior-1-{hashlib.sha256(raw.read_bytes()).hexdigest()[:8]}.pth.tar"
+    )
+    raw.replace(cache / name)  # named by its own hash prefix, as CompressAI's files are
+    monkeypatch.setitem(
+        model_urls["bmshj2018-factorized"]["mse"], 1, f"https://unused.invalid/{name}"
+    )
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     m = registry.build("backbone", "bmshj2018-factorized", pretrained_quality=1)
     assert torch.equal(m.net.g_a[0].weight, ref.g_a[0].weight)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -141,7 +142,11 @@ def test_tiny_matrix_on_odd_grayscale_and_palette_images(tmp_path, backbone, ste
 
 def zoo_cache(tmp_path, monkeypatch, architecture, quality):
     """A torch hub cache holding CompressAI's zoo file for ``architecture`` at ``quality``,
-    made here with random weights (no download): CompressAI's own loader reads it."""
+    made here with random weights (no download), under a name carrying their own SHA-256
+    prefix (the URL table points at it, unreached: the file is in the cache), so that
+    qbench's hash-checked zoo loader reads it."""
+    import hashlib
+
     from compressai.zoo.image import cfgs, model_architectures, model_urls
 
     cache = tmp_path / "hub" / "checkpoints"
@@ -150,9 +155,23 @@ def zoo_cache(tmp_path, monkeypatch, architecture, quality):
     net = model_architectures[architecture](*cfgs[architecture][quality])
     if hasattr(net, "context_prediction"):  # as trained weights are: masked taps are zero
         net.context_prediction.weight.data *= net.context_prediction.mask
-    url = model_urls[architecture]["mse"][quality]
-    torch.save(net.state_dict(), cache / url.split("/")[-1])
+    raw = cache / "weights.tmp"
+    torch.save(net.state_dict(), raw)
+    stem = model_urls[architecture]["mse"][quality].rsplit("/", 1)[1].rsplit("-", 1)[0]
+    name = f"{stem}-{hashlib.sha256(raw.read_bytes()).hexdigest()[:8]}.pth.tar"
+    raw.replace(cache / name)
+    url = f"https://unused.invalid/{name}"
+    monkeypatch.setitem(model_urls[architecture]["mse"], quality, url)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    # the run's worker processes start afresh: they read the same table through a
+    # sitecustomize module on their PYTHONPATH
+    site = tmp_path / "zoo-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "from compressai.zoo.image import model_urls\n"
+        f"model_urls[{architecture!r}]['mse'][{quality!r}] = {url!r}\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     return net
 
 

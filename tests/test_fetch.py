@@ -176,12 +176,21 @@ def test_the_zoo_loader_offline_raises_the_route(hub, monkeypatch, registry):
     assert msg.startswith(f"pretrained = 2 (bmshj2018-factorized): cannot fetch {url} (")
     assert "Connection refused" in msg and str(path) in msg and "curl" in msg
     assert not path.exists()
-    # the file put there by hand is what the same loader then reads (no download)
+    # the file put there by hand is what the same loader then reads (no download); its
+    # name carries its own SHA-256 prefix, as the published files' do
+    import hashlib
+
     from compressai.models import FactorizedPrior
 
     torch.manual_seed(2)
     ref = FactorizedPrior(128, 192)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ref.state_dict(), path)
+    raw = path.parent / "weights.tmp"
+    torch.save(ref.state_dict(), raw)
+    name = (
+        f"bmshj2018-factorized-prior-2-{hashlib.sha256(raw.read_bytes()).hexdigest()[:8]}.pth.tar"
+    )
+    raw.replace(path.parent / name)
+    monkeypatch.setitem(model_urls["bmshj2018-factorized"]["mse"], 2, f"http://127.0.0.1:9/{name}")
     model = registry.build("backbone", "bmshj2018-factorized", pretrained=2)
     assert torch.equal(model.net.g_a[0].weight, ref.g_a[0].weight)

@@ -333,11 +333,6 @@ def test_folder_dataset_excludes_run_directories(tmp_path):
     assert len(folder(str(tmp_path))) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the folder's fingerprint (qbench.plan.jobs.fingerprint) still covers the run "
-    "directory inside it, so the second run's train id differs",
-)
 def test_run_directory_inside_the_training_folder(tmp_path, monkeypatch):
     for f in ("train-kodim03.png", "train-kodim05.png"):
         shutil.copy(DATA / f, tmp_path / f)

@@ -21,7 +21,7 @@ from qbench.images import BadImageError, list_images, load_image_u8
 from qbench.plan.matrix import MatrixError, load_matrix
 from qbench.plan.preflight import PreflightError
 from qbench.results import RunDir, RunDirError
-from qbench.run.runner import run_matrix
+from qbench.run.runner import RunError, run_matrix
 
 from .conftest import make_distribution, run_command
 from .test_runner import read_csv, tiny
@@ -86,15 +86,18 @@ def test_one_matrix_per_directory_append_and_force(tmp_path, registry):
     msg = str(info.value)
     assert "m.toml" in msg and "b.toml" in msg and "--append" in msg and "--force" in msg
     assert len(read_csv(out / "results.csv")) == 1  # nothing was merged
-    quiet(b, out, append=True)
+    with pytest.raises(RunError, match="noise"):  # the same label twice: refused first
+        quiet(b, out, append=True)
+    assert len(read_csv(out / "results.csv")) == 1
+    p = tiny(tmp_path, '[{ name = "noise", label = "noise-b" }]', steps=3, name="b.toml")
+    quiet(load_matrix(p, registry), out, append=True)
     rows = read_csv(out / "results.csv")
     assert len(rows) == 2 and len({r["config_id"] for r in rows}) == 2
     from qbench.report import write_report
 
-    rep = write_report(out, anchor="noise#" + rows[0]["config_id"][:6])
+    rep = write_report(out, anchor="noise")
     text = (out / "report.md").read_text()
-    assert "2 configurations" in text and text.count("noise#") >= 3  # two curves, never averaged
-    assert rep.bd_rows is not None
+    assert "noise-b" in text and {r["quantizer"] for r in rep.bd_rows} <= {"noise", "noise-b"}
     c = load_matrix(tiny(tmp_path, steps=4, name="c.toml"), registry)
     quiet(c, out, force=True)  # a third matrix: the earlier run is set aside, not deleted
     assert len(read_csv(out / "results.csv")) == 1

@@ -30,6 +30,7 @@ from typing import Any
 
 from qbench.plan.configs import EvalConfig, TrainConfig
 from qbench.plan.recipes import Recipe
+from qbench.results import read_run_record
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,9 @@ def fingerprint(path: Path) -> str:
     A folder contributes every regular file below it (symlinked subfolders followed,
     each real folder once) by path relative to the folder and digest; entries that
     are not regular files (a FIFO, a link to a device, a socket, a broken link) are
-    not read and do not count (the dataset that lists them names them as skipped).
+    not read and do not count (the dataset that lists them names them as skipped),
+    and neither do qbench run directories below it (a folder with qbench's
+    ``run.json``: ``--out`` inside a dataset folder).
     Changing, adding, removing or renaming a file inside a folder changes the
     fingerprint; the same bytes under another path, spelling, clone or machine give
     the same one (modification times do not count: a fresh clone or a copy without
@@ -178,7 +181,11 @@ def fingerprint(path: Path) -> str:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
+        # a qbench run directory below the folder (``--out`` inside a dataset) is not data:
+        # its files change with every run, and the dataset leaves them out too
+        dirs[:] = sorted(
+            d for d in dirs if read_run_record(Path(folder) / d / "run.json")[0] is None
+        )
         for f in sorted(files):
             full = Path(folder) / f
             try:
