@@ -217,3 +217,34 @@ def test_every_executor_kind_has_its_class():
     assert tuple(EXECUTORS) == EXECUTOR_KINDS
     for kind, cls in EXECUTORS.items():
         assert cls.kind == kind
+
+
+@pytest.mark.slow
+def test_a_submitit_local_job_ends_with_a_killed_qbench(tmp_path):
+    """kill -9 of qbench alone: its submitit-local job stops too (no orphan training on
+    beside the next run, no row written after the run is gone)."""
+    import signal
+    import time
+
+    from qbench.report.status import _alive
+
+    from .test_resume import start_run
+
+    m = tiny(tmp_path, '["noise"]', steps=3000)
+    out = tmp_path / "run"
+    proc = start_run(m, out, "--executor", "submitit-local")
+    deadline, pid = time.time() + 300, None
+    while time.time() < deadline and pid is None and proc.poll() is None:
+        for beat in (out / "running").glob("*.json") if (out / "running").is_dir() else ():
+            record = json.loads(beat.read_text())
+            if record.get("step", 0) >= 1:  # training, in the job's own process
+                pid = record["pid"]
+        time.sleep(0.1)
+    assert pid is not None and pid != proc.pid, proc.communicate()[0]
+    os.kill(proc.pid, signal.SIGKILL)  # qbench only, not its process group
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid), "the job trained on after qbench was killed"
+    assert not list((out / "rows").glob("*.json"))

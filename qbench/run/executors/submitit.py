@@ -62,8 +62,15 @@ class GroupTask(_task_base()):
     requeues this same call, and the training continues from its snapshot.
     """
 
+    #: the pid of the qbench process that submitted the task, when the task runs on its
+    #: machine (submitit-local): the task ends when that process does, however it ends
+    watch: int | None = None
+
     def __call__(self, run_root: str, group: Group, threads: int, disable: str) -> list[str]:
         import warnings
+
+        if self.watch is not None:
+            _end_with(self.watch)
 
         warnings.filterwarnings("ignore", category=FutureWarning)
         torch.set_num_threads(threads)
@@ -78,6 +85,28 @@ class GroupTask(_task_base()):
             DatasetCache(plugins.registry),
         )
         return [job.job_id for _, job in group]
+
+
+def _end_with(pid: int) -> None:
+    """End this process when process ``pid`` is gone (a thread polls it twice a second).
+
+    submitit's local jobs are children of its controller process, not of qbench, so the
+    kernel's parent-death signal cannot reach them; without this a job went on training
+    after a ``kill -9`` of qbench, and a re-run trained the same group beside it."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except OSError:
+                continue
+
+    threading.Thread(target=watch, daemon=True, name="qbench-watch").start()
 
 
 @dataclass
@@ -111,6 +140,10 @@ class SubmititExecutor(Executor):
         """How many of ``groups`` jobs may be out at once."""
         raise NotImplementedError
 
+    def watched(self) -> int | None:
+        """The pid the submitted tasks end with (None: they outlive qbench, on a cluster)."""
+        return None
+
     def abandon(self, jobs: list[Any], dispatch: Dispatch) -> None:
         """The run was interrupted with ``jobs`` still out."""
         raise NotImplementedError
@@ -143,6 +176,7 @@ class SubmititExecutor(Executor):
         run_dir = dispatch.run_dir
         ex = self.executor(run_dir.root / "submitit")
         task, disable = GroupTask(), dispatch.disabled_env()
+        task.watch = self.watched()
         with ex.batch():
             jobs = [ex.submit(task, str(run_dir.root), g, threads, disable) for g in groups]
         for g, job in zip(groups, jobs):
@@ -255,6 +289,10 @@ class SubmititLocalExecutor(SubmititExecutor):
 
     def parallel(self, dispatch: Dispatch, groups: int) -> int:
         return len(self.plan(dispatch, groups))
+
+    def watched(self) -> int | None:
+        """This machine's jobs end with the qbench process that submitted them."""
+        return os.getpid()
 
     def abandon(self, jobs: list[Any], dispatch: Dispatch) -> None:
         """This machine's jobs end with the run."""
