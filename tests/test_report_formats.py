@@ -102,3 +102,24 @@ def test_validate_warns_before_running(tmp_path, registry, monkeypatch, capsys):
     m.write_text(m.read_text().replace("0.001, 0.003, 0.01, 0.1", "0.01"))
     assert main(["validate", str(m)]) == 0
     assert "warning:" in capsys.readouterr().err
+
+
+def test_missing_images_say_how_to_point_at_them(tmp_path, registry):
+    from qbench.plan.preflight import PreflightError, preflight
+
+    m = tmp_path / "m.toml"
+    m.write_text(
+        'name = "m"\n[matrix]\n'
+        'backbones = [{ name = "bmshj2018-factorized", N = 16, M = 16 }]\n'
+        'quantizers = ["noise"]\nlambdas = [0.01]\n'
+        f'datasets = [{{ name = "folder", path = "{tmp_path / "kodak"}" }}]\n'
+        f'[train]\ndataset = {{ name = "folder", path = "{tmp_path / "photos"}" }}\n'
+    )
+    with pytest.raises(PreflightError, match=r"train\.dataset .*--set train\.dataset\.path="):
+        preflight(load_matrix(m, registry), registry)
+    (tmp_path / "photos").mkdir()
+    shutil.copy(
+        QUICK.parents[1] / "qbench" / "data" / "images" / "train-kodim03.png", tmp_path / "photos"
+    )
+    with pytest.raises(PreflightError, match=r"matrix\.datasets .*--set 'matrix\.datasets=\["):
+        preflight(load_matrix(m, registry), registry)

@@ -12,7 +12,7 @@ compute: :func:`report_warnings`). Nothing is written.
 
 from __future__ import annotations
 
-from qbench.images import image_size
+from qbench.images import DatasetError, image_size
 from qbench.registry import QbenchError, Registry, reason
 
 
@@ -30,7 +30,10 @@ def preflight(matrix, registry: Registry) -> list[str]:
         try:
             return registry.build(kind, spec.name, **spec.params)
         except Exception as exc:
-            raise PreflightError(f"{source}: {where} ({spec.label!r}): {reason(exc)}") from exc
+            hint = _data_hint(where, spec.name, source) if isinstance(exc, DatasetError) else ""
+            raise PreflightError(
+                f"{source}: {where} ({spec.label!r}): {reason(exc)}{hint}"
+            ) from exc
 
     backbones = {
         spec.label: build("backbone", "matrix.backbones", spec)
@@ -98,6 +101,19 @@ def check_max_pixels(source, config, label: str, ds) -> None:
             f"is below every image of dataset {label!r} evaluated (the smallest is {w}x{h}, "
             f"{h * w / 1e6:.1f} MP), so none would be evaluated; raise it to at least {h * w}"
         )
+
+
+def _data_hint(where: str, name: str, source: str) -> str:
+    """How to point a matrix at images it cannot find, without editing it."""
+    if where == "train.dataset":
+        how = "--set train.dataset.path=/path/to/images"
+    else:
+        entry = f'{{ name = "{name}", path = "/path/to/images" }}'
+        how = f"--set 'matrix.datasets=[{entry}]' (the whole list)"
+    return (
+        f"; the images are not here: give their folder with {how} (or edit {source}; "
+        "a matrix's header comments say which data it needs and where to get it)"
+    )
 
 
 def report_warnings(matrix) -> list[str]:
