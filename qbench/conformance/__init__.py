@@ -78,38 +78,16 @@ def _rules():
     return RULES
 
 
-__all__ = [
-    "KINDS",
-    "PROBLEM_RULES",
-    "RULES",
-    "ConformanceFailure",
-    "ConformanceItem",
-    "ImportFailureItem",
-    "ProblemItem",
-    "b_capabilities",
-    "b_roundtrip",
-    "b_routes",
-    "d_bad",
-    "d_rgb",
-    "l_constructs",
-    "l_inside",
-    "l_lifecycle",
-    "m_aggregations",
-    "m_columns",
-    "q_backbone",
-    "q_bins",
-    "q_constructs",
-    "q_cuda",
-    "q_declares_options",
-    "q_deterministic",
-    "q_eval_is_hard",
-    "q_forward_keeps_state",
-    "q_gradients",
-    "q_progress",
-    "q_shape_dtype",
-    "q_state_dict",
-    "rule",
-]
+__all__ = sorted(
+    [
+        "KINDS",
+        "PROBLEM_RULES",
+        "ConformanceItem",
+        "ImportFailureItem",
+        "ProblemItem",
+        *_LAZY,  # the rules and the rule registry, imported on first use
+    ]
+)
 
 #: ``{Problem.kind: (item rule name, what the plugin did)}``: the failing item of each
 #: kind of plugin problem (an unknown kind counts as one that did not load).

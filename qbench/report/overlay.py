@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 from qbench.registry import QbenchError  # noqa: E402
 from qbench.report.plots import (  # noqa: E402
     draw_rd,
-    place_legend,
+    finish_rd_axes,
     rate_basis,
     rate_label,
     save,
@@ -214,13 +214,7 @@ def _figure(frames: list[tuple[str, pd.DataFrame]], rate: str, title: str):
         linestyle, marker = RUN_STYLES[i % len(RUN_STYLES)]
         style = {"linestyle": linestyle, "marker": marker, "colors": colors}
         labels += draw_rd(ax, grp, rate, prefix=f"{name}: ", **style)
-    ax.set_xlabel(rate_label(rate))
-    ax.set_ylabel("PSNR [dB]")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    place_legend(ax)
-    fig.tight_layout()
-    return fig, labels
+    return finish_rd_axes(fig, ax, title, rate), labels
 
 
 def overlay(

@@ -108,7 +108,12 @@ def rd_figure(grp: pd.DataFrame, title: str, curves: list | None = None) -> Figu
         low, top = float(grp[DISTORTION].min()) - 1.0, float(grp[DISTORTION].max()) + 1.0
         ax.set_xlim(0.0, hi)
         ax.set_ylim(low, max([top, *near]) + 0.5)
-    ax.set_xlabel(rate_label(RATE))
+    return finish_rd_axes(fig, ax, title, RATE)
+
+
+def finish_rd_axes(fig: Figure, ax, title: str, rate: str) -> Figure:
+    """The labels, grid and legend every RD figure ends with (``rate``: its rate column)."""
+    ax.set_xlabel(rate_label(rate))
     ax.set_ylabel("PSNR [dB]")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -308,13 +313,7 @@ def variable_rate_figure(
         labels = [q for q, m in methods.items() if m == method]
         colour = colours[i % len(colours)]
         _draw_method(ax, mean[mean["quantizer"].isin(labels)], method, colour)
-    ax.set_xlabel(rate_label(RATE))
-    ax.set_ylabel("PSNR [dB]")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    place_legend(ax)
-    fig.tight_layout()
-    return fig
+    return finish_rd_axes(fig, ax, title, RATE)
 
 
 def plot_variable_rate(
