@@ -318,6 +318,20 @@ def test_workers_die_with_their_parent(tmp_path):
     assert not list((tmp_path / "run" / "rows").glob("*.json"))  # no row after the parent died
 
 
+def test_a_worker_is_tied_to_its_parent_before_it_imports_torch():
+    """The spawned worker's target lives in a module that imports nothing heavy, so a qbench
+    process killed while its workers still import torch (seconds on a busy machine) leaves
+    none behind."""
+    code = (
+        "import sys, qbench.run.lifeline as l; "
+        "assert l.worker_entry.__module__ == 'qbench.run.lifeline'; "
+        "heavy = [m for m in ('torch', 'compressai', 'qbench.run.executors') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX process groups")
 def test_sigint_ignored_by_the_parent_is_ignored_by_its_workers(tmp_path):
     proc = start_run(

@@ -21,7 +21,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from qbench.plugins import DISABLE_ENV, get_plugins
 from qbench.results import RunDir
 from qbench.run.executors.base import Dispatch, Executor, Group, ready
 from qbench.run.executors.devices import local_plan, worker_threads
+from qbench.run.lifeline import worker_entry
 from qbench.run.worker import DatasetCache, run_group
 
 #: Exit signals of a worker that mean "interrupted", not "the job failed".
@@ -61,38 +61,14 @@ def exit_reason(code: int | None) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> None:
-    """End this worker when the qbench process that started it ends, however it ends.
-
-    On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``);
-    elsewhere, and as a second line, a thread watches the parent's pid.
-    """
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="qbench-parent-watch").start()
-
-
-def _worker_main(
-    conn, index: int, device: str, threads: int, out: str, parent: int, sigint
-) -> None:
-    """Entry point of a spawned worker: run groups until told to stop.
+def worker_loop(conn, index: int, device: str, threads: int, out: str, sigint) -> None:
+    """A spawned worker's loop: run groups until told to stop.
 
     The worker takes SIGINT as its parent does (a parent that ignores it, as a
     background job of a script does, has workers that ignore it too).
+    The process has already tied its life to the qbench process's
+    (:func:`qbench.run.lifeline.worker_entry`, before importing this module).
     """
-    _die_with_parent(parent)
     run_dir = RunDir(out)
     _to_log(run_dir.logs_dir / f"worker-{index}.log")
     signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == signal.SIG_IGN else signal.SIG_DFL)
@@ -225,14 +201,15 @@ class _Pool:
         sigint = signal.getsignal(signal.SIGINT)
         with _environ(env), _sigint_ignored():
             w.proc = self.ctx.Process(
-                target=_worker_main,
+                target=worker_entry,
                 args=(
+                    os.getpid(),
+                    f"{__name__}:worker_loop",
                     child,
                     w.index,
                     w.device,
                     self.threads,
                     str(self.dispatch.run_dir.root),
-                    os.getpid(),
                     sigint,
                 ),
                 daemon=True,
