@@ -438,6 +438,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
@@ -475,10 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default: runs/<matrix name>)")
     r.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_whole_number,
         default=None,
         help="local worker processes (default: --jobs-per-gpu per GPU, else one single-thread "
-        "worker per core, at most one per train group)",
+        "worker per core, at most one per train group); 0: no worker process, the jobs run "
+        "one after the other in this process (for a debugger or a profiler; a plugin that "
+        "crashes the process ends the run, and nothing is retried)",
     )
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument(

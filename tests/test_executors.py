@@ -105,6 +105,25 @@ def test_the_local_executor_retries_a_dead_worker_too(tmp_path, install_plugin):
     )
 
 
+def test_workers_0_runs_in_this_process_and_gives_the_workers_rows(tmp_path, registry):
+    """``--workers 0`` (a debugger's or profiler's run): no process is started, and every
+    row is the one a worker process writes, value for value."""
+    import multiprocessing
+
+    m = load_matrix(tiny(tmp_path, '["noise", "sua"]', steps=3), registry)
+    run_matrix(m, tmp_path / "workers", device="cpu", show_progress=False, echo=lambda *_: 0)
+    before = multiprocessing.active_children()
+    lines: list[str] = []
+    s = run_matrix(
+        m, tmp_path / "inline", workers=0, device="cpu", show_progress=False, echo=lines.append
+    )
+    assert s.statuses == {"ok": 2} and multiprocessing.active_children() == before
+    assert rows_by_job(tmp_path / "inline") == rows_by_job(tmp_path / "workers")
+    assert sum("[1/2]" in line or "[2/2]" in line for line in lines) == 2, lines
+    with pytest.raises(ExecutorError, match="--workers must be >= 0"):
+        run_matrix(m, tmp_path / "bad", workers=-1, device="cpu", echo=lambda *_: 0)
+
+
 def fake_sbatch(folder):
     """Stand-ins for Slurm's sbatch and srun (no cluster here): sbatch keeps the script it is
     given and answers a job id, as Slurm's does."""

@@ -12,11 +12,17 @@ import torch
 
 from qbench.run.executors.base import Dispatch, ExecutorError
 
+#: ``--workers 0``: no worker process, the groups run one after the other in qbench's own
+IN_PROCESS = 0
+
 
 def plan_devices(
     device: str, workers: int | None, groups: int = 1, jobs_per_gpu: int = 1
 ) -> list[tuple[str, str | None]]:
     """``[(torch device, CUDA_VISIBLE_DEVICES or None), ...]``, one entry per local worker.
+
+    ``workers == 0`` runs in the qbench process itself (:data:`IN_PROCESS`): one entry,
+    the first GPU or the CPU, with ``CUDA_VISIBLE_DEVICES`` as it is.
 
     GPUs: ``jobs_per_gpu`` workers per visible GPU (or ``workers``, spread
     round-robin). CPU: ``workers``, else as many one-core workers as there
@@ -24,8 +30,8 @@ def plan_devices(
     matrix 1.33-1.41x sooner than one two-thread worker on 2 cores: small
     convolutions gain little from torch's intra-op threads).
     """
-    if workers is not None and workers < 1:
-        raise ExecutorError(f"--workers must be >= 1, got {workers}")
+    if workers is not None and workers < 0:
+        raise ExecutorError(f"--workers must be >= 0, got {workers}")
     if jobs_per_gpu < 1:
         raise ExecutorError(f"--jobs-per-gpu must be >= 1, got {jobs_per_gpu}")
     if device not in ("auto", "cpu", "cuda"):
@@ -34,6 +40,8 @@ def plan_devices(
     n_gpu = torch.cuda.device_count() if device in ("auto", "cuda") else 0
     if device == "cuda" and n_gpu == 0:
         raise ExecutorError("--device cuda: no CUDA GPU is visible")
+    if workers == IN_PROCESS:
+        return [("cuda" if n_gpu else "cpu", None)]
     if n_gpu:
         n = workers or n_gpu * jobs_per_gpu
         return [("cuda", str(i % n_gpu)) for i in range(n)]

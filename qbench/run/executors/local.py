@@ -24,6 +24,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch
 from qbench.plugins import DISABLE_ENV, get_plugins
 from qbench.results import RunDir
 from qbench.run.executors.base import Dispatch, Executor, Group, ready
-from qbench.run.executors.devices import local_plan, worker_threads
+from qbench.run.executors.devices import IN_PROCESS, local_plan, worker_threads
 from qbench.run.lifeline import worker_entry
 from qbench.run.worker import DatasetCache, run_group
 
@@ -84,7 +85,7 @@ def worker_loop(conn, index: int, device: str, threads: int, out: str, sigint) -
         jobs = conn.recv()
         if jobs is None:
             break
-        run_group(jobs, run_dir, plugins, dev, datasets, progress=_Sender(conn))
+        run_group(jobs, run_dir, plugins, dev, datasets, progress=_sender(conn))
         conn.send(("done", [j.job_id for _, j in jobs]))
 
 
@@ -103,19 +104,24 @@ def _send(conn, message) -> None:
         conn.send(message)
 
 
-class _Sender:
-    """A worker's progress, sent to the qbench process at most five times a second."""
+class _Throttled:
+    """A group's progress (``progress(step, stats)``) passed on as ``send(step, shown)`` at
+    most five times a second, with the loss and bpp only."""
 
-    def __init__(self, conn) -> None:
-        self.conn, self.last = conn, 0.0
+    def __init__(self, send) -> None:
+        self.send, self.last = send, 0.0
 
     def __call__(self, step: int, stats: dict[str, float]) -> None:
         now = time.monotonic()
         if now - self.last < 0.2:
             return
         self.last = now
-        shown = {k: float(stats[k]) for k in ("loss", "bpp") if k in stats}
-        _send(self.conn, ("progress", step, shown))
+        self.send(step, {k: float(stats[k]) for k in ("loss", "bpp") if k in stats})
+
+
+def _sender(conn) -> _Throttled:
+    """A worker's progress, sent to the qbench process over its pipe."""
+    return _Throttled(lambda step, shown: _send(conn, ("progress", step, shown)))
 
 
 # ---------------------------------------------------------------------------
@@ -153,6 +159,16 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, saved)
+
+
+def _what(group: Group) -> str:
+    """A group as the console's worker line names it."""
+    first = group[0][1]
+    extra = f" (+{len(group) - 1} eval sets)" if len(group) > 1 else ""
+    return (
+        f"{first.quantizer.label} lambda={first.lmbda:g} seed={first.seed} "
+        f"({first.backbone.label}){extra}"
+    )
 
 
 @dataclass
@@ -226,13 +242,8 @@ class _Pool:
             w.group = self.queue.pop(k)
         if w.group is None:
             return
-        extra = f" (+{len(w.group) - 1} eval sets)" if len(w.group) > 1 else ""
         first = w.group[0][1]
-        what = (
-            f"{first.quantizer.label} lambda={first.lmbda:g} seed={first.seed} "
-            f"({first.backbone.label}){extra}"
-        )
-        self.dispatch.console.started(w.index, what, first.recipe.steps(first.train))
+        self.dispatch.console.started(w.index, _what(w.group), first.recipe.steps(first.train))
         w.conn.send(w.group)
 
     def step(self) -> None:
@@ -336,4 +347,36 @@ class LocalExecutor(Executor):
         return worker_threads()
 
     def run(self, groups: list[Group], dispatch: Dispatch) -> None:
-        _Pool(groups, dispatch, local_plan(dispatch, len(groups))).run()
+        plan = local_plan(dispatch, len(groups))
+        if dispatch.workers == IN_PROCESS:
+            _run_in_process(groups, dispatch, plan[0][0])
+        else:
+            _Pool(groups, dispatch, plan).run()
+
+
+def _run_in_process(groups: list[Group], dispatch: Dispatch, device: str) -> None:
+    """``--workers 0``: every group in this process, one after the other (a group after the
+    groups its recipe starts from), with the threads and disabled plugins a worker has.
+
+    What a worker process isolates is not isolated here: a plugin that crashes the
+    process ends the run (its finished rows stay), and nothing is retried.
+    """
+    queue, done = list(groups), 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(worker_threads())
+    try:
+        with _environ({DISABLE_ENV: dispatch.disabled_env()}):
+            plugins = get_plugins()
+            datasets = DatasetCache(plugins.registry)
+            while queue:
+                group = queue.pop(ready(queue, [])[0])
+                first = group[0][1]
+                dispatch.console.started(0, _what(group), first.recipe.steps(first.train))
+                progress = _Throttled(partial(dispatch.console.progress, 0))
+                here = torch.device(device)
+                run_group(group, dispatch.run_dir, plugins, here, datasets, progress)
+                done += 1
+                dispatch.finished_group(group, done, len(groups))
+                dispatch.console.finished(0)
+    finally:
+        torch.set_num_threads(threads)
