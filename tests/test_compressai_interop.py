@@ -61,7 +61,7 @@ def run(tmp_path_factory, registry):
     run_matrix(
         load_matrix(matrix, registry),
         out,
-        workers=1,
+        workers=0,
         device="cpu",
         show_progress=False,
         echo=lambda *_: 0,

@@ -123,7 +123,12 @@ def test_tiny_matrix_on_odd_grayscale_and_palette_images(tmp_path, backbone, ste
     )
     out = tmp_path / "run"
     s = run_matrix(
-        load_matrix(p, registry), out, device="cpu", show_progress=False, echo=lambda *_: None
+        load_matrix(p, registry),
+        out,
+        workers=0,
+        device="cpu",
+        show_progress=False,
+        echo=lambda *_: None,
     )
     assert s.statuses == {"ok": 5}, s.statuses
     with open(out / "results.csv") as f:
@@ -207,7 +212,7 @@ def test_stanh_derived_from_a_pretrained_backbone_that_stays_frozen(
     m = load_matrix(p, registry)
     assert not any(j.recipe.sources for j in m.jobs if j.quantizer.label == "stanh")
     out = tmp_path / "run"
-    s = run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
+    s = run_matrix(m, out, workers=0, device="cpu", show_progress=False, echo=lambda *_: None)
     assert s.statuses == {"ok": 5}, s.statuses
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))

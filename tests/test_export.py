@@ -16,7 +16,9 @@ def test_export_then_fine_tune_from_it(tmp_path, registry, capsys):
     p = tiny(tmp_path, '["noise"]', steps=2)
     p.write_text(p.read_text().replace("bmshj2018-factorized", "mbt2018-mean"))
     out = tmp_path / "run"
-    run_matrix(load_matrix(p, registry), out, device="cpu", show_progress=False, echo=print)
+    run_matrix(
+        load_matrix(p, registry), out, workers=0, device="cpu", show_progress=False, echo=print
+    )
     init = tmp_path / "init.pt"
     assert (
         main(

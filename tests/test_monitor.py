@@ -49,7 +49,7 @@ def test_tensorboard_event_file_reads_back(tmp_path):
     registry = qbench.plugins.get_plugins().registry
     m = load_matrix(monitored(tmp_path, '["tensorboard"]'), registry)
     out = tmp_path / "run"
-    s = run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
+    s = run_matrix(m, out, workers=0, device="cpu", show_progress=False, echo=lambda *_: None)
     assert s.statuses == {"ok": 1}
     (folder,) = (out / "monitor" / "tensorboard").glob("*/sua/lambda=0.01/seed=0")
     events = EventAccumulator(str(folder))
@@ -84,7 +84,9 @@ def test_hook_gets_every_record_and_a_failing_logger_fails_no_job(
     monkeypatch.setenv("WATCH_FILE", str(watch))
     registry = qbench.plugins.get_plugins().registry
     m = load_matrix(monitored(tmp_path, '["badlog"]'), registry)
-    s = run_matrix(m, tmp_path / "run", device="cpu", show_progress=False, echo=lambda *_: None)
+    s = run_matrix(
+        m, tmp_path / "run", workers=0, device="cpu", show_progress=False, echo=lambda *_: None
+    )
     assert s.statuses == {"ok": 1}
     assert "logger 'badlog': log raised RuntimeError: logger bug" in capfd.readouterr().err
     records = [json.loads(line) for line in watch.read_text().splitlines()]
@@ -118,7 +120,9 @@ def test_mixed_precision_training_runs_and_is_part_of_the_job_id(tmp_path, regis
     p.write_text(p.read_text().replace("lr = 1e-3", f'lr = 1e-3\namp = "{amp}"'))
     m = load_matrix(p, registry)
     assert m.jobs[0].job_id != plain.jobs[0].job_id
-    s = run_matrix(m, tmp_path / "run", device="cpu", show_progress=False, echo=lambda *_: None)
+    s = run_matrix(
+        m, tmp_path / "run", workers=0, device="cpu", show_progress=False, echo=lambda *_: None
+    )
     assert s.statuses == {"ok": 1}
     (row,) = read_csv(tmp_path / "run" / "results.csv")
     assert float(row["bpp"]) > 0 and row["bitexact"] == "1.0"

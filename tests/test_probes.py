@@ -14,7 +14,7 @@ from .test_runner import read_csv, tiny
 
 
 def quiet(m, out):
-    return run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
+    return run_matrix(m, out, workers=0, device="cpu", show_progress=False, echo=lambda *_: None)
 
 
 def test_probes_do_not_change_the_trained_weights(tmp_path, registry):

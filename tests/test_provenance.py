@@ -94,7 +94,9 @@ def test_editing_a_plugin_re_runs_its_jobs_and_only_its_own(tmp_path, install_pl
     def run():
         qbench.plugins.reset()
         m = load_matrix(matrix, qbench.plugins.get_plugins().registry)
-        summary = run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
+        summary = run_matrix(
+            m, out, workers=0, device="cpu", show_progress=False, echo=lambda *_: None
+        )
         return summary, {j.quantizer.label: j.job_id for j in m.jobs}
 
     first, ids = run()

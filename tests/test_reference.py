@@ -178,7 +178,9 @@ def test_report_draws_the_curves_and_says_what_it_could_not_compute(
     p = tiny(tmp_path, steps=2)
     p.write_text(p.read_text() + '\n[report]\nreference_curves = ["lab/ref", "lab/ref"]\n')
     m = load_matrix(p, registry)
-    run_matrix(m, tmp_path / "run", device="cpu", show_progress=False, echo=lambda *_: None)
+    run_matrix(
+        m, tmp_path / "run", workers=0, device="cpu", show_progress=False, echo=lambda *_: None
+    )
     report = write_report(tmp_path / "run")
     text = (tmp_path / "run" / "report.md").read_text()
     assert "fewer than 4" in text or "not computed" in text

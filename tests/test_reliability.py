@@ -28,7 +28,11 @@ from .test_runner import read_csv, tiny
 
 
 def quiet(m, out, **kw):
-    return run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None, **kw)
+    return run_matrix(
+        m,
+        out,
+        **{"workers": 0, "device": "cpu", "show_progress": False, "echo": lambda *_: None, **kw},
+    )
 
 
 def start_run(matrix, out, **popen) -> subprocess.Popen:
@@ -389,7 +393,7 @@ def test_matrix_encoding(tmp_path, registry):
 def test_cli_bad_arguments_are_one_line_errors(tmp_path):
     p = tiny(tmp_path, steps=1)
     out = qbench_cli("run", str(p), "--workers", "-1")
-    assert out.returncode == 2 and "positive integer" in out.stderr
+    assert out.returncode == 2 and "--workers: expected a whole number >= 0, got -1" in out.stderr
     (tmp_path / "file").write_text("x")
     out = qbench_cli("run", str(p), "--out", str(tmp_path / "file" / "run"))
     assert out.returncode == 2 and "cannot create or write" in out.stderr

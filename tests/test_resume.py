@@ -272,7 +272,7 @@ def test_an_unreadable_trained_checkpoint_is_never_loaded(tmp_path, registry):
     from .test_runner import tiny
 
     m = load_matrix(tiny(tmp_path, steps=3), registry)
-    kw = {"device": "cpu", "show_progress": False, "echo": lambda *_: None}
+    kw = {"workers": 0, "device": "cpu", "show_progress": False, "echo": lambda *_: None}
     run_matrix(m, tmp_path / "run", **kw)
     (row_file,) = (tmp_path / "run" / "rows").glob("*.json")
     first = json.loads(row_file.read_text())

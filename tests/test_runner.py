@@ -137,7 +137,7 @@ def test_report_after_run(tmp_path):
     plugins = qbench.plugins.get_plugins()
     m = load_matrix(tiny(tmp_path, '["noise", "ste"]', "[0.001, 0.1]", steps=2), plugins.registry)
     out = tmp_path / "run"
-    run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
+    run_matrix(m, out, workers=0, device="cpu", show_progress=False, echo=lambda *_: None)
     rep = write_report(out, anchor="noise")
     text = (out / "report.md").read_text()
     assert "Rate-distortion points" in text and "at least 4 points" in text
@@ -211,7 +211,9 @@ def test_rd_ordering_on_embedded_images(tmp_path):
     p.write_text(text)
     qbench.plugins.reset()
     m = load_matrix(p, qbench.plugins.get_plugins().registry)
-    run_matrix(m, tmp_path / "run", device="cpu", show_progress=False, echo=lambda *_: None)
+    run_matrix(
+        m, tmp_path / "run", workers=0, device="cpu", show_progress=False, echo=lambda *_: None
+    )
     rows = sorted(read_csv(tmp_path / "run" / "results.csv"), key=lambda r: float(r["lambda"]))
     assert all(r["status"] == "ok" for r in rows)
     bpp = [float(r["bpp"]) for r in rows]
@@ -281,10 +283,11 @@ def test_force_reruns_finished_jobs(tmp_path):
     qbench.plugins.reset()
     m = load_matrix(tiny(tmp_path, steps=1), qbench.plugins.get_plugins().registry)
     out = tmp_path / "run"
-    run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None)
-    assert run_matrix(m, out, device="cpu", show_progress=False, echo=lambda *_: None).ran == 0
+    kw = {"workers": 0, "device": "cpu", "show_progress": False, "echo": lambda *_: None}
+    run_matrix(m, out, **kw)
+    assert run_matrix(m, out, **kw).ran == 0
     before = read_csv(out / "results.csv")[0]["train_seconds"]
-    s = run_matrix(m, out, device="cpu", force=True, show_progress=False, echo=lambda *_: None)
+    s = run_matrix(m, out, force=True, **kw)
     rows = read_csv(out / "results.csv")
     assert s.ran == 1 and len(rows) == 1
     assert rows[0]["train_seconds"] != before  # trained again, not loaded from the checkpoint
@@ -296,7 +299,7 @@ def test_job_result_does_not_depend_on_its_place_in_the_worker(tmp_path):
     reg = qbench.plugins.get_plugins().registry
     alone = load_matrix(tiny(tmp_path, '["ste"]', steps=2, name="a.toml"), reg)
     after = load_matrix(tiny(tmp_path, '["noise", "ste"]', steps=2, name="b.toml"), reg)
-    kw = {"device": "cpu", "workers": 1, "show_progress": False, "echo": lambda *_: None}
+    kw = {"device": "cpu", "workers": 0, "show_progress": False, "echo": lambda *_: None}
     run_matrix(alone, tmp_path / "a", **kw)
     run_matrix(after, tmp_path / "b", **kw)  # ste after noise, in the same worker
     a = {r["quantizer"]: r for r in read_csv(tmp_path / "a" / "results.csv")}

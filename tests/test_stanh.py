@@ -172,7 +172,7 @@ anchor = "stanh"
     qbench.plugins.reset()
     m = load_matrix(matrix, qbench.plugins.get_plugins().registry)
     out = tmp_path / "run"
-    run_matrix(m, out, workers=2, device="cpu", show_progress=False, echo=lambda *_: None)
+    run_matrix(m, out, workers=0, device="cpu", show_progress=False, echo=lambda *_: None)
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 + 4 + 3 and all(r["status"] == "ok" for r in rows), rows

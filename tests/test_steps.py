@@ -200,7 +200,7 @@ def test_derived_and_interpolated_protocol_end_to_end(tmp_path, name):
     p.write_text(VR.format(q=name, q2=name))
     plugins = qbench.plugins.get_plugins()
     m = load_matrix(p, plugins.registry)
-    run_matrix(m, tmp_path / "run", workers=1, device="cpu", show_progress=False, echo=print)
+    run_matrix(m, tmp_path / "run", workers=0, device="cpu", show_progress=False, echo=print)
     with open(tmp_path / "run" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert all(r["status"] == "ok" and r["bitexact"] == "1.0" for r in rows)
@@ -259,7 +259,7 @@ def test_methods_derived_from_one_anchor_share_its_backbone(tmp_path):
     assert {j.recipe.anchor for j in derived} == {anchor.train_id}
     assert all(j.recipe.backbone_only for j in derived)
     out = tmp_path / "run"
-    run_matrix(m, out, workers=1, device="cpu", show_progress=False, echo=lambda *_: None)
+    run_matrix(m, out, workers=0, device="cpu", show_progress=False, echo=lambda *_: None)
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert all(r["status"] == "ok" for r in rows)
