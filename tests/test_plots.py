@@ -18,7 +18,7 @@ from qbench.report.plots import LEGEND_PT, rd_figure, schedule_figure, variable_
 from qbench.report.tables import (
     BITSTREAM,
     DISTORTION,
-    RATE,
+    LIKELIHOOD,
     USABLE,
     load_results,
     rd_keys,
@@ -81,18 +81,22 @@ def test_rate_axes_say_which_rate_they_carry():
     assert "interp_weight" in keys  # the run has blends
     rd = rd_points(ok.assign(interp_weight=ok["interp_weight"].fillna(-1.0)), keys)
     grp = rd[rd["dataset"] == "kodak"]
-    fig = rd_figure(grp, "t")
-    ax = fig.axes[0]
-    assert ax.get_xlabel() == LIKELIHOOD_AXIS
-    # and it is the likelihood rate that is drawn, not the bitstream's
-    drawn = {round(x, 6) for line in ax.get_lines() for x in line.get_xdata()}
-    assert drawn >= {round(x, 6) for x in grp[RATE]}
-    assert not drawn >= {round(x, 6) for x in ok.loc[ok["dataset"] == "kodak", BITSTREAM]}
-    plt.close(fig)
     kodak = ok[ok["dataset"] == "kodak"]
-    fig = variable_rate_figure(kodak, methods(kodak), "noise", "t")
-    assert fig.axes[0].get_xlabel() == LIKELIHOOD_AXIS
-    plt.close(fig)
+    for rate, axis, other, title in (
+        (BITSTREAM, BITSTREAM_AXIS, LIKELIHOOD, "t (rate: bitstream)"),  # the report's default
+        (LIKELIHOOD, LIKELIHOOD_AXIS, BITSTREAM, "t (rate: likelihood estimate)"),
+    ):
+        fig = rd_figure(grp, "t", rate=rate)
+        ax = fig.axes[0]
+        assert ax.get_xlabel() == axis and ax.get_title() == title
+        # and it is that rate that is drawn, not the other one
+        drawn = {round(x, 6) for line in ax.get_lines() for x in line.get_xdata()}
+        assert drawn >= {round(x, 6) for x in grp[rate]}
+        assert not drawn >= {round(x, 6) for x in grp[other]}
+        plt.close(fig)
+        fig = variable_rate_figure(kodak, methods(kodak), "noise", "t", rate)
+        assert fig.axes[0].get_xlabel() == axis
+        plt.close(fig)
 
 
 def test_plot_overlays_two_runs_one_png_per_backbone_and_dataset(tmp_path, capsys):
