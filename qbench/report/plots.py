@@ -129,8 +129,17 @@ def finish_rd_axes(fig: Figure, ax, title: str, rate: str) -> Figure:
 
 
 def save(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` to ``path`` (legends beside the axes kept) and close it."""
-    fig.savefig(path, bbox_inches="tight")
+    """Write ``fig`` to ``path`` (legends beside the axes kept) and close it; a PNG carries
+    its first axes' title and axis labels as text (``Title``, ``Description``), so that a
+    file says which rate it draws."""
+    ax = fig.axes[0] if fig.axes else None
+    meta = {}
+    if ax is not None and path.suffix.lower() == ".png":
+        meta = {
+            "Title": ax.get_title(),
+            "Description": f"x: {ax.get_xlabel()}; y: {ax.get_ylabel()}",
+        }
+    fig.savefig(path, bbox_inches="tight", metadata=meta)
     plt.close(fig)
     return path
 
