@@ -464,8 +464,8 @@ def rate_gaps(ok: pd.DataFrame) -> list[str]:
         mean = float(g.mean())
         if math.isfinite(mean) and abs(mean) > RATE_GAP:
             out.append(
-                f"{bb}, {ds}, {q}: the real bitstream ({BITSTREAM}) is {100 * mean:+.1f} % off "
-                f"the likelihood rate ({LIKELIHOOD}) on average (more than {RATE_GAP:.0%}): "
-                "there the likelihood is no proxy for the coded rate"
+                f"{bb}, {ds}, {q}: the real bitstream is {100 * mean:+.1f} % off the likelihood "
+                f"{LIKELIHOOD} on average (more than {RATE_GAP:.0%}): there the likelihood "
+                f"estimate is no proxy for the coded rate (`{BITSTREAM}`)"
             )
     return out
