@@ -164,10 +164,15 @@ def rd_section(rd: pd.DataFrame, keys: list[str]) -> list[str]:
 def bd_frame(rows: list[dict], rate: str) -> pd.DataFrame:
     """BD-rate rows as a report table shows them: the figures' columns named after their
     rate (``bd_rate_bitstream_%``, ``ci95_seeds_bitstream_%``), the likelihood rate's
-    beside them when the table is on the bitstream, no ``rate`` column."""
+    beside them when the table is on the bitstream, no ``rate`` column; a cell of one seed
+    says :data:`~qbench.report.paired.ONE_SEED` instead of an interval."""
     df = pd.DataFrame(rows).drop(columns=["rate"], errors="ignore")
     if rate == LIKELIHOOD:
         df = df.drop(columns=["bd_rate_likelihood_%", "ci95_seeds_likelihood_%"], errors="ignore")
+    one = df["seeds"] == 1  # no interval over training: said, not shown as nan
+    for col in ("ci95_seeds_%", "ci95_seeds_likelihood_%"):
+        if col in df.columns and one.any():
+            df[col] = df[col].astype(object).where(~one, ONE_SEED)
     word = basis(rate)
     return df.rename(
         columns={"bd_rate_%": f"bd_rate_{word}_%", "ci95_seeds_%": f"ci95_seeds_{word}_%"}
