@@ -147,8 +147,11 @@ def _method_rows(
     one per kind of point it has (a derived role's points, then ``all`` of them when there
     are several kinds)."""
     ref, mine, root = frames
-    # a blend at a = 0 or 1 is its derived model again: count each model once
-    both = mine.drop_duplicates(subset=["seed", rate, DISTORTION])
+    # a blend at a = 0 or 1 is its derived model again (same lambda, same point): count each
+    # model once, as derived (file sizes of two models can be equal where likelihoods differ)
+    first = mine.assign(_blend=has(mine, "extends_anchor")).sort_values("_blend", kind="stable")
+    both = first.drop_duplicates(subset=["seed", "lambda", rate, DISTORTION])
+    both = both.drop(columns="_blend")
     kinds = [(role.noun, of_role(mine, role)) for role in DERIVED_ROLES] + [("all", both)]
     out = []
     for kind, pts in kinds:
