@@ -79,10 +79,7 @@ def pairwise_bd(
                 grp[grp["quantizer"] == ref], grp[grp["quantizer"] == arm], rate, min_overlap
             )
             where = f"{bb}, {ds}, {arm} vs {ref}, {basis(rate)} rate"
-            notes += [
-                f"paired BD-rate ({where}, seed {s}): not computed: {why}"
-                for s, why in per.failed.items()
-            ]
+            notes += _failures(where, per.failed)
             if not per.results:
                 continue
             p = paired(per.values(), BD_WORDS)
@@ -99,6 +96,18 @@ def pairwise_bd(
                 }
             )
     return rows
+
+
+def _failures(where: str, failed: dict[int, str]) -> list[str]:
+    """A note per reason a pair's seeds were not computed, naming the seeds."""
+    seeds: dict[str, list[int]] = {}
+    for seed, why in failed.items():
+        seeds.setdefault(why, []).append(seed)
+    return [
+        f"paired BD-rate ({where}, seed{'s' if len(ss) > 1 else ''} "
+        f"{', '.join(map(str, ss))}): not computed: {why}"
+        for why, ss in seeds.items()
+    ]
 
 
 def _per_seed(grp: pd.DataFrame, label: str, column: str) -> dict[int, pd.Series]:
