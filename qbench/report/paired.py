@@ -1,10 +1,11 @@
 """Paired comparisons over seeds: two arms compared seed by seed, then over the seeds.
 
 Two arms A and B of a run are trained with the same seeds. Seed ``s`` of both
-shares what the seed draws (the crops and their order, the surrogates' draws),
-so the seed-to-seed spread of one arm (in the committed ``variable-rate`` run,
-the ``noise`` curve of seed 1 is 5.6 % and of seed 2 7.5 % cheaper than seed 0's)
-largely cancels in the comparison of B's seed ``s`` with A's seed ``s``. Each
+shares what the seed draws (the initial weights, the training crops in their
+order, the probe set), so the seed-to-seed spread of one arm (in the committed
+``variable-rate`` run, the ``noise`` curve of seed 1 is 5.6 % and of seed 2 7.5 %
+cheaper than seed 0's) largely cancels in the comparison of B's seed ``s`` with
+A's seed ``s``. Each
 comparison is therefore made seed by seed, over the seeds both arms have,
 giving one number ``d_s`` per seed (a BD-rate of B's curve against A's, or the
 difference ``B_s - A_s`` of a statistic), and the ``n`` numbers are summarised
