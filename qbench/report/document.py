@@ -73,7 +73,7 @@ class _Run:
     settings: dict
     anchor: str
     min_overlap: float
-    rate: str = LIKELIHOOD
+    rate: str
 
 
 @dataclass
