@@ -280,6 +280,7 @@ def cmd_report(args) -> int:
         anchor=args.anchor,
         write=args.format == "md",
         min_overlap=args.min_overlap,
+        rate=args.rate,
     )
     if args.format == "md":
         print(report.summary)
@@ -668,6 +669,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="flag BD-rates whose curves share less of their PSNR range "
         "(default: the matrix's [report] min_overlap, 0.75)",
+    )
+    rep.add_argument(
+        "--rate",
+        choices=["bitstream", "likelihood"],
+        default=None,
+        help="the rate of every BD-rate, comparison and plot: the real bitstream's bpp or "
+        "the likelihood estimate (default: the matrix's [report] rate, bitstream)",
     )
     rep.add_argument(
         "--out",

@@ -100,6 +100,16 @@ def test_anchor_must_be_a_label(tmp_path, registry):
     assert "report.anchor" in msg and "sua-plain" in msg
 
 
+def test_report_rate_is_bitstream_or_likelihood(tmp_path, registry):
+    assert load_matrix(write(tmp_path, BASE), registry).report["rate"] == "bitstream"
+    text = BASE + '[report]\nrate = "likelihood"\n'
+    assert load_matrix(write(tmp_path, text), registry).report["rate"] == "likelihood"
+    msg = error(tmp_path, registry, BASE + '[report]\nrate = "bitsream"\n')
+    assert "report.rate" in msg and "'bitsream'" in msg and "did you mean 'bitstream'" in msg
+    msg = error(tmp_path, registry, BASE + "[report]\nrate = 1\n")
+    assert "report.rate" in msg and "expected string" in msg
+
+
 def test_missing_file(tmp_path, registry):
     with pytest.raises(MatrixError, match="nope.toml"):
         load_matrix(tmp_path / "nope.toml", registry)

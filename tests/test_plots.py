@@ -3,6 +3,7 @@ overlaid (no training: their rows are real results of real CompressAI models).""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,15 +11,17 @@ import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+from PIL import Image
 
 from qbench.cli import main
+from qbench.registry import QbenchError
 from qbench.report import write_report
 from qbench.report.overlay import overlay, read_run
 from qbench.report.plots import LEGEND_PT, rd_figure, schedule_figure, variable_rate_figure
 from qbench.report.tables import (
     BITSTREAM,
     DISTORTION,
-    RATE,
+    LIKELIHOOD,
     USABLE,
     load_results,
     rd_keys,
@@ -81,18 +84,22 @@ def test_rate_axes_say_which_rate_they_carry():
     assert "interp_weight" in keys  # the run has blends
     rd = rd_points(ok.assign(interp_weight=ok["interp_weight"].fillna(-1.0)), keys)
     grp = rd[rd["dataset"] == "kodak"]
-    fig = rd_figure(grp, "t")
-    ax = fig.axes[0]
-    assert ax.get_xlabel() == LIKELIHOOD_AXIS
-    # and it is the likelihood rate that is drawn, not the bitstream's
-    drawn = {round(x, 6) for line in ax.get_lines() for x in line.get_xdata()}
-    assert drawn >= {round(x, 6) for x in grp[RATE]}
-    assert not drawn >= {round(x, 6) for x in ok.loc[ok["dataset"] == "kodak", BITSTREAM]}
-    plt.close(fig)
     kodak = ok[ok["dataset"] == "kodak"]
-    fig = variable_rate_figure(kodak, methods(kodak), "noise", "t")
-    assert fig.axes[0].get_xlabel() == LIKELIHOOD_AXIS
-    plt.close(fig)
+    for rate, axis, other, title in (
+        (BITSTREAM, BITSTREAM_AXIS, LIKELIHOOD, "t (rate: bitstream)"),  # the report's default
+        (LIKELIHOOD, LIKELIHOOD_AXIS, BITSTREAM, "t (rate: likelihood estimate)"),
+    ):
+        fig = rd_figure(grp, "t", rate=rate)
+        ax = fig.axes[0]
+        assert ax.get_xlabel() == axis and ax.get_title() == title
+        # and it is that rate that is drawn, not the other one
+        drawn = {round(x, 6) for line in ax.get_lines() for x in line.get_xdata()}
+        assert drawn >= {round(x, 6) for x in grp[rate]}
+        assert not drawn >= {round(x, 6) for x in grp[other]}
+        plt.close(fig)
+        fig = variable_rate_figure(kodak, methods(kodak), "noise", "t", rate)
+        assert fig.axes[0].get_xlabel() == axis
+        plt.close(fig)
 
 
 def test_plot_overlays_two_runs_one_png_per_backbone_and_dataset(tmp_path, capsys):
@@ -167,3 +174,65 @@ def test_plot_bad_input_names_the_path_exit_2(tmp_path, capsys):
         assert f"{bad}: " in err and why in err, err
     assert main(["plot", str(good), str(good)]) == 2
     assert "given twice" in capsys.readouterr().err
+
+
+def drawn_on(png: Path) -> str:
+    """What a written plot says of its axes (the text :func:`qbench.report.plots.save` keeps)."""
+    return Image.open(png).text["Description"] + " | " + Image.open(png).text["Title"]
+
+
+def test_report_rate_switches_every_axis_and_table(tmp_path):
+    run = copy_run("stanh-vr", tmp_path)
+    report = write_report(run)  # the default: the real bitstream
+    assert report.rate == BITSTREAM and {r["rate"] for r in report.bd_rows} == {"bitstream"}
+    rd = next(p for p in report.plots if p.name == "rd_mbt2018-mean_kodak.png")
+    vr = next(p for p in report.plots if p.name == "vr_mbt2018-mean_kodak.png")
+    bd = next(p for p in report.plots if p.name == "bd_mbt2018-mean_kodak.png")
+    for png in (rd, vr):
+        assert f"x: {BITSTREAM_AXIS}" in drawn_on(png) and "(rate: bitstream)" in drawn_on(png)
+    assert "(rate: bitstream; lower is better)" in drawn_on(bd)
+    text = (run / "report.md").read_text()
+    assert "## BD-rate against the anchor (rate: bitstream, `bpp_bitstream`)" in text
+    assert "bd_rate_bitstream_%" in text and "bd_rate_likelihood_%" in text
+    coded = {(r["dataset"], r["quantizer"]): r["bd_rate_%"] for r in report.bd_rows}
+    # [report] rate = "likelihood" in the run's matrix: every axis and table on the likelihood
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["matrix"]["report"]["rate"] = "likelihood"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    report = write_report(run)
+    assert report.rate == LIKELIHOOD and {r["rate"] for r in report.bd_rows} == {"likelihood"}
+    for png in (rd, vr):
+        assert f"x: {LIKELIHOOD_AXIS}" in drawn_on(png)
+        assert "(rate: likelihood estimate)" in drawn_on(png)
+    text = (run / "report.md").read_text()
+    assert "## BD-rate against the anchor (rate: likelihood, `bpp`)" in text
+    assert "bd_rate_bitstream_%" not in text and "`bpp_bitstream_min`" not in text
+    estimated = {(r["dataset"], r["quantizer"]): r["bd_rate_%"] for r in report.bd_rows}
+    # the committed report's figures (built on the likelihood rate)
+    assert estimated["kodak", "stanh"] == pytest.approx(4.78, abs=5e-3)
+    assert estimated["embedded", "stanh"] == pytest.approx(0.18, abs=5e-3)
+    beside = {(r["dataset"], r["quantizer"]): r["bd_rate_likelihood_%"] for r in report.bd_rows}
+    assert beside == estimated
+    assert all(estimated[k] != coded[k] for k in coded if k[1] != "noise")
+    # qbench report --rate overrides the matrix
+    assert write_report(run, rate="bitstream", write=False).rate == BITSTREAM
+    manifest["matrix"]["report"]["rate"] = "file"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(QbenchError, match=r"manifest\.json: matrix\.report\.rate: expected one"):
+        write_report(run, write=False)
+
+
+def test_a_run_without_bitstream_falls_back_to_the_likelihood_and_says_so(tmp_path):
+    run = copy_run("quick", tmp_path)
+    rows = pd.read_csv(run / "results.csv")
+    rows.drop(columns=[BITSTREAM]).to_csv(run / "results.csv", index=False)
+    report = write_report(run)
+    assert report.rate == LIKELIHOOD
+    said = [n for n in report.notes if n.startswith("rate: ")]
+    assert len(said) == 1 and "no bpp_bitstream value" in said[0] and "likelihood" in said[0]
+    text = (run / "report.md").read_text()
+    assert said[0] in text and "## BD-rate against the anchor (rate: likelihood, `bpp`)" in text
+    rd = next(p for p in report.plots if p.name.startswith("rd_"))
+    assert f"x: {LIKELIHOOD_AXIS}" in drawn_on(rd)
+    ste = next(r for r in report.bd_rows if r["quantizer"] == "ste")
+    assert ste["bd_rate_%"] == pytest.approx(4.2138, abs=1e-3)  # the likelihood figure

@@ -49,7 +49,17 @@ def test_json_is_strict_and_says_what_one_seed_cannot(tmp_path, capsys):
     cells = _strict(capsys.readouterr().out)
     assert [c["quantizer"] for c in cells] == ["noise", "ste", "mixed", "sua"]
     assert all(list(c) == list(BD_COLUMNS) for c in cells)
-    assert all(c["seeds"] == 1 and c["ci95_%"] is None for c in cells)  # one seed: no interval
+    # one seed: no interval over seeds, on either rate
+    assert all(c["seeds"] == 1 and c["ci95_seeds_%"] is None for c in cells)
+    assert all(c["ci95_seeds_likelihood_%"] is None for c in cells)
+    # the real bitstream's rate by default, the likelihood's beside it (bjontegaard directly)
+    assert {c["rate"] for c in cells} == {"bitstream"}
+    assert cells[1]["bd_rate_%"] == pytest.approx(4.3911, abs=1e-3)
+    assert cells[1]["bd_rate_likelihood_%"] == pytest.approx(4.2138, abs=1e-3)
+    assert main(["report", str(run), "--format", "json", "--rate", "likelihood"]) == 0
+    cells = _strict(capsys.readouterr().out)
+    assert {c["rate"] for c in cells} == {"likelihood"}
+    assert cells[1]["bd_rate_%"] == cells[1]["bd_rate_likelihood_%"]
     assert cells[1]["bd_rate_%"] == pytest.approx(4.2138, abs=1e-3)
 
 

@@ -214,7 +214,8 @@ def test_derived_and_interpolated_protocol_end_to_end(tmp_path, name):
 
     rep = write_report(tmp_path / "run", anchor="noise")
     text = (tmp_path / "run" / "report.md").read_text()
-    assert "## Variable rate against separately trained models (`noise`)" in text
+    heading = "## Variable rate against separately trained models (`noise`; rate: bitstream"
+    assert heading in text
     assert (tmp_path / "run" / "vr_mbt2018-mean_embedded.png") in rep.plots
     kinds = re.findall(r"\|\s*derived\s*\|\s*(derived|interpolated|all)\s*\|", text)
     assert kinds == ["derived", "interpolated", "all"]

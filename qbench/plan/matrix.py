@@ -49,6 +49,9 @@ else:  # pragma: no cover
 
 TOP_KEYS = {"name", "matrix", "train", "eval", "report", "monitor", "executor"}
 MATRIX_KEYS = {"backbones", "quantizers", "lambdas", "datasets", "seeds", "unlisted_latents"}
+#: ``[report] rate``: the rate the report compares on (the report's tables name each
+#: basis's column: :data:`qbench.report.tables.RATES`).
+REPORT_RATES = ("bitstream", "likelihood")
 
 
 #: What a run name may be: it names the folder ``runs/<name>``, so no path (and no ``..``).
@@ -380,7 +383,8 @@ def _matrix_table(ck: Checker, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _report_section(ck: Checker, report: dict[str, Any], quantizers: list[Spec]) -> dict:
-    """The ``[report]`` table, checked: its anchor a quantizer label (default: the first)."""
+    """The ``[report]`` table, checked: its anchor a quantizer label (default: the first),
+    ``min_overlap`` in [0, 1], ``rate`` one of :data:`REPORT_RATES`."""
     labels = [q.label for q in quantizers]
     if report["anchor"] and report["anchor"] not in labels:
         hint = did_you_mean(report["anchor"], labels, n=1, cutoff=0.6)
@@ -390,6 +394,13 @@ def _report_section(ck: Checker, report: dict[str, Any], quantizers: list[Spec])
         report["anchor"] = labels[0]
     if not 0.0 <= report["min_overlap"] <= 1.0:
         ck.fail("report.min_overlap", f"must lie in [0, 1], got {report['min_overlap']}")
+    if report["rate"] not in REPORT_RATES:
+        hint = did_you_mean(report["rate"], list(REPORT_RATES), n=1, cutoff=0.6)
+        hint = f" ({hint})" if hint else ""
+        ck.fail(
+            "report.rate",
+            f"expected one of {', '.join(REPORT_RATES)}, got {report['rate']!r}{hint}",
+        )
     check_names(
         report["reference_curves"],
         lambda i, msg: ck.fail(f"report.reference_curves[{i}]", msg),

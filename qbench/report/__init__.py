@@ -8,6 +8,9 @@ This wing reads run directories (:mod:`qbench.results`) and never imports
 * :mod:`~qbench.report.variable_rate`: variable-rate methods against separately
   trained models;
 * :mod:`~qbench.report.references`: the run's curves against published ones;
+* :mod:`~qbench.report.pairwise`: every arm against the anchor and the others,
+  seed by seed; :mod:`~qbench.report.paired`: the statistics over seeds
+  (paired t-interval, sign agreement, verdict, minimum detectable effect);
 * :mod:`~qbench.report.declared`: what plugins declare for the report;
 * :mod:`~qbench.report.sections`: the markdown sections;
 * :mod:`~qbench.report.document`: ``write_report``, the sections in order;

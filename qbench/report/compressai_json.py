@@ -15,7 +15,7 @@ published results use, which ``python -m compressai.utils.plot`` draws::
   and counted in the description.
 * **bpp**: the real bitstream's (:data:`~qbench.report.tables.BITSTREAM`, the
   rate CompressAI's ``eval_model`` measures) when every point of the curve
-  has it, else the likelihood estimate (:data:`~qbench.report.tables.RATE`);
+  has it, else the likelihood estimate (:data:`~qbench.report.tables.LIKELIHOOD`);
   the description says which, and ``qbench.bpp_from`` names the column.
 * **psnr-rgb**: the report's distortion column
   (:data:`~qbench.report.tables.DISTORTION`).
@@ -43,7 +43,7 @@ from qbench.registry import QbenchError
 from qbench.report.tables import (
     BITSTREAM,
     DISTORTION,
-    RATE,
+    LIKELIHOOD,
     USABLE,
     load_results,
     rd_keys,
@@ -55,7 +55,7 @@ EXTRA_KEYS = ("ms-ssim-rgb",)
 #: What each rate column is, for the description.
 RATE_MEANING = {
     BITSTREAM: "bits per pixel of the real bitstream (CompressAI's rANS coder)",
-    RATE: "bits per pixel estimated from the likelihoods (no bitstream measured)",
+    LIKELIHOOD: "bits per pixel estimated from the likelihoods (no bitstream measured)",
 }
 
 
@@ -74,7 +74,7 @@ def _finite(values: pd.Series) -> bool:
 def _points(curve: pd.DataFrame, point_keys: list[str]) -> tuple[pd.DataFrame, int, str]:
     """``(points, left out, rate column)``: the curve's mean over seeds per point, the
     number of points without a finite rate or distortion, and the rate column used."""
-    rate = BITSTREAM if BITSTREAM in curve.columns and _finite(curve[BITSTREAM]) else RATE
+    rate = BITSTREAM if BITSTREAM in curve.columns and _finite(curve[BITSTREAM]) else LIKELIHOOD
     columns = [rate, DISTORTION] + [
         column_of(k) for k in EXTRA_KEYS if column_of(k) in curve.columns
     ]
@@ -139,9 +139,9 @@ def curves(run_dir: str | Path) -> list[dict[str, Any]]:
     in the order the curves first appear in ``results.csv``."""
     run_dir = Path(run_dir)
     df = load_results(run_dir)
-    if DISTORTION not in df.columns or RATE not in df.columns:
+    if DISTORTION not in df.columns or LIKELIHOOD not in df.columns:
         raise QbenchError(
-            f"{run_dir}: CompressAI's results need the {RATE} and {DISTORTION} columns; "
+            f"{run_dir}: CompressAI's results need the {LIKELIHOOD} and {DISTORTION} columns; "
             "this run did not evaluate them"
         )
     ok = separate_configurations(df[df["status"].isin(USABLE)].copy(), [])

@@ -22,8 +22,11 @@ from qbench.bdrate import DEFAULT_MIN_OVERLAP
 from qbench.registry import QbenchError
 from qbench.report import sections
 from qbench.report.declared import quantizer_notes
+from qbench.report.pairwise import pairwise_bd, pairwise_statistics
 from qbench.report.references import reference_curves, reference_rows
 from qbench.report.tables import (
+    LIKELIHOOD,
+    RATES,
     RD_COLUMNS,
     USABLE,
     bd_table,
@@ -31,6 +34,7 @@ from qbench.report.tables import (
     load_results,
     md,
     metric_columns,
+    rate_column,
     rate_gaps,
     rd_keys,
     rd_points,
@@ -43,19 +47,24 @@ from qbench.results import atomic_write_text
 @dataclass
 class Report:
     """What a report found: the summary printed, the BD-rate cells (computed, and not
-    computed with their reason), the notes and the plots written."""
+    computed with their reason), the notes, the plots written, the rate column compared on
+    and the paired comparisons (``{rate column: BD-rate rows}``, the statistics' rows)."""
 
     summary: str
     bd_rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
     bd_missing: list[dict] = field(default_factory=list)
+    rate: str = ""
+    paired_bd: dict[str, list[dict]] = field(default_factory=dict)
+    paired_statistics: list[dict] = field(default_factory=list)
 
 
 @dataclass
 class _Run:
     """What a report is built from: the rows (all, and the usable ``ok`` ones), the
-    manifest, its ``[report]`` settings, the anchor and the overlap threshold."""
+    manifest, its ``[report]`` settings, the anchor, the overlap threshold and the rate
+    column every comparison is on."""
 
     run_dir: Path
     df: pd.DataFrame
@@ -64,6 +73,7 @@ class _Run:
     settings: dict
     anchor: str
     min_overlap: float
+    rate: str
 
 
 @dataclass
@@ -76,6 +86,8 @@ class _Tables:
     vr_rows: list[dict]
     references: dict
     bd_missing: list[dict] = field(default_factory=list)
+    paired_bd: dict[str, list[dict]] = field(default_factory=dict)
+    paired_statistics: list[dict] = field(default_factory=list)
 
 
 def _manifest(run_dir: Path, notes: list[str]) -> dict:
@@ -121,8 +133,28 @@ def _job_notes(df: pd.DataFrame, ok: pd.DataFrame) -> list[str]:
     return notes + rate_gaps(ok)
 
 
-def _read(run_dir: Path, anchor: str | None, min_overlap: float | None, notes: list[str]) -> _Run:
-    """Load the run directory, resolve anchor and threshold, note what the rows say."""
+def _rate(
+    asked: str | None, settings: dict, ok: pd.DataFrame, notes: list[str], where: Path
+) -> str:
+    """The rate column of every comparison: ``asked`` (``qbench report --rate``), else the
+    matrix's ``[report] rate``, else bitstream; the bitstream of a run without bitstream
+    values falls back to the likelihood, said in ``notes``
+    (:func:`~qbench.report.tables.rate_column`)."""
+    chosen = asked or settings.get("rate") or None
+    if chosen is not None and chosen not in RATES:
+        origin = "--rate" if asked else f"{where / 'manifest.json'}: matrix.report.rate"
+        raise QbenchError(f"{origin}: expected one of {', '.join(RATES)}, got {chosen!r}")
+    return rate_column(ok, chosen, notes)
+
+
+def _read(
+    run_dir: Path,
+    anchor: str | None,
+    min_overlap: float | None,
+    notes: list[str],
+    rate: str | None = None,
+) -> _Run:
+    """Load the run directory, resolve anchor, threshold and rate, note what the rows say."""
     warned: list[str] = []
     df = load_results(run_dir, warned)
     for line in warned:  # a file of the run directory not used as it is: said, never silently
@@ -135,8 +167,9 @@ def _read(run_dir: Path, anchor: str | None, min_overlap: float | None, notes: l
     if min_overlap is None:
         min_overlap = float(settings.get("min_overlap", DEFAULT_MIN_OVERLAP))
     ok = df[df["status"].isin(USABLE)].copy()
+    column = _rate(rate, settings, ok, notes, run_dir)
     notes += _job_notes(df, ok)
-    return _Run(run_dir, df, ok, manifest, settings, anchor, min_overlap)
+    return _Run(run_dir, df, ok, manifest, settings, anchor, min_overlap, column)
 
 
 def _header(run: _Run) -> list[str]:
@@ -144,12 +177,24 @@ def _header(run: _Run) -> list[str]:
     flagged = int((ok["status"] != "ok").sum())
     bad = int((~df["status"].isin(USABLE)).sum())
     counts = (len(df), len(ok) - flagged, flagged, bad)
-    return sections.header(run.run_dir.name, counts, run.anchor)
+    return sections.header(run.run_dir.name, counts, run.anchor, run.rate)
+
+
+def _paired(run: _Run, statistics: list[str], notes: list[str]) -> tuple[dict, list[dict]]:
+    """The paired comparisons: BD-rate on the report's rate (and on the likelihood beside
+    it), and the schedule statistics ``statistics``."""
+    rates = list(dict.fromkeys([run.rate, LIKELIHOOD]))
+    bd = {
+        r: pairwise_bd(run.ok, run.anchor, r, run.min_overlap, notes)
+        for r in rates
+        if has_rd_axes(run.ok, r)
+    }
+    return bd, pairwise_statistics(run.ok, run.anchor, statistics)
 
 
 def _body(run: _Run, notes: list[str]) -> tuple[list[str], _Tables]:
     """Every section before the plots, in order (each adds its notes in that order)."""
-    ok, manifest = run.ok, run.manifest
+    ok, manifest, rate = run.ok, run.manifest, run.rate
     lines = _header(run) + sections.setup_section(manifest)
     registered = manifest.get("quantizers") or {}
     lines += sections.quantizer_settings(run.df, registered, quantizer_notes(manifest), notes)
@@ -158,29 +203,33 @@ def _body(run: _Run, notes: list[str]) -> tuple[list[str], _Tables]:
         ok["interp_weight"] = ok["interp_weight"].fillna(-1.0)
     rd = rd_points(ok, keys)
     lines += sections.rd_section(rd, keys)
-    vr_rows = variable_rate_rows(ok, run.anchor, notes, run.min_overlap)
+    vr_rows = variable_rate_rows(ok, run.anchor, notes, run.min_overlap, rate)
     bd_missing: list[dict] = []
-    bd_rows = bd_table(ok, run.anchor, notes, run.min_overlap, bd_missing)
-    lines += sections.bd_section(bd_rows, run.min_overlap)
+    bd_rows = bd_table(ok, run.anchor, notes, run.min_overlap, bd_missing, rate)
+    lines += sections.bd_section(bd_rows, run.min_overlap, rate)
     references = reference_curves(manifest, run.settings, notes)
-    lines += sections.references_section(reference_rows(ok, references, notes, run.min_overlap))
-    lines += sections.variable_rate_section(vr_rows, run.anchor)
+    ref_rows = reference_rows(ok, references, notes, run.min_overlap, rate)
+    lines += sections.references_section(ref_rows, rate)
+    lines += sections.variable_rate_section(vr_rows, run.anchor, rate)
     declared = metric_columns(manifest, run.df)
     scheduled = [m for m in manifest.get("schedule_metrics", []) if m in declared]
     column_notes = manifest.get("column_notes", {})
     lines += sections.schedule_section(ok, {m: declared[m] for m in scheduled}, notes, column_notes)
+    paired_bd, paired_stats = _paired(run, [c for m in scheduled for c in declared[m]], notes)
+    lines += sections.paired_section(paired_bd, paired_stats)
     rest = {m: cols for m, cols in declared.items() if m not in scheduled}
     lines += sections.metrics_section(ok, rest, keys, notes)
-    return lines, _Tables(keys, rd, bd_rows, vr_rows, references, bd_missing)
+    tables = _Tables(keys, rd, bd_rows, vr_rows, references, bd_missing, paired_bd, paired_stats)
+    return lines, tables
 
 
-def _summary(tables: _Tables, notes: list[str]) -> str:
+def _summary(run: _Run, tables: _Tables, notes: list[str]) -> str:
     """What ``qbench run`` and ``qbench report`` print: RD points, BD-rates, notes count."""
     rd = tables.rd
     rd_cols = [c for c in RD_COLUMNS if c in rd.columns]
     summary = md(rd[tables.keys + rd_cols]) if not rd.empty else "(no finished job)"
     if tables.bd_rows:
-        summary += "\n\n" + md(pd.DataFrame(tables.bd_rows), ".2f")
+        summary += "\n\n" + md(sections.bd_frame(tables.bd_rows, run.rate), ".2f")
     if notes:
         summary += (
             f"\n\nnotes: {len(notes)} item(s) (not computed, flagged or skipped), see report.md"
@@ -191,13 +240,14 @@ def _summary(tables: _Tables, notes: list[str]) -> str:
 def _plots(run: _Run, tables: _Tables) -> list[Path]:
     from qbench.report.plots import plot_bd, plot_rd, plot_schedule, plot_variable_rate
 
-    run_dir, rd = run.run_dir, tables.rd
+    run_dir, rd, rate = run.run_dir, tables.rd, run.rate
     # an RD plot needs both axes: a matrix may evaluate neither bpp nor psnr
-    plots = plot_rd(rd, run_dir, tables.references) if not rd.empty and has_rd_axes(rd) else []
+    drawable = not rd.empty and has_rd_axes(rd, rate)
+    plots = plot_rd(rd, run_dir, tables.references, rate) if drawable else []
     if tables.bd_rows:
-        plots += plot_bd(tables.bd_rows, run_dir, run.anchor)
+        plots += plot_bd(tables.bd_rows, run_dir, run.anchor, rate)
     if tables.vr_rows:
-        plots += plot_variable_rate(run.ok, methods(run.ok), run.anchor, run_dir)
+        plots += plot_variable_rate(run.ok, methods(run.ok), run.anchor, run_dir, rate)
     sched = run_dir / "schedule.csv"
     if sched.exists() and sched.stat().st_size > 0:
         with contextlib.suppress(pd.errors.EmptyDataError):
@@ -210,15 +260,24 @@ def write_report(
     anchor: str | None = None,
     write: bool = True,
     min_overlap: float | None = None,
+    rate: str | None = None,
 ) -> Report:
-    """(Re)build report.md and the plots of a run directory (nothing written unless ``write``)."""
+    """(Re)build report.md and the plots of a run directory (nothing written unless
+    ``write``). ``rate``: ``bitstream`` or ``likelihood``, the rate every BD-rate, table and
+    plot is on (default: the matrix's ``[report] rate``, else bitstream; a run without
+    bitstream values falls back to the likelihood, said in the notes)."""
     run_dir = Path(run_dir)
     notes: list[str] = []
-    run = _read(run_dir, anchor, min_overlap, notes)
+    run = _read(run_dir, anchor, min_overlap, notes, rate)
     lines, tables = _body(run, notes)
-    summary = _summary(tables, notes)
+    summary = _summary(run, tables, notes)
+    found = {
+        "rate": run.rate,
+        "paired_bd": tables.paired_bd,
+        "paired_statistics": tables.paired_statistics,
+    }
     if not write:
-        return Report(summary, tables.bd_rows, notes, [], tables.bd_missing)
+        return Report(summary, tables.bd_rows, notes, [], tables.bd_missing, **found)
     try:
         plots = _plots(run, tables)
         lines += sections.closing_sections(plots, notes)
@@ -228,4 +287,4 @@ def write_report(
             f"{run_dir}: cannot write the report ({exc.strerror or exc}); `qbench report "
             f"{run_dir} --format csv` prints the BD-rate table without writing"
         ) from exc
-    return Report(summary, tables.bd_rows, notes, plots, tables.bd_missing)
+    return Report(summary, tables.bd_rows, notes, plots, tables.bd_missing, **found)

@@ -11,10 +11,10 @@ across runs and each run has its own line style and marker.
 One rate axis never mixes the real bitstream's rate with the likelihood
 estimate. ``rate="auto"`` draws the bitstream rate
 (:data:`~qbench.report.tables.BITSTREAM`) when every run has it, the likelihood
-estimate (:data:`~qbench.report.tables.RATE`) when none has it, and refuses a
+estimate (:data:`~qbench.report.tables.LIKELIHOOD`) when none has it, and refuses a
 mix, naming the runs of each kind; ``rate="likelihood"`` (every run has it when
 it evaluated ``bpp``) or ``rate="bitstream"`` asks for one basis. The axis label
-says which (:func:`~qbench.report.plots.rate_label`).
+and the title say which (:func:`~qbench.report.plots.rate_label`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from qbench.report.plots import (  # noqa: E402
 from qbench.report.tables import (  # noqa: E402
     BITSTREAM,
     DISTORTION,
-    RATE,
+    LIKELIHOOD,
+    RATES,
     USABLE,
     load_results,
     rd_keys,
@@ -49,8 +50,6 @@ from qbench.report.tables import (  # noqa: E402
     separate_configurations,
 )
 
-#: ``--rate`` choices: the basis in words -> its rate column (``auto``: see the module).
-RATE_BASES = {"likelihood": RATE, "bitstream": BITSTREAM}
 #: (line style, marker) of the runs, in order.
 RUN_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"))
 #: Image suffixes that make ``--out`` a file rather than a folder.
@@ -72,15 +71,11 @@ class RunCurves:
         return column in self.ok.columns and bool(self.ok[column].notna().any())
 
     def points(self, rate: str) -> pd.DataFrame:
-        """The run's RD frame on the rate column ``rate``: columns ``rate``,
+        """The run's RD frame with the rate column ``rate``: columns ``rate``,
         ``rate_std``, the distortion and its std, per (backbone, dataset, quantizer,
         lambda[, blending weight]), as :func:`~qbench.report.tables.rd_points` makes it
-        for the report (whose rate axis is :data:`~qbench.report.tables.RATE`)."""
-        if rate == RATE:
-            return rd_points(self.ok, self.keys)
-        # rd_points averages the report's rate column: hand it the other rate under that name
-        ok = self.ok.drop(columns=[RATE], errors="ignore").rename(columns={rate: RATE})
-        return rd_points(ok, self.keys).rename(columns={RATE: rate, f"{RATE}_std": f"{rate}_std"})
+        for the report."""
+        return rd_points(self.ok, self.keys)
 
 
 @dataclass
@@ -147,9 +142,9 @@ def choose_rate(runs: Sequence[RunCurves], rate: str = "auto") -> str:
     ``likelihood`` or ``bitstream``; a :class:`QbenchError` naming the runs where no
     one basis serves them all."""
     if rate != "auto":
-        if rate not in RATE_BASES:
-            raise QbenchError(f"rate {rate!r}: expected auto, {', '.join(RATE_BASES)}")
-        column = RATE_BASES[rate]
+        if rate not in RATES:
+            raise QbenchError(f"rate {rate!r}: expected auto, {', '.join(RATES)}")
+        column = RATES[rate]
         lacking = [r.name for r in runs if not r.has(column)]
         if lacking:
             raise QbenchError(
@@ -164,16 +159,16 @@ def choose_rate(runs: Sequence[RunCurves], rate: str = "auto") -> str:
         estimated = [r.name for r in runs if r.name not in coded]
         raise QbenchError(
             f"{', '.join(coded)} have the real bitstream rate ({BITSTREAM}) and "
-            f"{', '.join(estimated)} only the likelihood estimate ({RATE}); one rate axis "
+            f"{', '.join(estimated)} only the likelihood estimate ({LIKELIHOOD}); one rate axis "
             f"does not mix them: pass --rate likelihood to draw every run on the likelihood "
             f"estimate, or leave out {', '.join(estimated)}"
         )
-    neither = [r.name for r in runs if not r.has(RATE)]
+    neither = [r.name for r in runs if not r.has(LIKELIHOOD)]
     if neither:
         raise QbenchError(
-            f"{', '.join(neither)} evaluated neither {BITSTREAM} nor {RATE}: no rate to draw"
+            f"{', '.join(neither)} evaluated neither {BITSTREAM} nor {LIKELIHOOD}: no rate to draw"
         )
-    return RATE
+    return LIKELIHOOD
 
 
 def _names(paths: Sequence[Path]) -> list[str]:

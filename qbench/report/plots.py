@@ -1,8 +1,10 @@
 """Plots of a report (matplotlib, Agg backend): RD curves, BD-rate bars, schedule statistics.
 
-Every rate axis says which rate it carries (:func:`rate_label`): the report's
-tables and BD-rates use the likelihood estimate (:data:`~qbench.report.tables.RATE`);
-``qbench plot`` (:mod:`qbench.report.overlay`) may use the real bitstream's.
+Every rate axis and title says which rate it carries (:func:`rate_label`): the
+report draws on its ``[report] rate`` (the real bitstream's,
+:data:`~qbench.report.tables.BITSTREAM`, unless it asks for the likelihood estimate,
+:data:`~qbench.report.tables.LIKELIHOOD`); ``qbench plot``
+(:mod:`qbench.report.overlay`) chooses its own.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from qbench.plan.recipes import TRAINED  # noqa: E402
-from qbench.report.tables import BITSTREAM, DISTORTION, RATE, has, of_role  # noqa: E402
+from qbench.report.tables import BITSTREAM, DISTORTION, LIKELIHOOD, has, of_role  # noqa: E402
 from qbench.report.variable_rate import DERIVED_ROLES  # noqa: E402
 
 #: Legend text size in points (at the figure's print size): legible on paper.
@@ -45,10 +47,10 @@ def slug(s: str) -> str:
 def rate_basis(column: str) -> str:
     """What a rate column measures, in words: ``bitstream`` for the real coded rate,
     ``likelihood estimate`` for the rate the entropy model's likelihoods give."""
-    return {RATE: "likelihood estimate", BITSTREAM: "bitstream"}.get(column, column)
+    return {LIKELIHOOD: "likelihood estimate", BITSTREAM: "bitstream"}.get(column, column)
 
 
-def rate_label(column: str = RATE) -> str:
+def rate_label(column: str) -> str:
     """The rate axis label of ``column``: ``rate [bpp, bitstream]`` or
     ``rate [bpp, likelihood estimate]``."""
     return f"rate [bpp, {rate_basis(column)}]"
@@ -69,7 +71,7 @@ def place_legend(ax, title: str | None = None) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **common)
 
 
-def draw_rd(ax, grp: pd.DataFrame, rate: str = RATE, prefix: str = "", **style) -> list[str]:
+def draw_rd(ax, grp: pd.DataFrame, rate: str = BITSTREAM, prefix: str = "", **style) -> list[str]:
     """A line per quantizer of an RD frame (:func:`~qbench.report.tables.rd_points`): mean
     over seeds, their standard deviation as error bars on both axes; labels
     ``prefix + quantizer`` (returned). ``style``: colours (``colors``: quantizer ->
@@ -94,28 +96,32 @@ def draw_rd(ax, grp: pd.DataFrame, rate: str = RATE, prefix: str = "", **style) 
     return labels
 
 
-def rd_figure(grp: pd.DataFrame, title: str, curves: list | None = None) -> Figure:
-    """One (backbone, dataset) of the report's RD frame (likelihood rate): a line per
-    quantizer, seed std as bars; the published ``curves`` dashed, cut at the run's frame."""
+def rd_figure(
+    grp: pd.DataFrame, title: str, curves: list | None = None, rate: str = BITSTREAM
+) -> Figure:
+    """One (backbone, dataset) of the report's RD frame on the rate column ``rate``: a line
+    per quantizer, seed std as bars; the published ``curves`` (real file sizes) dashed, cut
+    at the run's frame."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=DPI)
     for i, curve in enumerate(curves or []):  # greys: the run's colours stay its own
         grey, style = PUBLISHED_STYLES[i % len(PUBLISHED_STYLES)]
         ax.plot(curve.bpp, curve.psnr, style, color=grey, lw=1.2, ms=5, label=curve.label)
-    draw_rd(ax, grp)
+    draw_rd(ax, grp, rate)
     if curves:  # frame the run's points; the published curves are cut at the frame
-        hi = float(grp[RATE].max()) * 2.0
+        hi = float(grp[rate].max()) * 2.0
         near = [p for c in curves for b, p in zip(c.bpp, c.psnr) if b <= hi]
         low, top = float(grp[DISTORTION].min()) - 1.0, float(grp[DISTORTION].max()) + 1.0
         ax.set_xlim(0.0, hi)
         ax.set_ylim(low, max([top, *near]) + 0.5)
-    return finish_rd_axes(fig, ax, title, RATE)
+    return finish_rd_axes(fig, ax, title, rate)
 
 
 def finish_rd_axes(fig: Figure, ax, title: str, rate: str) -> Figure:
-    """The labels, grid and legend every RD figure ends with (``rate``: its rate column)."""
+    """The labels, grid and legend every RD figure ends with (``rate``: its rate column,
+    said on the axis and in the title)."""
     ax.set_xlabel(rate_label(rate))
     ax.set_ylabel("PSNR [dB]")
-    ax.set_title(title)
+    ax.set_title(f"{title} (rate: {rate_basis(rate)})")
     ax.grid(alpha=0.3)
     place_legend(ax)
     fig.tight_layout()
@@ -123,35 +129,47 @@ def finish_rd_axes(fig: Figure, ax, title: str, rate: str) -> Figure:
 
 
 def save(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` to ``path`` (legends beside the axes kept) and close it."""
-    fig.savefig(path, bbox_inches="tight")
+    """Write ``fig`` to ``path`` (legends beside the axes kept) and close it; a PNG carries
+    its first axes' title and axis labels as text (``Title``, ``Description``), so that a
+    file says which rate it draws."""
+    ax = fig.axes[0] if fig.axes else None
+    meta = {}
+    if ax is not None and path.suffix.lower() == ".png":
+        meta = {
+            "Title": ax.get_title(),
+            "Description": f"x: {ax.get_xlabel()}; y: {ax.get_ylabel()}",
+        }
+    fig.savefig(path, bbox_inches="tight", metadata=meta)
     plt.close(fig)
     return path
 
 
-def plot_rd(rd: pd.DataFrame, out: Path, references: dict | None = None) -> list[Path]:
-    """One PNG per (backbone, dataset): PSNR vs likelihood bpp, a line per quantizer, seed
-    std as bars; the published curves of ``references`` (``{dataset: [ReferenceCurve]}``)
-    dashed."""
+def plot_rd(
+    rd: pd.DataFrame, out: Path, references: dict | None = None, rate: str = BITSTREAM
+) -> list[Path]:
+    """One PNG per (backbone, dataset): PSNR vs the rate column ``rate``, a line per
+    quantizer, seed std as bars; the published curves of ``references``
+    (``{dataset: [ReferenceCurve]}``) dashed."""
     paths = []
     for (bb, ds), grp in rd.groupby(["backbone", "dataset"], sort=False):
-        fig = rd_figure(grp, f"{bb} on {ds}", (references or {}).get(ds, []))
+        fig = rd_figure(grp, f"{bb} on {ds}", (references or {}).get(ds, []), rate)
         paths.append(save(fig, out / f"rd_{slug(bb)}_{slug(ds)}.png"))
     return paths
 
 
-def plot_bd(rows: list[dict], out: Path, anchor: str) -> list[Path]:
-    """One PNG per (backbone, dataset): the BD-rate of each quantizer against ``anchor``
-    (on the likelihood rate, as the report's table), its 95 % interval as bars."""
+def plot_bd(rows: list[dict], out: Path, anchor: str, rate: str = BITSTREAM) -> list[Path]:
+    """One PNG per (backbone, dataset): the BD-rate of each quantizer against ``anchor`` on
+    the rate column ``rate`` (as the report's table), its 95 % interval over seeds as
+    bars."""
     df = pd.DataFrame(rows)
     paths = []
     for (bb, ds), grp in df.groupby(["backbone", "dataset"], sort=False):
         fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=DPI)
-        err = grp["ci95_%"].fillna(0).values
+        err = grp["ci95_seeds_%"].fillna(0).values
         ax.bar(grp["quantizer"], grp["bd_rate_%"], yerr=err, capsize=4, color="tab:blue")
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_ylabel(f"BD-rate vs {anchor} [%]")
-        ax.set_title(f"{bb} on {ds} (rate: {rate_basis(RATE)}; lower is better)")
+        ax.set_ylabel(f"BD-rate vs {anchor} [%] (bars: 95 % over seeds)")
+        ax.set_title(f"{bb} on {ds} (rate: {rate_basis(rate)}; lower is better)")
         if max(len(str(q)) for q in grp["quantizer"]) > 60 / len(grp):  # would touch: slant
             plt.setp(ax.get_xticklabels(), rotation=25, ha="right")
         fig.tight_layout()
@@ -264,24 +282,24 @@ def plot_schedule(h: pd.DataFrame, out: Path) -> list[Path]:
     return [path]
 
 
-def _mean_points(grp: pd.DataFrame) -> pd.DataFrame:
-    """Rate and distortion per (quantizer, lambda, blending weight), mean over seeds, with
-    the points' role."""
+def _mean_points(grp: pd.DataFrame, rate: str) -> pd.DataFrame:
+    """Rate (column ``rate``) and distortion per (quantizer, lambda, blending weight), mean
+    over seeds, with the points' role."""
     keys = ["quantizer", "lambda", "interp_weight"]
     grp = grp.assign(interp_weight=grp.get("interp_weight", pd.Series(index=grp.index)))
     g = grp.groupby(keys, dropna=False, sort=False)
-    mean = g[[RATE, DISTORTION]].mean().reset_index()
+    mean = g[[rate, DISTORTION]].mean().reset_index()
     mean["role"] = g["role"].first().values
     return mean
 
 
-def _draw_method(ax, mine: pd.DataFrame, method: str, colour: str) -> None:
+def _draw_method(ax, mine: pd.DataFrame, method: str, colour: str, rate: str) -> None:
     """One method's points, a style per derived role (``Role.marker``, ``linestyle``,
     ``filled``), labelled ``"<method> <noun>"``."""
     for role in DERIVED_ROLES:
-        pts = of_role(mine, role).sort_values(RATE)
+        pts = of_role(mine, role).sort_values(rate)
         ax.plot(
-            pts[RATE],
+            pts[rate],
             pts[DISTORTION],
             linestyle=role.linestyle,
             marker=role.marker,
@@ -292,16 +310,16 @@ def _draw_method(ax, mine: pd.DataFrame, method: str, colour: str) -> None:
 
 
 def variable_rate_figure(
-    grp: pd.DataFrame, methods: dict[str, str], anchor: str, title: str
+    grp: pd.DataFrame, methods: dict[str, str], anchor: str, title: str, rate: str = BITSTREAM
 ) -> Figure:
     """One (backbone, dataset) of the usable rows: the ``anchor`` models trained at each
     lambda (line), and each variable-rate method's points in one colour per method, a style
-    per derived role (``methods``: derived label -> method); likelihood rate."""
-    mean = _mean_points(grp)
+    per derived role (``methods``: derived label -> method), on the rate column ``rate``."""
+    mean = _mean_points(grp, rate)
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=DPI)
-    ref = mean[(mean["quantizer"] == anchor) & ~has(mean, "derived")].sort_values(RATE)
+    ref = mean[(mean["quantizer"] == anchor) & ~has(mean, "derived")].sort_values(rate)
     ax.plot(
-        ref[RATE],
+        ref[rate],
         ref[DISTORTION],
         color="k",
         linestyle=TRAINED.linestyle,
@@ -312,16 +330,17 @@ def variable_rate_figure(
     for i, method in enumerate(dict.fromkeys(methods.values())):
         labels = [q for q, m in methods.items() if m == method]
         colour = colours[i % len(colours)]
-        _draw_method(ax, mean[mean["quantizer"].isin(labels)], method, colour)
-    return finish_rd_axes(fig, ax, title, RATE)
+        _draw_method(ax, mean[mean["quantizer"].isin(labels)], method, colour, rate)
+    return finish_rd_axes(fig, ax, title, rate)
 
 
 def plot_variable_rate(
-    ok: pd.DataFrame, methods: dict[str, str], anchor: str, out: Path
+    ok: pd.DataFrame, methods: dict[str, str], anchor: str, out: Path, rate: str = BITSTREAM
 ) -> list[Path]:
-    """One PNG per (backbone, dataset): :func:`variable_rate_figure`."""
+    """One PNG per (backbone, dataset): :func:`variable_rate_figure` on ``rate``."""
     paths = []
     for (bb, ds), grp in ok.groupby(["backbone", "dataset"], sort=False):
-        fig = variable_rate_figure(grp, methods, anchor, f"variable rate: {bb} on {ds}")
+        title = f"variable rate: {bb} on {ds}"
+        fig = variable_rate_figure(grp, methods, anchor, title, rate)
         paths.append(save(fig, out / f"vr_{slug(bb)}_{slug(ds)}.png"))
     return paths

@@ -7,7 +7,7 @@ import pandas as pd
 
 from qbench.bdrate import DEFAULT_MIN_OVERLAP
 from qbench.registry import QbenchError
-from qbench.report.tables import DISTORTION, RATE, bd_over_seeds, has_rd_axes
+from qbench.report.tables import DISTORTION, basis, bd_over_seeds, has_rd_axes, rate_column
 
 
 def reference_curves(manifest: dict, settings: dict, notes: list[str]) -> dict[str, list]:
@@ -47,18 +47,26 @@ def reference_rows(
     references: dict[str, list],
     notes: list[str],
     min_overlap: float = DEFAULT_MIN_OVERLAP,
+    rate: str | None = None,
 ) -> list[dict]:
     """Per (backbone, dataset, quantizer, published curve): the BD-rate of the run's curve
-    against the published one, mean and 95% CI over seeds, with overlap and flags."""
+    on the rate column ``rate`` (None: :func:`~qbench.report.tables.rate_column`'s default,
+    the bitstream, as the published curves measure) against the published one, each seed
+    against the one published curve, then mean and 95 % interval over seeds, with overlap
+    and flags."""
     rows: list[dict] = []
-    if not references or not has_rd_axes(ok):
+    if not references:
+        return rows
+    rate = rate_column(ok, rate, notes)
+    if not has_rd_axes(ok, rate):
         return rows
     for (bb, ds), grp in ok.groupby(["backbone", "dataset"], sort=False):
         for curve in references.get(ds, []):
-            ref = pd.DataFrame({RATE: curve.bpp, DISTORTION: curve.psnr, "seed": -1})
+            ref = pd.DataFrame({rate: curve.bpp, DISTORTION: curve.psnr})  # one curve, no seed
             for q in grp["quantizer"].unique():
                 where = f"{bb}, {ds}, {q} vs {curve.source.name}"
-                cell = bd_over_seeds(ref, grp[grp["quantizer"] == q], min_overlap, notes, where)
+                test = grp[grp["quantizer"] == q]
+                cell = bd_over_seeds(ref, test, min_overlap, notes, where, rate)
                 if cell is not None:
                     rows.append(
                         {
@@ -67,6 +75,7 @@ def reference_rows(
                             "quantizer": q,
                             "published": curve.source.name,
                             "psnr": curve.source.psnr,
+                            "rate": basis(rate),
                             **cell,
                         }
                     )

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +21,27 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from qbench.bdrate import DEFAULT_MIN_OVERLAP, BDRateError, bd_rate_checked
+from qbench.bdrate import DEFAULT_MIN_OVERLAP, BDRateError, BDResult, bd_rate_checked
 from qbench.plan.recipes import TRAINED, Role, role_of
 from qbench.registry import QbenchError
+from qbench.report.paired import BD_WORDS, paired
 from qbench.results import ACCOUNTING, ID_COLUMNS, TAIL_COLUMNS, RunDir
 
-#: The rate axis of every RD table, plot and BD-rate: the ``bpp`` metric's column
-#: (likelihood bits per pixel). The one place the report names it.
-RATE = "bpp"
+#: The likelihood rate: the ``bpp`` metric's column, the bits per pixel the entropy
+#: model's likelihoods promise (no file is written).
+LIKELIHOOD = "bpp"
+#: The rate of the real bitstream: the ``bpp_bitstream`` metric's column, the size of the
+#: file the entropy coder writes (what published curves measure).
+BITSTREAM = "bpp_bitstream"
+#: ``[report] rate``: each basis in words and its column. The report's tables, BD-rates and
+#: plots are on one of them (:func:`rate_column`); the one place the report names them.
+RATES = {"bitstream": BITSTREAM, "likelihood": LIKELIHOOD}
+#: The basis the report compares on when ``[report] rate`` is not given.
+DEFAULT_RATE = "bitstream"
 #: The distortion axis: the ``psnr`` metric's column (dB, per image then averaged).
 DISTORTION = "psnr"
-#: The rate of the real bitstream: the ``bpp_bitstream`` metric's column.
-BITSTREAM = "bpp_bitstream"
-#: The rate and distortion axes together (DESIGN's columns).
-RD_COLUMNS = (RATE, DISTORTION)
+#: The columns of an RD point: either rate, and the distortion.
+RD_COLUMNS = (BITSTREAM, LIKELIHOOD, DISTORTION)
 #: Columns a qbench row carries besides metric values (``role``: added by :func:`load_results`;
 #: ``entry``: the quantizer label as the matrix wrote it, before configurations are separated).
 BOOKKEEPING = (
@@ -173,75 +181,144 @@ def metric_columns(manifest: dict, df: pd.DataFrame) -> dict[str, list[str]]:
     return {"other": other} if other else {}
 
 
-def md(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    """A GitHub markdown table (``interp_weight`` -1, "not interpolated", shown empty)."""
+def md(df: pd.DataFrame, floatfmt: str = ".4f", numparse: bool = True) -> str:
+    """A GitHub markdown table (``interp_weight`` -1, "not interpolated", shown empty);
+    ``numparse`` false: text cells are shown as they are, never read as numbers."""
     if "interp_weight" in df.columns:  # -1 marks "not interpolated" for grouping only
         df = df.copy()
         df["interp_weight"] = (
             df["interp_weight"].astype(object).where(df["interp_weight"].astype(float) >= 0, None)
         )
-    return tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=floatfmt)
+    return tabulate(
+        df,
+        headers="keys",
+        tablefmt="github",
+        showindex=False,
+        floatfmt=floatfmt,
+        disable_numparse=not numparse,
+    )
 
 
-def _t95(n: int) -> float:
-    from scipy import stats
+def basis(column: str) -> str:
+    """The basis word of a rate column (``bitstream``, ``likelihood``)."""
+    return {c: word for word, c in RATES.items()}.get(column, column)
 
-    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else float("nan")
+
+def has_values(df: pd.DataFrame, column: str) -> bool:
+    """Whether ``df`` has ``column`` with at least one value."""
+    return column in df.columns and bool(df[column].notna().any())
 
 
-def bd_over_seeds(
-    ref: pd.DataFrame, test: pd.DataFrame, min_overlap: float, notes: list[str], where: str
-) -> dict | None:
-    """BD-rate of ``test`` against ``ref`` per seed (the reference's same seed, or all of it),
-    then mean and 95% t-interval over seeds, smallest overlap and flags; None if no seed
-    could be computed (the reason is in the notes)."""
-    per_seed, overlaps, flags = [], [], set()
+def rate_column(ok: pd.DataFrame, rate: str | None, notes: list[str]) -> str:
+    """The rate column a report compares on: that of ``rate`` (a basis of :data:`RATES` or
+    a column; None: :data:`DEFAULT_RATE`). The bitstream asked of rows without any
+    bitstream value falls back to the likelihood rate, said in ``notes``."""
+    column = RATES.get(rate or DEFAULT_RATE, rate or "")
+    if column not in RATES.values():
+        raise QbenchError(f"rate {rate!r}: expected one of {', '.join(RATES)}")
+    if column == BITSTREAM and not ok.empty and not has_values(ok, BITSTREAM):
+        notes.append(
+            f"rate: the real bitstream rate (`{BITSTREAM}`) was asked for (`[report] rate`), "
+            f"but these results have no {BITSTREAM} value (the metric was not evaluated): "
+            f"every BD-rate, table and plot uses the likelihood estimate (`{LIKELIHOOD}`) "
+            "instead"
+        )
+        return LIKELIHOOD
+    return column
+
+
+@dataclass
+class SeedBD:
+    """The BD-rate of one curve against another, seed by seed: the results of the seeds
+    computed and, for the others, why not (``{seed: reason}``)."""
+
+    results: dict[int, BDResult] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+
+    def values(self) -> list[float]:
+        """The BD-rates, in seed order."""
+        return [self.results[s].value for s in sorted(self.results)]
+
+    def flags(self) -> str:
+        """What the cells rest on, in words: ``low overlap``, ``monotone subset``."""
+        words = {
+            "low overlap" if "overlap" in f else "monotone subset"
+            for r in self.results.values()
+            for f in r.flags
+        }
+        return ", ".join(sorted(words))
+
+
+def bd_per_seed(ref: pd.DataFrame, test: pd.DataFrame, rate: str, min_overlap: float) -> SeedBD:
+    """BD-rate of ``test`` against ``ref`` per seed on the rate column ``rate``: each seed of
+    ``test`` against the same seed of ``ref`` only (a seed ``ref`` lacks is not computed);
+    a ``ref`` without a ``seed`` column is one curve (a published one) for every seed."""
+    out = SeedBD()
     for seed, sg in test.groupby("seed"):
-        rg = ref[ref["seed"] == seed]
+        rg = ref[ref["seed"] == seed] if "seed" in ref.columns else ref
         if rg.empty:
-            rg = ref
+            out.failed[int(seed)] = f"the reference has no seed {seed} (compared seed by seed)"
+            continue
         try:
-            res = bd_rate_checked(
-                rg[list(RD_COLUMNS)].values.tolist(),
-                sg[list(RD_COLUMNS)].values.tolist(),
+            out.results[int(seed)] = bd_rate_checked(
+                rg[[rate, DISTORTION]].values.tolist(),
+                sg[[rate, DISTORTION]].values.tolist(),
                 min_overlap=min_overlap,
             )
         except BDRateError as exc:
-            notes.append(f"BD-rate ({where}, seed {seed}): not computed: {exc}")
-            continue
-        per_seed.append(res.value)
-        overlaps.append(res.overlap)
-        for flag in res.flags:
-            flags.add("low overlap" if "overlap" in flag else "monotone subset")
-            notes.append(f"BD-rate ({where}, seed {seed}) flagged: {flag}")
-    if not per_seed:
+            out.failed[int(seed)] = str(exc)
+    return out
+
+
+def bd_over_seeds(
+    ref: pd.DataFrame,
+    test: pd.DataFrame,
+    min_overlap: float,
+    notes: list[str],
+    where: str,
+    rate: str = BITSTREAM,
+) -> dict | None:
+    """BD-rate of ``test`` against ``ref`` per seed (:func:`bd_per_seed`), then the mean and
+    95 % t-interval over seeds (``ci95_seeds_%``: the half-width,
+    :func:`~qbench.report.paired.paired`), the smallest overlap and the flags; None if no
+    seed could be computed. Every seed not computed and every flag is said in ``notes``."""
+    per = bd_per_seed(ref, test, rate, min_overlap)
+    for seed, why in per.failed.items():
+        notes.append(f"BD-rate ({where}, seed {seed}): not computed: {why}")
+    for seed, res in per.results.items():
+        notes += [f"BD-rate ({where}, seed {seed}) flagged: {flag}" for flag in res.flags]
+    if not per.results:
         return None
-    n = len(per_seed)
-    half = _t95(n) * float(np.std(per_seed, ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    summary = paired(per.values(), BD_WORDS)
     return {
-        "bd_rate_%": float(np.mean(per_seed)),
-        "ci95_%": half,
-        "seeds": n,
-        "overlap_%": 100 * min(overlaps),
-        "flag": ", ".join(sorted(flags)),
+        "bd_rate_%": summary.mean,
+        "ci95_seeds_%": summary.half,
+        "seeds": summary.n,
+        "overlap_%": 100 * min(r.overlap for r in per.results.values()),
+        "flag": per.flags(),
     }
 
 
-def has_rd_axes(df: pd.DataFrame) -> bool:
-    """Whether ``df`` has both the rate and the distortion column."""
-    return set(RD_COLUMNS) <= set(df.columns)
+def has_rd_axes(df: pd.DataFrame, rate: str = BITSTREAM) -> bool:
+    """Whether ``df`` has the rate column ``rate`` and the distortion column."""
+    return {rate, DISTORTION} <= set(df.columns)
 
 
-#: The columns of ``qbench report --format csv|json``, computed cells and not computed ones.
+#: The columns of ``qbench report --format csv|json``, computed cells and not computed ones:
+#: ``rate`` names the basis of ``bd_rate_%`` and its interval over seeds; the likelihood
+#: rate's figures are beside them (equal to them when ``rate`` is ``likelihood``).
 BD_COLUMNS = (
     "backbone",
     "dataset",
     "quantizer",
+    "rate",
     "bd_rate_%",
-    "ci95_%",
+    "ci95_seeds_%",
     "seeds",
     "overlap_%",
     "flag",
+    "bd_rate_likelihood_%",
+    "ci95_seeds_likelihood_%",
     "reason",
 )
 
@@ -252,19 +329,48 @@ def bd_table(
     notes: list[str],
     min_overlap: float = DEFAULT_MIN_OVERLAP,
     missing: list[dict] | None = None,
+    rate: str | None = None,
 ) -> list[dict]:
-    """Per (backbone, dataset, quantizer): BD-rate vs the anchor, mean and 95% CI over seeds.
+    """Per (backbone, dataset, quantizer): BD-rate vs the anchor on ``rate`` (a column or a
+    basis; None: :func:`rate_column`'s default), mean and 95 % interval over seeds, with
+    the likelihood rate's beside it (``bd_rate_likelihood_%``, ``ci95_seeds_likelihood_%``).
 
     Each cell carries the smallest overlap of the curves over its seeds and a
     ``flag`` when a seed's number rests on little overlap or on a curve's
     monotone subset (the reason is in the notes). Each cell that could not be
     computed is appended to ``missing`` (when given) with its ``reason``.
     """
-    rows = []
-    if not has_rd_axes(ok):
-        notes.append(f"BD-rate: results have no {'/'.join(RD_COLUMNS)} columns")
+    rate = rate_column(ok, rate, notes)
+    rows = _bd_cells(ok, anchor, notes, min_overlap, missing, rate)
+    if rate == LIKELIHOOD:
+        beside = {id(r): r for r in rows}
+    else:  # the likelihood figures: their flags are the main cells', their gaps said here
+        scratch: list[str] = []
+        cells = _bd_cells(ok, anchor, scratch, min_overlap, None, LIKELIHOOD)
+        notes += [f"{n} (likelihood rate)" for n in scratch if "not computed" in n]
+        by_key = {(r["backbone"], r["dataset"], r["quantizer"]): r for r in cells}
+        beside = {id(r): by_key.get((r["backbone"], r["dataset"], r["quantizer"])) for r in rows}
+    for row in rows:
+        other = beside[id(row)] or {}
+        row["bd_rate_likelihood_%"] = other.get("bd_rate_%", math.nan)
+        row["ci95_seeds_likelihood_%"] = other.get("ci95_seeds_%", math.nan)
+    return rows
+
+
+def _bd_cells(
+    ok: pd.DataFrame,
+    anchor: str,
+    notes: list[str],
+    min_overlap: float,
+    missing: list[dict] | None,
+    rate: str,
+) -> list[dict]:
+    """The cells of :func:`bd_table` on one rate column (``rate`` in each)."""
+    rows: list[dict] = []
+    if not has_rd_axes(ok, rate):
+        notes.append(f"BD-rate: results have no {rate}/{DISTORTION} columns")
         if missing is not None:
-            missing.append({"reason": notes[-1]})
+            missing.append({"rate": basis(rate), "reason": notes[-1]})
         return rows
     for (bb, ds), grp in ok.groupby(["backbone", "dataset"], sort=False):
         where = {"backbone": bb, "dataset": ds}
@@ -277,13 +383,15 @@ def bd_table(
         for q in grp["quantizer"].unique():
             before = len(notes)
             cell = bd_over_seeds(
-                ref, grp[grp["quantizer"] == q], min_overlap, notes, f"{bb}, {ds}, {q}"
+                ref, grp[grp["quantizer"] == q], min_overlap, notes, f"{bb}, {ds}, {q}", rate
             )
             if cell is not None:
-                rows.append({**where, "quantizer": q, **cell})
+                rows.append({**where, "quantizer": q, "rate": basis(rate), **cell})
             elif missing is not None:
                 reason = "; ".join(notes[before:])
-                missing.append({**where, "quantizer": q, "seeds": 0, "reason": reason})
+                missing.append(
+                    {**where, "quantizer": q, "rate": basis(rate), "seeds": 0, "reason": reason}
+                )
     return rows
 
 
@@ -297,9 +405,10 @@ def rd_keys(ok: pd.DataFrame) -> list[str]:
 
 
 def rd_points(ok: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of the rate and distortion of every point
-    (``keys``: :func:`rd_keys`; ``interp_weight`` filled with -1 where not a blend); empty
-    when nothing finished or neither axis was evaluated."""
+    """Mean and standard deviation over seeds of both rates and the distortion of every
+    point (:data:`RD_COLUMNS`, those evaluated; ``keys``: :func:`rd_keys`;
+    ``interp_weight`` filled with -1 where not a blend); empty when nothing finished or no
+    axis was evaluated."""
     rd_cols = [c for c in RD_COLUMNS if c in ok.columns]
     if not rd_cols or ok.empty:
         return pd.DataFrame()
@@ -347,15 +456,16 @@ RATE_GAP = 0.05
 def rate_gaps(ok: pd.DataFrame) -> list[str]:
     """A note per curve whose likelihood bpp and real bitstream bpp differ by more than
     :data:`RATE_GAP` on average: there the likelihood is no proxy for the coded rate."""
-    if RATE not in ok.columns or BITSTREAM not in ok.columns or ok.empty:
+    if LIKELIHOOD not in ok.columns or BITSTREAM not in ok.columns or ok.empty:
         return []
-    gap = ok[BITSTREAM] / ok[RATE] - 1.0
+    gap = ok[BITSTREAM] / ok[LIKELIHOOD] - 1.0
     out = []
     for (bb, ds, q), g in gap.groupby([ok["backbone"], ok["dataset"], ok["quantizer"]]):
         mean = float(g.mean())
         if math.isfinite(mean) and abs(mean) > RATE_GAP:
             out.append(
                 f"{bb}, {ds}, {q}: the real bitstream is {100 * mean:+.1f} % off the likelihood "
-                f"{RATE} on average (more than {RATE_GAP:.0%}): read `{BITSTREAM}` for its rate"
+                f"{LIKELIHOOD} on average (more than {RATE_GAP:.0%}): there the likelihood "
+                f"estimate is no proxy for the coded rate (`{BITSTREAM}`)"
             )
     return out

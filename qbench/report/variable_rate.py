@@ -21,10 +21,12 @@ from qbench.plan.recipes import ROLES
 from qbench.report.tables import (
     BITSTREAM,
     DISTORTION,
-    RATE,
+    LIKELIHOOD,
+    basis,
     bd_over_seeds,
     has,
     of_role,
+    rate_column,
     with_roles,
 )
 
@@ -35,7 +37,7 @@ DERIVED_ROLES = tuple(role for role in ROLES.values() if role.derived)
 #: a method's cell when no seed's BD-rate could be computed
 NOT_COMPUTED = {
     "bd_rate_%": math.nan,
-    "ci95_%": math.nan,
+    "ci95_seeds_%": math.nan,
     "seeds": 0,
     "overlap_%": math.nan,
     "flag": "not computed",
@@ -86,15 +88,21 @@ def predates_anchors(ok: pd.DataFrame) -> str:
 
 
 def variable_rate_rows(
-    ok: pd.DataFrame, anchor: str, notes: list[str], min_overlap: float = DEFAULT_MIN_OVERLAP
+    ok: pd.DataFrame,
+    anchor: str,
+    notes: list[str],
+    min_overlap: float = DEFAULT_MIN_OVERLAP,
+    rate: str | None = None,
 ) -> list[dict]:
     """Each variable-rate method against the separately trained ``anchor`` models.
 
     A method's curve is its derived points, its interpolated points, and both
     together (one kind per derived role, then ``all``). Per (backbone,
-    dataset, method, points): BD-rate against the anchor's trained models
-    (mean and 95% t-interval over seeds), the rate range covered (likelihood
-    bpp) and the share of the trained models' range it spans, parameters
+    dataset, method, points): BD-rate against the anchor's trained models on
+    the rate column ``rate`` (None: :func:`~qbench.report.tables.rate_column`'s
+    default), seed by seed, mean and 95 % t-interval over seeds, the
+    likelihood rate's beside it; the rate range covered and the share of the
+    trained models' range it spans, parameters
     trained and training seconds per rate (refined points; interpolation
     trains nothing), the anchor model's own training seconds (the model the
     refined points start from, paid once), and the real bitstream's overhead
@@ -105,6 +113,7 @@ def variable_rate_rows(
         ok = with_roles(ok)
     if ok.empty or not has(ok, "derived").any():
         return []
+    rate = rate_column(ok, rate, notes)
     note = predates_anchors(ok)
     if note:
         notes.append(note)
@@ -121,49 +130,66 @@ def variable_rate_rows(
             mine = derived[derived["quantizer"].map(labels) == method]
             head = {"backbone": bb, "dataset": ds, "method": method}
             root = anchor_rows(grp, mine)
-            out += _method_rows(head, ref, mine, root, anchor, notes, min_overlap)
+            out += _method_rows(head, (ref, mine, root), anchor, notes, min_overlap, rate)
     return out
 
 
 def _method_rows(
     head: dict,
-    ref: pd.DataFrame,
-    mine: pd.DataFrame,
-    root: pd.DataFrame,
+    frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
     anchor: str,
     notes: list[str],
     min_overlap: float,
+    rate: str,
 ) -> list[dict]:
-    """The rows of one method (``head``: its backbone, dataset, name): one per kind of point
-    it has (a derived role's points, then ``all`` of them when there are several kinds)."""
-    # a blend at a = 0 or 1 is its derived model again: count each model once
-    both = mine.drop_duplicates(subset=["seed", RATE, DISTORTION])
+    """The rows of one method (``head``: its backbone, dataset, name; ``frames``: the
+    anchor's trained rows, the method's rows, the model its refined points start from):
+    one per kind of point it has (a derived role's points, then ``all`` of them when there
+    are several kinds)."""
+    ref, mine, root = frames
+    # a blend at a = 0 or 1 is its derived model again (same lambda, same point): count each
+    # model once, as derived (file sizes of two models can be equal where likelihoods differ)
+    first = mine.assign(_blend=has(mine, "extends_anchor")).sort_values("_blend", kind="stable")
+    both = first.drop_duplicates(subset=["seed", "lambda", rate, DISTORTION])
+    both = both.drop(columns="_blend")
     kinds = [(role.noun, of_role(mine, role)) for role in DERIVED_ROLES] + [("all", both)]
     out = []
     for kind, pts in kinds:
         if pts.empty or (kind == "all" and pts["role"].nunique() < 2):
             continue
         where = f"{', '.join(map(str, head.values()))} {kind} vs trained {anchor}"
-        cell = bd_over_seeds(ref, pts, min_overlap, notes, where)
+        cell = bd_over_seeds(ref, pts, min_overlap, notes, where, rate) or NOT_COMPUTED
+        beside = cell
+        if rate != LIKELIHOOD:  # its flags are the cell's; only what it could not compute
+            scratch: list[str] = []
+            beside = bd_over_seeds(ref, pts, min_overlap, scratch, where, LIKELIHOOD) or {}
+            notes += [f"{n} (likelihood rate)" for n in scratch if "not computed" in n]
+        likelihood = {
+            "bd_rate_likelihood_%": beside.get("bd_rate_%", math.nan),
+            "ci95_seeds_likelihood_%": beside.get("ci95_seeds_%", math.nan),
+        }
         out.append(
             {
                 **head,
                 "points": kind,
                 "n": len(pts),
-                **_coverage(pts, ref),
-                **(cell or NOT_COMPUTED),
+                **_coverage(pts, ref, rate),
+                "rate": basis(rate),
+                **cell,
+                **likelihood,
                 **_costs(pts, root),
             }
         )
     return out
 
 
-def _coverage(pts: pd.DataFrame, ref: pd.DataFrame) -> dict:
-    """The rate range of ``pts`` and the share of the trained models' range it spans."""
-    lo_ref, hi_ref = float(ref[RATE].min()), float(ref[RATE].max())
-    lo, hi = float(pts[RATE].min()), float(pts[RATE].max())
+def _coverage(pts: pd.DataFrame, ref: pd.DataFrame, rate: str) -> dict:
+    """The range of ``pts`` on the rate column ``rate`` and the share of the trained models'
+    range it spans."""
+    lo_ref, hi_ref = float(ref[rate].min()), float(ref[rate].max())
+    lo, hi = float(pts[rate].min()), float(pts[rate].max())
     span = max(0.0, min(hi, hi_ref) - max(lo, lo_ref)) / max(hi_ref - lo_ref, 1e-12)
-    return {f"{RATE}_min": lo, f"{RATE}_max": hi, "covers_%": 100 * span}
+    return {f"{rate}_min": lo, f"{rate}_max": hi, "covers_%": 100 * span}
 
 
 def _costs(pts: pd.DataFrame, root: pd.DataFrame) -> dict:
@@ -172,7 +198,7 @@ def _costs(pts: pd.DataFrame, root: pd.DataFrame) -> dict:
     refined = pts[has(pts, "refined")]
     overhead = math.nan
     if BITSTREAM in pts.columns and pts[BITSTREAM].notna().any():
-        overhead = 100 * float((pts[BITSTREAM] / pts[RATE] - 1).mean())
+        overhead = 100 * float((pts[BITSTREAM] / pts[LIKELIHOOD] - 1).mean())
     return {
         "params_per_rate": float(refined["trained_parameters"].mean()) if len(refined) else 0.0,
         "train_s_per_rate": float(refined["train_seconds"].mean()) if len(refined) else 0.0,
