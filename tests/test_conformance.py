@@ -202,7 +202,7 @@ def test_example_plugin_passes_conformance_and_runs(example_installed, tmp_path)
         + '\n[eval]\nmetrics = ["bpp", "bpp_bitstream", "psnr"]\nmax_images = 1\n'
     )
     run = subprocess.run(
-        run_command(matrix, tmp_path / "run"),
+        run_command(matrix, tmp_path / "run", "--workers", "0"),
         env=env,
         capture_output=True,
         text=True,

@@ -45,7 +45,7 @@ def test_submitit_local_killed_mid_training_resubmitted_gives_the_local_rows(tmp
     m = tiny(tmp_path, '["noise", "sua"]', steps=100)
     text = m.read_text().replace("lr = 1e-3", "lr = 1e-3\ncheckpoint_every = 10")
     m.write_text(text.replace("bmshj2018-factorized", "mbt2018-mean"))
-    run(m, tmp_path / "local")
+    run(m, tmp_path / "local", "--workers", "0")  # the rows a local run gives (in-process)
     out = tmp_path / "sub"
     kill_after_snapshot(m, out, "--executor", "submitit-local")
     log = run(m, out, "--executor", "submitit-local")

@@ -128,12 +128,15 @@ def assert_same_weights(a, b):
 
 @pytest.mark.slow
 def test_kill_9_mid_training_resumes_bit_for_bit(tmp_path):
+    """The training runs in the qbench process (``--workers 0``): a kill -9 of a worker is
+    the same cut (test_runner's and test_executors' kills have worker processes)."""
     steps = 120
-    plain = run(write_matrix(tmp_path / "plain.toml", steps, 0), tmp_path / "plain")
+    inline = ("--workers", "0")
+    plain = run(write_matrix(tmp_path / "plain.toml", steps, 0), tmp_path / "plain", *inline)
     assert "1 ok" in plain
     m = write_matrix(tmp_path / "m.toml", steps, 10)
     out = tmp_path / "cut"
-    step = kill_after_snapshot(m, out)
+    step = kill_after_snapshot(m, out, *inline)
     assert 0 < step < steps
     # qbench status reads the files alone: the job is interrupted, resumable from its snapshot
     status = subprocess.run(
@@ -144,12 +147,12 @@ def test_kill_9_mid_training_resumes_bit_for_bit(tmp_path):
     ).stdout
     assert "interrupted" in status and "resumes from step" in status, status
     # kill it a second time, later, and corrupt the newest snapshot: the previous one is used
-    step2 = kill_after_snapshot(m, out, after=step)
+    step2 = kill_after_snapshot(m, out, *inline, after=step)
     _, snap = newest_snapshot(out)
     data = bytearray(snap.read_bytes())
     data[len(data) // 2] ^= 0xFF
     snap.write_bytes(bytes(data))
-    run(m, out)
+    run(m, out, *inline)
     row = json.loads(next((out / "rows").glob("*.json")).read_text())
     assert row["status"] == "ok"
     assert "older snapshot" in row["resumed"] and "SHA-256" in row["resumed"], row["resumed"]

@@ -99,7 +99,7 @@ def test_new_plugin_installs_passes_conformance_and_runs(scaffolded, kind):
             str(out),
             "--no-progress",
             "--workers",
-            "1",
+            "0",
             "--set",
             "train.steps=3",
             "--set",
