@@ -39,6 +39,13 @@ def pytest_configure(config):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` first (the order is otherwise kept): under ``pytest -n`` (work
+    stealing, ``--dist worksteal`` in the settings) the long tests start early and the
+    short ones fill the end, so no worker idles while another finishes a long test."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def plugins():
     from qbench.plugins import load_plugins

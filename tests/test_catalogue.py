@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from qbench.catalogue import WIDTH, from_plugins, installed, key, render
 
 from .conftest import make_distribution, pythonpath_with
@@ -57,6 +59,7 @@ def test_listing_fits_100_columns_and_names_everything(plugins):
     assert stanh.code in long and "parameters:" in long
 
 
+@pytest.mark.slow
 def test_second_listing_imports_no_plugin_and_an_edit_is_seen(tmp_path):
     site = make_distribution(
         tmp_path / "site",

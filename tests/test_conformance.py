@@ -160,6 +160,7 @@ def _env(target):
     }
 
 
+@pytest.mark.slow
 def test_example_plugin_passes_conformance_and_runs(example_installed, tmp_path):
     env = _env(example_installed)
     listing = subprocess.run(
@@ -358,6 +359,7 @@ def test_plugin_problems_have_a_kind(install_plugin):
     assert kinds == PROBLEM_KINDS
 
 
+@pytest.mark.slow
 def test_each_plugin_problem_is_a_failing_item_named_by_its_kind(pytester, tmp_path):
     site = make_distribution(
         tmp_path / "site", "qbench-problems", PROBLEMS, {name: name for name in PROBLEMS}

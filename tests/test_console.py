@@ -75,6 +75,7 @@ def _pty_run(argv, env, until: str, timeout: float = 300) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_a_terminal_says_one_line_and_exits_130(tmp_path):
     m = tiny(tmp_path, '["noise", "ste"]', lambdas="[0.001, 0.01]", steps=60)
     out = tmp_path / "run"

@@ -69,6 +69,7 @@ def test_submitit_local_killed_mid_training_resubmitted_gives_the_local_rows(tmp
     assert all(r["scheduler_job_id"] in status for r in records.values())
 
 
+@pytest.mark.slow
 def test_a_job_that_dies_three_times_is_marked_failed_with_its_log(tmp_path, install_plugin):
     install_plugin("qbench-faulty", {"faulty_plugin": FAULTY}, {"faulty": "faulty_plugin"})
     plugins = qbench.plugins.get_plugins()
@@ -93,6 +94,7 @@ def test_a_job_that_dies_three_times_is_marked_failed_with_its_log(tmp_path, ins
     assert RunDir(out).submission(rows["crashq"]["train_id"])["attempt"] == MAX_ATTEMPTS
 
 
+@pytest.mark.slow
 def test_the_local_executor_retries_a_dead_worker_too(tmp_path, install_plugin):
     install_plugin("qbench-faulty", {"faulty_plugin": FAULTY}, {"faulty": "faulty_plugin"})
     plugins = qbench.plugins.get_plugins()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import torch
 
 import qbench.run.worker as worker
@@ -72,6 +73,7 @@ def _record_arms(tmp_path, monkeypatch, quantizers: str, seeds: str):
     return seen
 
 
+@pytest.mark.slow
 def test_two_arms_of_one_seed_share_initialisation_crops_and_probe_set(tmp_path, monkeypatch):
     seen = _record_arms(tmp_path, monkeypatch, '["noise", "ste"]', "[0, 1]")
     for seed in (0, 1):

@@ -300,6 +300,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
 def test_workers_die_with_their_parent(tmp_path):
     parent = start_run(tiny(tmp_path, steps=100000), tmp_path / "run")
@@ -336,6 +337,7 @@ def test_a_worker_is_tied_to_its_parent_before_it_imports_torch():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX process groups")
 def test_sigint_ignored_by_the_parent_is_ignored_by_its_workers(tmp_path):
     proc = start_run(

@@ -91,6 +91,7 @@ def faulty_plugin(install_plugin):
     return install_plugin("qbench-faulty", {"faulty_plugin": FAULTY}, {"faulty": "faulty_plugin"})
 
 
+@pytest.mark.slow
 def test_faults_are_isolated_and_resume_skips(tmp_path, faulty_plugin, capfd):
     plugins = qbench.plugins.get_plugins()
     m = load_matrix(tiny(tmp_path, '["noise", "nanq", "raiseq", "crashq"]'), plugins.registry)
@@ -146,6 +147,7 @@ def test_report_after_run(tmp_path):
     assert len(per_image) == 4 and {"image", "psnr", "bpp"} <= set(per_image[0])
 
 
+@pytest.mark.slow
 def test_sigkill_whole_run_then_resume(tmp_path):
     """Kill the run (parent and workers) mid-way; rows stand, none is duplicated."""
     matrix = tiny(tmp_path, '["noise", "ste", "mixed"]', "[0.001, 0.01]", steps=25)

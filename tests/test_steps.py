@@ -194,6 +194,7 @@ max_images = 1
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["qvrf", "gain"])
 def test_derived_and_interpolated_protocol_end_to_end(tmp_path, name):
     p = tmp_path / "m.toml"

@@ -315,6 +315,7 @@ def _one_line_or_ok(rc: int, err: str, what: str) -> None:
         assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1], f"{what}: {err}"
 
 
+@pytest.mark.slow
 def test_every_file_tampered_in_turn(finished, tmp_path, capsys):
     matrix, out = finished
     files = sorted(
