@@ -106,13 +106,32 @@ class SUA(qbench.Surrogate):
 
     @property
     def temperature(self) -> float:
-        t, a, b = self.progress, self.t_start, self.t_end
+        return self.temperature_at(self.progress)
+
+    def temperature_at(self, t: float) -> float:
+        """The temperature ``T`` of the schedule at training progress ``t``."""
+        a, b = self.t_start, self.t_end
         if self.schedule == "linear":
             return a + (b - a) * t
         if self.schedule == "cosine":
             return b + (a - b) * (1.0 + math.cos(math.pi * t)) / 2.0
         k = self.coefficient
         return b + (a - b) * (math.exp(-k * t) - math.exp(-k)) / (1.0 - math.exp(-k))
+
+    def reduces_to(self, progress: float) -> str:
+        """At ``T = 0`` the forward value is ``round(v)`` with a straight-through gradient:
+        ``ste``; at ``T = 1`` it is ``v + u`` with gradient 1: ``noise`` (each with this
+        entry's routing and scale bound)."""
+        temp = self.temperature_at(progress)
+        if 0.0 < temp < 1.0:
+            return ""
+        what = (
+            "ste (hard rounding, straight-through gradient)"
+            if temp <= 0.0
+            else "noise (additive uniform noise, gradient 1)"
+        )
+        routing = self.routing_words()
+        return f"{what}, {routing}" if routing else what
 
     def surrogate(self, v: Tensor) -> qbench.Quantized:
         temp = self.temperature

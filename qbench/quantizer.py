@@ -260,6 +260,19 @@ class Quantizer(nn.Module):
         """Record the training progress ``t`` in [0, 1] (the caller checks the range)."""
         self.progress = float(t)
 
+    def reduces_to(self, progress: float) -> str:
+        """What this surrogate *is* at training progress ``progress`` when it has reduced
+        there to a simpler one, in words ("" by default: it is itself).
+
+        An annealed surrogate can end as another one exactly (SUA at temperature 0 is
+        hard rounding with a straight-through gradient, STE, with its own gradient
+        routing and scale bound): the statistics of its final state then describe that
+        surrogate, not the annealing, and the report says so. Only an exact reduction
+        is named; reading it changes nothing. The worker records ``reduces_to(1.0)``
+        in the row's ``final_form`` column.
+        """
+        return ""
+
     def annealing_state(self) -> dict[str, float]:
         """The annealing state worth watching live: ``{name: value}`` (``{}`` by default).
 
@@ -482,6 +495,16 @@ class Surrogate(Quantizer):
             for option, need in self.requires.items()
             if active.get(option) and need not in capabilities
         }
+
+    def routing_words(self) -> str:
+        """This surrogate's options that act besides its forward value, in words (for
+        :meth:`reduces_to`): the gradient routing and the scale bound, '' when neither."""
+        parts = []
+        if self.zero_center:
+            parts.append(f"zero-centred, stop_gradient = {self.stop_gradient}")
+        if self.scale_bound is not None:
+            parts.append(f"scale bound {self.scale_bound:g}")
+        return "; ".join(parts)
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.settings().items())

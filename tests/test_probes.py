@@ -131,3 +131,23 @@ def test_the_report_shows_schedule_statistics_as_measured(tmp_path, registry):
     noise_row = next(line for line in grad_var.splitlines() if "| noise " in line)
     assert "[" in noise_row and "exact" not in noise_row  # an estimate with its interval
     assert any(p.name == "schedule.png" for p in rep.plots)
+
+
+def test_a_surrogate_that_has_reduced_to_another_at_the_end_is_said_so(tmp_path, registry):
+    """SUA's final state (t = 1) is STE with its routing and bound: the row records it
+    (``final_form``) and the report says that its final statistics describe that
+    surrogate; noise, which is itself to the end, gets no such line."""
+    from qbench.report import write_report
+
+    p = tiny(tmp_path, '["noise", "sua"]', steps=2)
+    p.write_text(p.read_text().replace("bmshj2018-factorized", "mbt2018-mean"))
+    out = tmp_path / "run"
+    quiet(load_matrix(p, registry), out)
+    rows = {r["quantizer"]: r for r in read_csv(out / "results.csv")}
+    assert rows["sua"]["final_form"].startswith("ste (hard rounding, straight-through")
+    assert "stop_gradient = partial" in rows["sua"]["final_form"]
+    assert rows["noise"]["final_form"] == ""
+    text = write_report(out, anchor="noise").notes
+    said = [n for n in text if "at the end of training (t = 1) the surrogate is" in n]
+    assert len(said) == 1 and said[0].startswith("`sua` on "), said
+    assert "at the end of training (t = 1) it is ste" in (out / "report.md").read_text()

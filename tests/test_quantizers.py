@@ -245,3 +245,30 @@ def test_bins_default_uniform():
     q = qbench.Quantizer()
     lo, hi = q.bins(torch.tensor([1.0, -2.0]))
     assert torch.equal(lo, torch.tensor([0.5, -2.5])) and torch.equal(hi, torch.tensor([1.5, -1.5]))
+
+
+@pytest.mark.parametrize(("progress", "equal_to"), [(1.0, "ste"), (0.0, "noise")])
+def test_sua_at_the_ends_of_its_schedule_is_the_surrogate_it_names(registry, progress, equal_to):
+    """SUA at T = 0 is STE, at T = 1 additive noise, each with SUA's routing and bound:
+    the same values and gradients (to y and to the means), and ``reduces_to`` says so;
+    halfway it is itself."""
+    sua = registry.build("quantizer", "sua").train()
+    other = registry.build(
+        "quantizer", equal_to, zero_center=True, stop_gradient="partial", scale_bound=0.5
+    ).train()
+    sua.set_progress(progress)
+    outs = []
+    for q in (sua, other):
+        y = (torch.arange(48.0).reshape(1, 3, 4, 4) / 7 - 3).requires_grad_()
+        means = torch.linspace(-1, 1, 48).reshape(1, 3, 4, 4).requires_grad_()
+        torch.manual_seed(0)
+        out = q(y, means)
+        (out.rate.square().sum() + 2 * out.dist.sum()).backward()
+        outs.append((out.rate.detach(), out.dist.detach(), y.grad, means.grad))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    said = sua.reduces_to(progress)
+    assert said.startswith(equal_to + " (") and "stop_gradient = partial" in said, said
+    assert "scale bound 0.5" in said
+    assert sua.reduces_to(0.5) == "" and other.reduces_to(progress) == ""
+    assert sua.progress == progress  # reading it changed nothing

@@ -104,7 +104,8 @@ def _declared_notes(where: str, settings: list[str], declared: Mapping[str, str]
 
 
 def _quantizer_line(g: pd.DataFrame, where: str, declared: Mapping, notes: list[str]) -> str:
-    """One label on one backbone: its recorded settings, scale bound and idle defaults."""
+    """One label on one backbone: its recorded settings, scale bound, idle defaults and what
+    it has reduced to at the end of training (column ``final_form``)."""
     settings = _texts(g, "settings")
     bounds = sorted({float(v) for v in g.get("scale_bound", pd.Series()).dropna()})
     idle = " | ".join(_texts(g, "idle"))
@@ -117,6 +118,14 @@ def _quantizer_line(g: pd.DataFrame, where: str, declared: Mapping, notes: list[
     if idle:
         line += f"; **nothing to act on here: {idle}**"
         notes.append(f"{where}: defaults with nothing to act on: {idle}")
+    final = " | ".join(_texts(g, "final_form"))
+    if final:
+        line += f"; **at the end of training (t = 1) it is {final}**"
+        notes.append(
+            f"{where}: at the end of training (t = 1) the surrogate is {final}: the statistics "
+            "of its final state (the `final` columns) describe that surrogate, not its "
+            "annealing; the training average covers the schedule"
+        )
     return line
 
 

@@ -202,13 +202,15 @@ def _ok_row(job, order, model, outcome, columns, averages) -> dict[str, Any]:
 
 def _setting_columns(job: Job, model: Backbone) -> dict[str, Any]:
     """What the row records of the quantization: the job quantizer's settings, its options
-    with nothing to act on here, and the backbone's effective settings (the scale bound)."""
+    with nothing to act on here, what it has reduced to at the end of training
+    (``Quantizer.reduces_to``), and the backbone's effective settings (the scale bound)."""
     targets = list(model.select_latents(job.quantizer.latents))
     quantizer = model.quantizers[targets[0]]
     idle = model.idle_options(quantizer, targets)
     return {
         "settings": "; ".join(f"{k}={v}" for k, v in quantizer.settings().items()),
         "idle": "; ".join(f"{k} ({why})" for k, why in idle.items()),
+        "final_form": quantizer.reduces_to(1.0),
         **model.settings(),
     }
 
