@@ -254,8 +254,10 @@ SCHEDULE_INTRO = (
     "state they had at that point. *Training average*: the area under the schedule over "
     "its length; *final*: the state after training (t = 1), the one evaluated. Brackets: "
     "95 % interval over the probe batches (jackknife, Student t). A value that is zero "
-    "by construction (a deterministic surrogate has no gradient variance; a surrogate "
-    "equal to rounding has no mismatch) says so and is not a finding. Definitions, "
+    "by construction (a deterministic surrogate has no gradient variance; a path of a "
+    "surrogate that equals rounding has no mismatch there) says so and is not a finding. "
+    "The probe set's shape is in results.csv (probe_batches, probe_pixels, probe_images). "
+    "Definitions, "
     "estimators and assumptions: docs/statistics.md."
 )
 
