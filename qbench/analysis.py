@@ -455,7 +455,10 @@ def normalised_variance(sums: Sequence[DrawSums], noise_scale: float = 1.0) -> E
     ``b``'s draw covariance and ``U = sum_{b != c} gbar_b . gbar_c / (B (B - 1))``
     the unbiased ``||E g||^2`` over batches (``gbar_b`` the mean of batch
     ``b``'s draws; distinct batches are independent); delete-one jackknife bias
-    correction and interval.
+    correction and interval. Undefined, with the reason, when ``U`` is zero
+    within one jackknife standard error (a ratio with such a denominator has
+    no stable value, and its bias correction none either) or the corrected
+    value is not positive.
     """
     if all(s.identical for s in sums):
         return Estimate.zero("deterministic surrogate")
@@ -467,19 +470,29 @@ def normalised_variance(sums: Sequence[DrawSums], noise_scale: float = 1.0) -> E
         for c in range(b + 1, n):
             gram[b, c] = gram[c, b] = float(means[b] @ means[c])
 
-    def stat(keep: Tensor) -> float:
+    def signal(keep: Tensor) -> float:
         k = int(keep.sum())
         if k < 2:  # a cross product needs two batches
             return float("nan")
-        cross = float(gram[keep][:, keep].sum()) / (k * (k - 1))
+        return float(gram[keep][:, keep].sum()) / (k * (k - 1))
+
+    def stat(keep: Tensor) -> float:
+        cross = signal(keep)
         return noise_scale * float(v[keep].mean()) / cross if cross > 0 else float("nan")
 
-    if not math.isfinite(stat(torch.ones(n, dtype=torch.bool))):
+    u = jackknife(signal, n)  # its standard error is half_width / t (nan for 2 batches)
+    if not u.value > 0 or u.half_width > t_quantile(n - 1) * u.value:
         return Estimate.undefined(
-            "the probe set does not resolve the mean gradient (its batches' gradients "
-            "disagree more than they agree): more or larger probe batches"
+            f"the probe set does not resolve the mean gradient (||E g||^2 = {u.value:.3g}, "
+            "zero within one standard error): more or larger probe batches"
         )
-    return jackknife(stat, n, correct_bias=True)
+    e = jackknife(stat, n, correct_bias=True)
+    if not e.value > 0:
+        return Estimate.undefined(
+            f"the bias-corrected value is not positive ({e.value:.3g}): the probe set "
+            "resolves the mean gradient too poorly; more or larger probe batches"
+        )
+    return e
 
 
 def _slope_ratio_along_mean(sums, hard_losses, params, step, step_factors) -> Estimate:
@@ -517,11 +530,17 @@ def _slope_ratio_along_mean(sums, hard_losses, params, step, step_factors) -> Es
     return main
 
 
+#: :func:`latent_step` calibrates the step on at most this many probe crops (the rms of
+#: their thousands of latents; every jackknife replicate of ``grad_slope_ratio`` calls it)
+STEP_CROPS = 16
+
+
 def latent_step(model, batches: Sequence[Tensor], params: Sequence[Tensor], target_rms: float):
     """A step function for :func:`gradient_statistics`: the parameter step along a unit
-    direction that moves the latents ``model.analysis(x)`` of the probe set by a root mean
-    square of ``target_rms`` (measured by a small forward difference)."""
-    x = torch.cat(list(batches))
+    direction that moves the latents ``model.analysis(x)`` of the probe set's first
+    :data:`STEP_CROPS` crops by a root mean square of ``target_rms`` (measured by a small
+    forward difference)."""
+    x = torch.cat(list(batches))[:STEP_CROPS]
     start: list[Tensor] = []  # the latents at theta, computed once (theta is restored exactly)
 
     @torch.no_grad()
