@@ -104,30 +104,53 @@ def old_grad_var(sums: list[DrawSums]) -> float:
 
 
 def bias(registry, photos: str | None, sets: int) -> None:
+    """Bias before/after at 3 and 8 crops per batch; then the pooled values at 3, 8 and 12
+    crops scaled to a training batch of 8 crops (old and new estimator)."""
     m = model(registry)
     imgs = images(registry, photos)
     where = photos or "embedded training crops"
+    pooled = {}
     for crops in (3, 8):
         torch.manual_seed(0)
         start = time.perf_counter()
         sums = pool(m, imgs, 8 * sets, crops, 8, seed=100 + crops)
         took = time.perf_counter() - start
+        pooled[crops] = sums
         split = [sums[8 * i : 8 * (i + 1)] for i in range(sets)]
         shape = f"{sets} probe sets of 8 batches x {crops} crops of 64 px, K = 8"
         print(f"\n{where}: {shape} ({took:.0f} s)")
-        for name, fn in (
-            ("before (old estimator)", old_grad_var),
-            ("after (shipped)", lambda s: analysis.normalised_variance(s).value),
-        ):
-            ref = fn(sums)
-            values = torch.tensor([fn(s) for s in split], dtype=torch.float64)
-            ok = values[torch.isfinite(values)]
-            mean, se = float(ok.mean()), float(ok.std()) / math.sqrt(len(ok))
-            print(
-                f"  {name}: pooled {len(sums)} batches {ref:.4f}; mean over {len(ok)} sets "
-                f"{mean:.4f} +- {se:.4f} (se), bias {100 * (mean / ref - 1):+.0f} % "
-                f"+- {100 * se / ref:.0f} %; undefined in {sets - len(ok)} sets"
-            )
+        before = [old_grad_var(s) for s in split]
+        print(f"  before (old estimator): {summary(old_grad_var(sums), before)}")
+        after = [analysis.normalised_variance(s) for s in split]
+        print(f"  after (shipped): {summary(analysis.normalised_variance(sums).value, after)}")
+    torch.manual_seed(0)
+    pooled[12] = pool(m, imgs, 2 * sets, 12, 8, seed=112)
+    print(f"\n{where}: pooled, scaled to a training batch of 8 crops of 64 px (x crops / 8)")
+    for crops, sums in pooled.items():
+        new = analysis.normalised_variance(sums, crops / 8)
+        noise = sum(s.trace_cov for s in sums) / len(sums)
+        print(
+            f"  {len(sums)} batches x {crops} crops: old {old_grad_var(sums) * crops / 8:.4f}, "
+            f"shipped {shown(new)}; mean tr Cov(g | batch) {noise:.3f}"
+        )
+
+
+def summary(reference: float, values: list) -> str:
+    """Mean over the probe sets against the pooled reference, and the median half-width."""
+    points = [v.value if isinstance(v, Estimate) else v for v in values]
+    t = torch.tensor(points, dtype=torch.float64)
+    ok = t[torch.isfinite(t)]
+    mean, se = float(ok.mean()), float(ok.std()) / math.sqrt(len(ok))
+    text = (
+        f"pooled {reference:.4f}; mean over {len(ok)} sets {mean:.4f} +- {se:.4f} (se), "
+        f"bias {100 * (mean / reference - 1):+.0f} % +- {100 * se / reference:.0f} %; "
+        f"undefined in {len(points) - len(ok)} sets"
+    )
+    widths = [v.half_width / v.value for v in values if isinstance(v, Estimate) and v.value > 0]
+    if widths:
+        median = 100 * float(torch.tensor(widths).median())
+        text += f"; median half-width {median:.0f} % of the value"
+    return text
 
 
 # -- 2. grad_slope_ratio's jackknife ------------------------------------------------

@@ -89,7 +89,8 @@ loss, a mean over its ``P`` pixels):
 
 Why a ratio, not the bias ``1 - D / S``: on real photographs the built-in
 surrogates' bias along their mean direction is zero within its interval (STE
--0.018 +- 0.044, noise -0.027 +- 0.039 on the shipped initialisation,
+-0.018 +- 0.044, noise -0.027 +- 0.039 on the shipped initialisation with the
+direction held fixed; refitted, the half-widths grow by 8 to 15 %,
 docs/statistics.md), and no estimator states a value that is zero within its
 noise to a relative precision; the ratio carries the same measurement and is
 resolved to a few per cent of its value. Why along the mean direction and not
