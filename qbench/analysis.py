@@ -62,13 +62,14 @@ loss, a mean over its ``P`` pixels):
   not depend on the batch size; the draw covariance of a mean over ``P``
   pixels goes as ``1 / P`` (independent draws per latent), so
   ``P_probe / P_train`` states the probe's noise for a training batch
-  (measured: 4x the pixels, 3.8x less noise). The value is then comparable
+  (measured: 4x the pixels, 3.7x to 3.8x less). The value is then comparable
   across probe sizes; it still depends on the crop size (which changes ``G``:
   the probe always uses the training crop) and on the training set. A ratio
   of two unbiased estimates is not unbiased (``E[1/U] > 1/E[U]``): the value
   is the jackknife bias-corrected ``B * r - (B - 1) * mean_i r_(i)``. Undefined,
-  and flagged, when the probe set cannot resolve the mean gradient
-  (``U <= 0``). The naive ``mean ||g_k - g||^2 / ||g||^2`` saturates at
+  and flagged, when the probe set does not resolve the mean gradient (``U``
+  zero within one jackknife standard error) or the corrected value is not
+  positive. The naive ``mean ||g_k - g||^2 / ||g||^2`` saturates at
   ``K - 1`` when noise dominates; this one does not.
 * ``grad_slope_ratio`` (the surrogate's fidelity along its mean direction):
   with the unit mean direction ``u``, the surrogate's directional derivative
@@ -90,7 +91,7 @@ loss, a mean over its ``P`` pixels):
 Why a ratio, not the bias ``1 - D / S``: on real photographs the built-in
 surrogates' bias along their mean direction is zero within its interval (STE
 -0.018 +- 0.044, noise -0.027 +- 0.039 on the shipped initialisation with the
-direction held fixed; refitted, the half-widths grow by 8 to 15 %,
+direction held fixed; refitted delete-one, the half-widths grow by 12 to 15 %,
 docs/statistics.md), and no estimator states a value that is zero within its
 noise to a relative precision; the ratio carries the same measurement and is
 resolved to a few per cent of its value. Why along the mean direction and not
