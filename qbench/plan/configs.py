@@ -126,7 +126,7 @@ class EvalConfig:
     max_pixels: int = 8_388_608
     schedule: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0)
     probe_batches: int = 8
-    probe_crops: int = 4
+    probe_crops: int = 0
     draws: int = 16
     metric_code: tuple[str, ...] = ()
 

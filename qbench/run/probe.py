@@ -37,7 +37,7 @@ def sourced_probe_set(job: Job, datasets: DatasetCache) -> tuple[list[torch.Tens
     sampler = CropSampler(datasets.uint8_images(job.train_dataset), job.train.crop, job.seed + 1)
     batches, sources = [], set()
     for _ in range(job.eval.probe_batches):
-        batch, images = sampler.sourced_batch(job.eval.probe_crops)
+        batch, images = sampler.sourced_batch(probe_crops(job))
         batches.append(batch)
         sources.update(images)
     return batches, sources
@@ -51,10 +51,16 @@ def probe_shape(job: Job, datasets: DatasetCache) -> dict[str, int]:
     _, sources = sourced_probe_set(job, datasets)
     return {
         "probe_batches": job.eval.probe_batches,
-        "probe_pixels": job.eval.probe_crops * job.train.crop**2,
+        "probe_pixels": probe_crops(job) * job.train.crop**2,
         "probe_images": len(sources),
         "train_pixels": train_pixels(job),
     }
+
+
+def probe_crops(job: Job) -> int:
+    """Crops per probe batch: ``[eval] probe_crops``, or ``[train] batch_size`` for 0 (a
+    matrix resolves 0 when it is read; a config built in code may still hold it)."""
+    return job.eval.probe_crops or job.train.batch_size
 
 
 def train_pixels(job: Job) -> int:
