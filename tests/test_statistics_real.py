@@ -123,8 +123,9 @@ def test_the_partial_stop_gradient_not_annealing_makes_sua_over_promise(registry
     the mean is cut) over-promises (ratio below 0.8), while SUA halfway through its
     annealing (t = 0.5, temperature 0.076) with ``stop_gradient = "none"`` delivers what it
     promises (above 0.85, clear of the first). 16 batches of 4 crops of 128 px, K = 2,
-    the default step only (measured: 0.652 +- 0.095 and 1.012 +- 0.082; STE 1.015,
-    SUA t = 0.5 partial and SUA t = 1 about 0.64, docs/statistics.md)."""
+    the default step only (measured: 0.652 +- 0.095 and 1.012 +- 0.082; on the same
+    crops STE gives 1.015, and SUA with its default "partial" routing 0.648 at t = 0.5
+    and 0.654 at t = 1, where its forward pass is rounding; docs/statistics.md)."""
     batches = photo_batches(registry, 16)
     partial = slope_ratio(registry, batches, "ste", factors=(1.0,), stop_gradient="partial")
     annealing = slope_ratio(registry, batches, "sua", 0.5, factors=(1.0,), stop_gradient="none")
