@@ -333,9 +333,10 @@ class _CompressAIBackbone(qbench.Backbone):
         channels = shape[1]
         return torch.arange(channels).view(1, -1, *([1] * (len(shape) - 2))).expand(*shape)
 
-    def _bottleneck(self, name: str, z: Tensor) -> tuple[Tensor, Tensor]:
+    def _bottleneck(self, name: str, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(value fed onwards, likelihoods, rate value)`` of latent ``name``."""
         eb = self.net.entropy_bottleneck
-        return self.quantize_latent(
+        return self.quantize_latent_with_rate(
             name, z, self._medians(z.shape[1], z.dim()), partial(bottleneck_likelihood, eb)
         )
 
@@ -352,9 +353,12 @@ class _CompressAIBackbone(qbench.Backbone):
         return self.decode_latent(name, strings, med, tables, self._channel_indexes(size))
 
     # -- y through the Gaussian conditional ------------------------------------
-    def _gaussian(self, y: Tensor, scales: Tensor, means: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _gaussian(
+        self, y: Tensor, scales: Tensor, means: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(value fed onwards, likelihoods, rate value)`` of ``y``."""
         gc = self.net.gaussian_conditional
-        return self.quantize_latent(
+        return self.quantize_latent_with_rate(
             "y", y, means, partial(gaussian_likelihood, gc, scales=scales, means=means)
         )
 
@@ -380,11 +384,12 @@ class Factorized(_CompressAIBackbone):
 
     def forward(self, x: Tensor) -> dict[str, Any]:
         y = self.net.g_a(x)
-        y_hat, y_lik = self._bottleneck("y", y)
+        y_hat, y_lik, y_rate = self._bottleneck("y", y)
         return {
             "x_hat": self.net.g_s(y_hat),
             "likelihoods": {"y": y_lik},
             "latents": {"y": y_hat},
+            "rate_latents": {"y": y_rate},
         }
 
     def compress(self, x: Tensor) -> dict[str, Any]:
@@ -415,13 +420,14 @@ class Hyperprior(_CompressAIBackbone):
     def forward(self, x: Tensor) -> dict[str, Any]:
         y = self.net.g_a(x)
         z = self.net.h_a(self._hyper_input(y))
-        z_hat, z_lik = self._bottleneck("z", z)
+        z_hat, z_lik, z_rate = self._bottleneck("z", z)
         scales, means = self._params(z_hat)
-        y_hat, y_lik = self._gaussian(y, scales, means)
+        y_hat, y_lik, y_rate = self._gaussian(y, scales, means)
         return {
             "x_hat": self.net.g_s(y_hat),
             "likelihoods": {"y": y_lik, "z": z_lik},
             "latents": {"y": y_hat, "z": z_hat},
+            "rate_latents": {"y": y_rate, "z": z_rate},
         }
 
     def compress(self, x: Tensor) -> dict[str, Any]:

@@ -119,20 +119,20 @@ class JointAutoregressive(MeanScale):
     def forward(self, x: Tensor) -> dict[str, Any]:
         y = self.net.g_a(x)
         z = self.net.h_a(y)
-        z_hat, z_lik = self._bottleneck("z", z)
+        z_hat, z_lik, z_rate = self._bottleneck("z", z)
         params = self.net.h_s(z_hat)
         if self.training:
             context_input = self.quantizers["y"](y, None).dist
             ctx = self.net.context_prediction(context_input)
             scales, means = self._gaussian_params(params, ctx)
-            y_hat, y_lik = self._gaussian(y, scales, means)
         else:  # the distribution the coder uses, and y quantized in it: the decoder's values
             _, scales, means = self._serial(y, params)
-            y_hat, y_lik = self._gaussian(y, scales, means)
+        y_hat, y_lik, y_rate = self._gaussian(y, scales, means)
         return {
             "x_hat": self.net.g_s(y_hat),
             "likelihoods": {"y": y_lik, "z": z_lik},
             "latents": {"y": y_hat, "z": z_hat},
+            "rate_latents": {"y": y_rate, "z": z_rate},
         }
 
     def compress(self, x: Tensor) -> dict[str, Any]:

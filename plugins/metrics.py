@@ -70,19 +70,27 @@ class Mismatch(qbench.Metric):
 
     ``mismatch_rate = sum (bpp_s - bpp_h) / sum bpp_h``,
     ``mismatch_dist = PSNR_s - PSNR_h`` [dB],
-    ``mismatch_latent = mean (latent_s - latent_h)^2``; ``s`` is the surrogate
-    (training mode, averaged over ``K`` draws), ``h`` hard quantization, on the
-    job's probe set at each schedule point. Exactly zero, and said so, where
-    the surrogate equals rounding (STE; an annealed surrogate at its end).
+    ``mismatch_latent = mean (dist_s - hard)^2`` (the values fed to the
+    synthesis, the distortion path) and ``mismatch_latent_rate = mean (rate_s - hard)^2``
+    (the values whose likelihood is charged, the rate path); ``s`` is the
+    surrogate (training mode, averaged over ``K`` draws), ``h`` hard
+    quantization, on the job's probe set at each schedule point. Each column
+    is exactly zero, and said so, where its path equals rounding (STE both;
+    ``mixed`` its distortion path; an annealed surrogate at its end).
     """
 
-    columns = ("mismatch_rate", "mismatch_dist", "mismatch_latent")
+    columns = ("mismatch_rate", "mismatch_dist", "mismatch_latent", "mismatch_latent_rate")
     column_notes = {
         "mismatch_rate": "Relative rate gap, surrogate vs hard rounding on the same weights: "
         "sum (bpp_s - bpp_h) / sum bpp_h over the probe batches (0: no mismatch).",
-        "mismatch_dist": "PSNR with the surrogate minus PSNR with hard rounding [dB].",
-        "mismatch_latent": "Mean squared difference between the surrogate's latents and the "
-        "rounded ones, in quantization steps squared (additive noise: about 1/12).",
+        "mismatch_dist": "PSNR with the surrogate minus PSNR with hard rounding [dB]; exact "
+        "where the distortion path rounds (STE, mixed).",
+        "mismatch_latent": "Mean squared difference between the latents fed to the synthesis "
+        "with the surrogate (distortion path) and the rounded ones, in quantization steps "
+        "squared: about 1/6 for additive noise (rounding residual 1/12 plus noise 1/12, for "
+        "latents spread over many cells), 0 and exact for STE and mixed.",
+        "mismatch_latent_rate": "The same for the values whose likelihood is charged (rate "
+        "path): about 1/6 for additive noise and for mixed, 0 and exact for STE.",
     }
 
     def per_probe(self, ev: qbench.ProbeEval) -> dict[str, Estimate]:
@@ -91,24 +99,32 @@ class Mismatch(qbench.Metric):
 
 
 class Gradients(qbench.Metric):
-    """Gradient-estimation variance and fidelity wrt the analysis transform over the
+    """Gradient-estimation noise and fidelity wrt the analysis transform over the
     training schedule (formulas, assumptions and intervals in :mod:`qbench.analysis`).
 
-    ``grad_var``: the unbiased normalised variance of one surrogate draw.
-    ``grad_slope_ratio``: along the surrogate's mean gradient direction, the hard loss's
-    central-difference slope (step moving the latents by ``latent_rms`` quantization
-    steps, re-measured at half and twice that step: flagged "no plateau in h" when it
-    moves by more than its interval) divided by the slope the surrogate promises;
-    1 is faithful, ``1 - grad_slope_ratio`` is the bias. It replaces ``grad_bias``
-    (``1 - ratio``), whose value is zero within its interval on real models and so
-    cannot be stated to a relative precision (docs/statistics.md).
+    ``grad_var``: ``tr Cov(g) / ||E g||^2`` for one surrogate draw ``g`` of the
+    gradient of a *training batch* (``[train] batch_size`` crops of ``crop``
+    pixels), ``E g`` its mean over training crops and draws; estimated on the
+    probe set with the draw variance scaled by ``P_probe / P_train`` (it goes
+    as one over the pixels of a batch), jackknife bias-corrected.
+    ``grad_slope_ratio``: along the surrogate's mean gradient direction, the hard
+    loss's central-difference slope (step moving the latents by ``latent_rms``
+    quantization steps, re-measured at half and twice that step: flagged "no
+    plateau in h" when it moves by more than its interval) divided by the slope
+    the surrogate promises; 1 is faithful, ``1 - grad_slope_ratio`` is the bias.
+    Its interval refits the direction in every jackknife replicate. It replaces
+    ``grad_bias`` (``1 - ratio``), whose value is zero within its interval on
+    real models and so cannot be stated to a relative precision
+    (docs/statistics.md).
     """
 
     columns = ("grad_var", "grad_slope_ratio")
     column_notes = {
-        "grad_var": "Noise-to-signal power of one surrogate draw of the analysis gradient, "
-        "tr(Cov g) / ||E g||^2, each part unbiased (0 and exact for a deterministic "
-        "surrogate).",
+        "grad_var": "Noise-to-signal power of one surrogate draw of the analysis gradient "
+        "of a training batch: tr Cov(g) / ||E g||^2, the mean over training crops and "
+        "draws; the probe's draw variance is scaled to the training batch's pixels "
+        "(columns probe_pixels, train_pixels), bias-corrected. 0 and exact for a "
+        "deterministic surrogate.",
         "grad_slope_ratio": "Along the mean surrogate gradient, the hard loss's slope "
         "(central difference moving the latents by a fixed rms, checked at half and twice "
         "that step) over the slope the surrogate promises: 1 is faithful, below 1 the "
@@ -122,7 +138,12 @@ class Gradients(qbench.Metric):
 
     def per_probe(self, ev: qbench.ProbeEval) -> dict[str, Estimate]:
         stats = model_gradient_statistics(
-            ev.model, ev.batches, ev.lmbda, draws=ev.draws, latent_rms=self.latent_rms
+            ev.model,
+            ev.batches,
+            ev.lmbda,
+            draws=ev.draws,
+            latent_rms=self.latent_rms,
+            train_pixels=ev.train_pixels,
         )
         return {c: stats[c] for c in self.columns}
 

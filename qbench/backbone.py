@@ -18,7 +18,12 @@ Outputs (all tensors batched, ``N x C x H x W``):
 
 * ``forward(x)`` -> ``{"x_hat", "likelihoods": {latent: P}, "latents": {latent: dist}}``
   where ``latents`` holds the value fed onwards (the surrogate's ``dist`` in
-  training mode, the hard value in eval mode).
+  training mode, the hard value in eval mode). Optionally also
+  ``"rate_latents": {latent: rate}``, the value whose likelihood is charged
+  (the surrogate's ``rate``; the hard value in eval mode): the ``mismatch``
+  metric's rate-path latent mismatch needs it (without it that column is
+  undefined and says why). :meth:`Backbone.quantize_latent_with_rate`
+  returns it.
 * ``compress(x)`` -> ``{"strings", "shape", "latents": {latent: hard values}}``
   (real entropy coding; ``latents`` are what the encoder quantized).
 * ``decompress(strings, shape)`` -> ``{"x_hat", "latents": {latent: decoded values}}``.
@@ -167,12 +172,25 @@ class Backbone(nn.Module):
         latent is not rounding, and a cell's probability is a difference of
         two CDFs that half precision cancels to zero.
         """
+        value, lik, _ = self.quantize_latent_with_rate(latent, y, means, likelihood)
+        return value, lik
+
+    def quantize_latent_with_rate(
+        self, latent: str, y: Tensor, means: Tensor | None, likelihood: CellLikelihood
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`quantize_latent` and the rate value: ``(dist, likelihoods, rate)``.
+
+        ``rate`` is the value whose cell's likelihood is charged (the
+        quantizer's ``rate``; the hard value in eval mode). A backbone returns
+        it from ``forward`` as ``"rate_latents"`` so that the rate path's
+        train-test mismatch can be measured (``mismatch_latent_rate``).
+        """
         q = self.quantizers[latent]
         with torch.autocast(y.device.type, enabled=False):
             y = y.float()
             means = means.float() if means is not None else None
             out = q(y, means)
-            return out.dist, likelihood(*q.bins(out.rate, means))
+            return out.dist, likelihood(*q.bins(out.rate, means)), out.rate
 
     def code_latent(
         self,

@@ -78,6 +78,10 @@ class ProbeEval:
         progress: the training progress ``t`` in [0, 1] of this point.
         draws: ``[eval] draws``, the number of surrogate draws ``K`` every
             schedule statistic takes (one ``K`` for all, so they compare).
+        train_pixels: pixels of one training batch (``[train] batch_size``
+            crops of ``crop`` pixels), the batch a statistic that depends on
+            the batch size is stated for (``grad_var``); 0 when unknown (then
+            the probe batch's own).
     """
 
     model: Any
@@ -86,6 +90,7 @@ class ProbeEval:
     seed: int
     progress: float
     draws: int
+    train_pixels: int = 0
 
 
 class Metric:

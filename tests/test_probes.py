@@ -110,11 +110,11 @@ def test_the_report_shows_schedule_statistics_as_measured(tmp_path, registry):
     exact zero says why instead of standing as a finding, and every statistic is plotted."""
     from qbench.report import write_report
 
-    p = tiny(tmp_path, '["noise", "ste"]', steps=4)
+    p = tiny(tmp_path, '["noise", "ste", "mixed"]', steps=4)
     sets = [
         'eval.metrics=["bpp", "mismatch", "gradients"]',
         "eval.schedule=[0.5, 1.0]",
-        "eval.probe_batches=2",
+        "eval.probe_batches=3",
         "eval.probe_crops=1",
         "eval.draws=2",
     ]
@@ -131,6 +131,22 @@ def test_the_report_shows_schedule_statistics_as_measured(tmp_path, registry):
     noise_row = next(line for line in grad_var.splitlines() if "| noise " in line)
     assert "[" in noise_row and "exact" not in noise_row  # an estimate with its interval
     assert any(p.name == "schedule.png" for p in rep.plots)
+    # mixed's distortion path is STE: its distortion columns are exact, each on its own
+    rows = {r["quantizer"]: r for r in read_csv(out / "results.csv")}
+    exact = "exact: distortion path equals rounding here"
+    for col in ("mismatch_dist", "mismatch_latent"):
+        assert rows["mixed"][f"{col}_note"] == exact, col
+        assert rows["mixed"][f"{col}_avg_note"] == f"exact: at every point ({exact[7:]})", col
+    for col in ("mismatch_rate", "mismatch_latent_rate"):
+        assert not rows["mixed"][f"{col}_note"].startswith("exact"), col
+    dist = section.split("### `mismatch_dist`")[1].split("###")[0]
+    mixed_row = next(line for line in dist.splitlines() if "| mixed " in line)
+    assert f"0 ({exact})" in mixed_row
+    # the probe set's shape: 3 batches of one 64 px crop; grad_var is stated for a
+    # training batch of 2 crops
+    for r in rows.values():
+        assert (r["probe_batches"], r["probe_pixels"], r["train_pixels"]) == ("3", "4096", "8192")
+        assert 1 <= int(r["probe_images"]) <= 3
 
 
 def test_a_surrogate_that_has_reduced_to_another_at_the_end_is_said_so(tmp_path, registry):
@@ -151,3 +167,16 @@ def test_a_surrogate_that_has_reduced_to_another_at_the_end_is_said_so(tmp_path,
     said = [n for n in text if "at the end of training (t = 1) the surrogate is" in n]
     assert len(said) == 1 and said[0].startswith("`sua` on "), said
     assert "at the end of training (t = 1) it is ste" in (out / "report.md").read_text()
+
+
+def test_a_probe_batch_is_a_training_batch_by_default(tmp_path, registry):
+    """probe_crops = 0 (the default) is [train] batch_size: the probe is the training
+    batch, and the job ids hold the resolved number (the same ids as spelling it out)."""
+    p = tiny(tmp_path, '["noise"]', steps=4)
+    default = load_matrix(p, registry)
+    spelled = load_matrix(p, registry, ["eval.probe_crops=2"])
+    other = load_matrix(p, registry, ["eval.probe_crops=1"])
+    assert {j.eval.probe_crops for j in default.jobs} == {2}  # tiny's batch_size
+    assert [j.job_id for j in default.jobs] == [j.job_id for j in spelled.jobs]
+    assert not {j.job_id for j in default.jobs} & {j.job_id for j in other.jobs}
+    assert default.jobs[0].eval.probe_settings()["probe_crops"] == 2

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 #: ``fail(key, message)``: report a bad value of the section (raises)
@@ -112,7 +112,9 @@ class EvalConfig:
         schedule: the training-progress points at which the schedule
             statistics (metrics with ``per_probe``) are measured; always ends at 1.0.
         probe_batches: batches in the fixed probe set (the unit of the intervals).
-        probe_crops: training crops per probe batch.
+        probe_crops: training crops per probe batch (of the training crop size);
+            ``0`` in a matrix means ``[train] batch_size``, so that by default a
+            probe batch is a training batch (:meth:`for_training` resolves it).
         draws: surrogate draws ``K`` of every schedule statistic.
         metric_code: ``"distribution version code-digest"`` of each metric's
             plugin, in the order of ``metrics``: an edited metric re-measures
@@ -124,7 +126,7 @@ class EvalConfig:
     max_pixels: int = 8_388_608
     schedule: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0)
     probe_batches: int = 8
-    probe_crops: int = 4
+    probe_crops: int = 0
     draws: int = 16
     metric_code: tuple[str, ...] = ()
 
@@ -169,8 +171,11 @@ class EvalConfig:
                 f"must be >= 2 (the intervals are over the probe batches), got "
                 f"{table['probe_batches']}",
             )
-        if table["probe_crops"] < 1:
-            fail("probe_crops", f"must be >= 1, got {table['probe_crops']}")
+        if table["probe_crops"] < 0:
+            fail(
+                "probe_crops",
+                f"must be >= 1, or 0 for [train] batch_size, got {table['probe_crops']}",
+            )
         if table["draws"] < 2 or table["draws"] % 2:
             fail(
                 "draws",
@@ -187,6 +192,13 @@ class EvalConfig:
             table["draws"],
             tuple(provenance(m) for m in metrics),
         )
+
+    def for_training(self, train: TrainConfig) -> EvalConfig:
+        """This config with ``probe_crops = 0`` resolved to ``train.batch_size`` (a probe
+        batch is then a training batch; the job ids hold the resolved number)."""
+        if self.probe_crops:
+            return self
+        return replace(self, probe_crops=train.batch_size)
 
     def probe_settings(self) -> dict[str, Any]:
         """What the schedule statistics recorded during training depend on."""

@@ -332,6 +332,8 @@ def parse_matrix(
             partial(ck.provenance, "metric"),
         ),
     )
+    # probe_crops = 0: a probe batch is a training batch
+    axes = replace(axes, evaluation=axes.evaluation.for_training(axes.train))
     report = _report_section(ck, section(ck, raw, "report", base["report"]), quantizers)
     monitor = section(ck, raw, "monitor", base["monitor"])
     loggers = (

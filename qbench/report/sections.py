@@ -326,9 +326,10 @@ SCHEDULE_INTRO = (
     "**`[95 % over seeds]`** (with several seeds, the second table of each statistic) is "
     "the t-interval over the seeds' values (training). Neither compares two quantizers: "
     "*Paired comparisons* does, seed by seed. A value that is zero by construction (a "
-    "deterministic surrogate has no gradient variance; a surrogate equal to rounding has "
-    "no mismatch) says so and is not a finding. Definitions, estimators and assumptions: "
-    "docs/statistics.md."
+    "deterministic surrogate has no gradient variance; a path of a surrogate that equals "
+    "rounding has no mismatch there) says so and is not a finding. The probe set's shape "
+    "is in results.csv (probe_batches, probe_pixels, probe_images). Definitions, "
+    "estimators and assumptions: docs/statistics.md."
 )
 
 

@@ -29,8 +29,43 @@ Probe = Callable[[Backbone, int], tuple[list[int], Callable[[int], dict[str, Any
 def probe_set(job: Job, datasets: DatasetCache) -> list[torch.Tensor]:
     """The job's fixed probe set: ``[eval] probe_batches`` batches of ``probe_crops`` training
     crops from their own generator (``seed + 1``), never the training sampler's."""
+    return sourced_probe_set(job, datasets)[0]
+
+
+def sourced_probe_set(job: Job, datasets: DatasetCache) -> tuple[list[torch.Tensor], set[int]]:
+    """:func:`probe_set` and the indexes of the training images its crops came from."""
     sampler = CropSampler(datasets.uint8_images(job.train_dataset), job.train.crop, job.seed + 1)
-    return [sampler.batch(job.eval.probe_crops) for _ in range(job.eval.probe_batches)]
+    batches, sources = [], set()
+    for _ in range(job.eval.probe_batches):
+        batch, images = sampler.sourced_batch(probe_crops(job))
+        batches.append(batch)
+        sources.update(images)
+    return batches, sources
+
+
+def probe_shape(job: Job, datasets: DatasetCache) -> dict[str, int]:
+    """The row's description of the probe set the schedule statistics were measured on:
+    ``probe_batches``, ``probe_pixels`` (pixels of one probe batch), ``probe_images``
+    (distinct training images its crops came from) and ``train_pixels`` (pixels of one
+    training batch, the batch ``grad_var`` is stated for)."""
+    _, sources = sourced_probe_set(job, datasets)
+    return {
+        "probe_batches": job.eval.probe_batches,
+        "probe_pixels": probe_crops(job) * job.train.crop**2,
+        "probe_images": len(sources),
+        "train_pixels": train_pixels(job),
+    }
+
+
+def probe_crops(job: Job) -> int:
+    """Crops per probe batch: ``[eval] probe_crops``, or ``[train] batch_size`` for 0 (a
+    matrix resolves 0 when it is read; a config built in code may still hold it)."""
+    return job.eval.probe_crops or job.train.batch_size
+
+
+def train_pixels(job: Job) -> int:
+    """Pixels of one training batch: ``[train] batch_size`` crops of ``crop`` x ``crop``."""
+    return job.train.batch_size * job.train.crop**2
 
 
 def schedule_probe(
@@ -50,7 +85,9 @@ def schedule_probe(
 
         def measure(step: int) -> dict[str, Any]:
             progress = points.get(step, step / steps)
-            ev = ProbeEval(model, batches, job.lmbda, job.seed, progress, job.eval.draws)
+            ev = ProbeEval(
+                model, batches, job.lmbda, job.seed, progress, job.eval.draws, train_pixels(job)
+            )
             estimates = {}
             was_training = model.training
             for metric in statistics:
@@ -66,9 +103,15 @@ def schedule_probe(
 
 
 def schedule_columns(
-    job: Job, model: Backbone, outcome: Outcome, probe: Probe | None, statistics: list[Metric]
+    job: Job,
+    model: Backbone,
+    outcome: Outcome,
+    probe: Probe | None,
+    statistics: list[Metric],
+    datasets: DatasetCache,
 ) -> dict[str, Any]:
-    """The schedule statistics' row columns (final state, training average).
+    """The schedule statistics' row columns (final state, training average) and the probe
+    set's shape (:func:`probe_shape`).
 
     A recipe that does not train (a blend) or a checkpoint whose schedule was
     recorded with other ``[eval]`` settings gets its final state measured now
@@ -86,4 +129,8 @@ def schedule_columns(
         _, measure = probe(model, steps)
         outcome.schedule.append(measure(steps))
         note = note or "not trained here: the final state only"
-    return {**schedule.row_columns(outcome.schedule, names, note), "schedule": outcome.schedule}
+    return {
+        **schedule.row_columns(outcome.schedule, names, note),
+        **probe_shape(job, datasets),
+        "schedule": outcome.schedule,
+    }

@@ -94,15 +94,21 @@ class CropSampler:
         self.gen = torch.Generator().manual_seed(seed)
 
     def batch(self, n: int) -> Tensor:
-        out = []
+        return self.sourced_batch(n)[0]
+
+    def sourced_batch(self, n: int) -> tuple[Tensor, list[int]]:
+        """A batch of ``n`` crops and the index of the image each came from (the same
+        random draws as :meth:`batch`)."""
+        out, sources = [], []
         for _ in range(n):
             i = int(torch.randint(len(self.images), (1,), generator=self.gen))
+            sources.append(i)
             img = self.images[i]
             h, w = img.shape[-2:]
             top = int(torch.randint(h - self.crop + 1, (1,), generator=self.gen))
             left = int(torch.randint(w - self.crop + 1, (1,), generator=self.gen))
             out.append(img[:, top : top + self.crop, left : left + self.crop])
-        return torch.stack(out).to(self.device, non_blocking=True).float().div_(255.0)
+        return torch.stack(out).to(self.device, non_blocking=True).float().div_(255.0), sources
 
 
 #: training images up to this size (uint8 bytes) are kept on the GPU (see CropSampler)

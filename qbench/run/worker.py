@@ -114,7 +114,7 @@ class _Group:
                     train_seconds=outcome.seconds,
                 )
             return resumed
-        columns = schedule_columns(first, model, outcome, self.probe, statistics)
+        columns = schedule_columns(first, model, outcome, self.probe, statistics, self.datasets)
         self.evaluate(model, outcome, columns)
         return resumed
 
