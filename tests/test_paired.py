@@ -111,11 +111,25 @@ def test_no_seed_or_a_non_finite_one_is_refused():
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def copy_run(name: str, tmp_path: Path) -> Path:
-    """A committed run directory copied under ``tmp_path`` (its plots and report removed)."""
+def copy_run(name: str, tmp_path: Path, seeds: list[int] | None = None) -> Path:
+    """A committed run directory copied under ``tmp_path`` (its plots and report removed),
+    with only the rows of ``seeds`` when given."""
     dst = tmp_path / name
     shutil.copytree(RESULTS / name, dst, ignore=shutil.ignore_patterns("*.png", "report.md"))
+    if seeds is not None:
+        for table in ("results.csv", "schedule.csv", "per_image.csv", "history.csv"):
+            path = dst / table
+            if path.exists():
+                rows = pd.read_csv(path)
+                if "seed" in rows.columns:
+                    rows[rows["seed"].isin(seeds)].to_csv(path, index=False)
     return dst
+
+
+def seed_0_rows() -> pd.DataFrame:
+    """The committed quick run's rows of seed 0."""
+    rows = pd.read_csv(RESULTS / "quick" / "results.csv")
+    return rows[rows["seed"] == 0]
 
 
 def printed_table(text: str, heading: str) -> list[dict[str, str]]:
@@ -198,7 +212,7 @@ def test_the_review_figures_on_the_likelihood_rate(tmp_path):
 
 
 def test_one_seed_gives_no_interval_and_no_verdict_in_the_report(tmp_path):
-    run = copy_run("quick", tmp_path)
+    run = copy_run("quick", tmp_path, seeds=[0])
     report = write_report(run)
     text = (run / "report.md").read_text()
     for word, rate in (("bitstream", "bpp_bitstream"), ("likelihood", "bpp")):
@@ -218,17 +232,17 @@ def test_one_seed_gives_no_interval_and_no_verdict_in_the_report(tmp_path):
         key = "bd_rate_%" if rate == report.rate else "bd_rate_likelihood_%"
         assert table[0][f"bd_rate_{word}_%"] == f"{ste[key]:.2f}"
     statistics = printed_table(text, "### Schedule statistics, `mbt2018-mean`")
-    assert len(statistics) == 5 * 2 * 6  # 5 statistics, final and training average, 6 pairs
+    assert len(statistics) == 6 * 2 * 6  # 6 statistics, final and training average, 6 pairs
     assert all(r["ci95_seeds"] == ONE_SEED and r["verdict"] == "no verdict" for r in statistics)
     # the schedule tables say what their brackets are over; one seed: no over-seeds table
     assert "final [95 % over probe batches]" in text and "Over seeds (" not in text
 
 
 def three_seeds(tmp_path: Path, shifts: dict[int, float]) -> Path:
-    """The quick run with seeds 1 and 2 added: copies of seed 0's rows, in which `ste`'s
-    final mismatch_rate is moved by ``shifts[seed]`` at every lambda (and each trained
-    model keeps a train_id of its own)."""
-    run = copy_run("quick", tmp_path)
+    """The quick run's seed 0 with seeds 1 and 2 made of copies of its rows, in which
+    `ste`'s final mismatch_rate is moved by ``shifts[seed]`` at every lambda (and each
+    trained model keeps a train_id of its own)."""
+    run = copy_run("quick", tmp_path, seeds=[0])
     rows = pd.read_csv(run / "results.csv")
     more = []
     for seed, shift in shifts.items():
@@ -242,7 +256,7 @@ def three_seeds(tmp_path: Path, shifts: dict[int, float]) -> Path:
 def test_statistics_are_compared_seed_by_seed(tmp_path):
     run = three_seeds(tmp_path, {1: 0.004, 2: -0.002})
     report = write_report(run)
-    rows = pd.read_csv(RESULTS / "quick" / "results.csv")
+    rows = seed_0_rows()
     final = rows.set_index(["quantizer", "lambda"])["mismatch_rate"]
     d0 = float((final["ste"] - final["noise"]).mean())  # seed 0, over the 4 lambdas
     expected = paired([d0, d0 + 0.004, d0 - 0.002])
@@ -281,7 +295,7 @@ def test_statistics_are_compared_seed_by_seed(tmp_path):
 
 
 def test_a_statistic_that_changes_sign_is_not_resolved_and_says_its_mde(tmp_path):
-    rows = pd.read_csv(RESULTS / "quick" / "results.csv")
+    rows = seed_0_rows()
     final = rows.set_index(["quantizer", "lambda"])["mismatch_rate"]
     d0 = float((final["ste"] - final["noise"]).mean())  # about -0.067
     run = three_seeds(tmp_path, {1: -2 * d0 + 0.05, 2: -2 * d0 + 0.01})

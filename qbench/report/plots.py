@@ -179,7 +179,7 @@ def plot_bd(rows: list[dict], out: Path, anchor: str, rate: str = BITSTREAM) -> 
 
 def _grid(cells: int) -> tuple[int, int]:
     """(rows, columns) of a grid of ``cells`` small multiples: 2 to 4 columns."""
-    ncols = cells if cells <= 3 else 2 if cells == 4 else 3 if cells <= 9 else 4
+    ncols = cells if cells <= 3 else 2 if cells == 4 else 3 if cells in (5, 6, 9) else 4
     return math.ceil(cells / ncols), ncols
 
 
