@@ -42,13 +42,13 @@ def _record_arms(tmp_path, monkeypatch, quantizers: str, seeds: str):
     seen: dict[str, dict[str, list[str]]] = {}
     current: dict[str, list[str]] = {}
 
-    real_batch = CropSampler.batch
+    real_batch = CropSampler.sourced_batch
 
-    def batch(self, n):
+    def sourced_batch(self, n):
         out = real_batch(self, n)
         # the training sampler is seeded with the job's seed, the probe's with seed + 1
         kind = "train" if self.gen.initial_seed() == job.seed else "probe"
-        current[kind].append(_digest(out))
+        current[kind].append(_digest(out[0]))
         return out
 
     real_produce = worker.load_or_produce
@@ -59,7 +59,7 @@ def _record_arms(tmp_path, monkeypatch, quantizers: str, seeds: str):
         current["init"] += [_digest(v) for _, v in sorted(backbone.items())]
         return real_produce(job_, model, run_dir, context)
 
-    monkeypatch.setattr(CropSampler, "batch", batch)
+    monkeypatch.setattr(CropSampler, "sourced_batch", sourced_batch)
     monkeypatch.setattr(worker, "load_or_produce", load_or_produce)
     run_dir = RunDir(tmp_path / "run")
     run_dir.ensure()
