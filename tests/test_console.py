@@ -56,6 +56,9 @@ def _pty_run(argv, env, until: str, timeout: float = 300) -> tuple[int, str]:
     """Run ``argv`` on a pseudo-terminal; type Ctrl-C once ``until`` was printed."""
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the child
+        # a command typed at a terminal starts with Ctrl-C's default action, also when
+        # pytest itself was started with SIGINT ignored (`pytest &` in a script)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execvpe(argv[0], argv, env)
     out, sent, deadline = b"", False, time.time() + timeout
     while time.time() < deadline:
