@@ -15,6 +15,8 @@ def make(registry, name, **params):
 
 
 ALL = ["round", "noise", "ste", "mixed", "sga", "sua"]
+#: the built-ins of plugins/field_surrogates.py (their own tests: test_field_surrogates.py)
+FIELD = ["pair", "soft-round", "ds-q", "kumaraswamy", "soft-to-hard"]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -201,7 +203,10 @@ def test_sua_partial_stop_gradient(registry):
     assert mu.grad is None
 
 
-@pytest.mark.parametrize("name", ["noise", "ste", "mixed", "sga", "sua", "stanh"])
+@pytest.mark.parametrize(
+    "name",
+    ["noise", "ste", "mixed", "sga", "sua", "stanh", *FIELD],
+)
 def test_bad_trick_options_are_refused(registry, name):
     from qbench.registry import PluginParameterError
 
@@ -228,7 +233,7 @@ def test_sua_scale_bound_changes_backbone_likelihoods(registry):
     assert liks[2.0].max() < liks[None].max()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [*ALL, *FIELD])
 def test_progress_outside_unit_interval_is_refused_at_the_call_site(registry, name):
     m = registry.build("backbone", "bmshj2018-factorized", N=8, M=8)
     m.set_quantizers({k: make(registry, name) for k in m.latents})

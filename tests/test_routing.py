@@ -37,7 +37,10 @@ ROWS = routing_table()
 
 def test_the_table_covers_every_builtin_and_setting():
     covered = {(r["quantizer"], r["zero_center"], r["stop_gradient"]) for r in ROWS}
-    for name in ("noise", "ste", "mixed", "sua", "sga", "stanh"):
+    for name in (
+        *("noise", "ste", "mixed", "sua", "sga", "stanh"),
+        *("pair", "soft-round", "ds-q", "kumaraswamy", "soft-to-hard"),
+    ):
         for setting in (("false", "none"), ("true", "none"), ("true", "partial")):
             assert (name, *setting) in covered
     assert ("round", "-", "-") in covered
