@@ -102,9 +102,9 @@ def _build_member(key: str, name: str, options: dict[str, Any]) -> qbench.Surrog
     """The member ``name`` built through the registry, refused unless it is a surrogate on
     the unit integer grid (a ``qbench.Surrogate`` that overrides neither ``step`` nor
     ``tables``)."""
-    from qbench.plugins import get_plugins
+    from qbench.plugins import current_plugins
 
-    registry = get_plugins().registry
+    registry = current_plugins().registry  # the set in use, its disabled plugins kept
     if ("quantizer", name) not in registry:
         raise ValueError(
             f"pair {key} = {name!r}: no quantizer of that name is registered "

@@ -246,6 +246,13 @@ def get_plugins(disable: list[str] | tuple[str, ...] = ()) -> PluginSet:
     return _DEFAULT
 
 
+def current_plugins() -> PluginSet:
+    """The process-wide plugin set as last loaded by :func:`get_plugins` (whatever plugins
+    it disabled), or the default one when none was loaded yet. For a plugin that builds
+    other registered names at build time (``pair``) without reloading the set."""
+    return _DEFAULT if _DEFAULT is not None else get_plugins()
+
+
 def reset() -> None:
     """Forget the process-wide plugin set (after installing a plugin, in tests)."""
     global _DEFAULT, _DEFAULT_KEY

@@ -92,6 +92,22 @@ def test_pair_refuses(registry, params, match):
         make(registry, "pair", **params)
 
 
+def test_pair_builds_its_members_from_the_plugin_set_in_use(registry):
+    """A pair built after ``--disable-plugin sua`` neither reloads the process-wide plugin
+    set (its disabled plugins stay disabled) nor finds the disabled member."""
+    import qbench.plugins
+
+    before = qbench.plugins._DEFAULT, qbench.plugins._DEFAULT_KEY
+    try:
+        plugins = qbench.plugins.get_plugins(("sua",))
+        with pytest.raises(PluginParameterError, match="pair dist = 'sua': no quantizer"):
+            plugins.registry.build("quantizer", "pair", dist="sua")
+        assert qbench.plugins.current_plugins() is plugins
+        assert plugins.registry.build("quantizer", "pair", dist="sga").dist_name == "sga"
+    finally:
+        qbench.plugins._DEFAULT, qbench.plugins._DEFAULT_KEY = before
+
+
 # -- soft-round -----------------------------------------------------------------------
 
 
