@@ -132,7 +132,9 @@ class Pair(qbench.Surrogate):
     where ``R`` and ``D`` are the members' ``surrogate`` functions (each drawn
     once per call, ``R`` first). Each member is given by name or as an inline
     table with its own options (``rate = { name = "sua", schedule = "linear" }``),
-    built through the registry. The grid, gradient routing and scale bound
+    built through the registry (``None``, the default: ``"noise"`` for the rate,
+    ``"ste"`` for the distortion; a default of no type, so that a matrix may
+    give either a name or a table). The grid, gradient routing and scale bound
     are the pair's (``zero_center``, ``stop_gradient``, ``scale_bound``, default
     as ``mixed``: zero-centred, ``stop_gradient = "none"``, no bound); a member
     given one of these is refused. ``set_progress`` and ``end_step`` reach both
@@ -146,15 +148,15 @@ class Pair(qbench.Surrogate):
 
     def __init__(
         self,
-        rate: Any = "noise",
-        dist: Any = "ste",
+        rate: Any = None,
+        dist: Any = None,
         scale_bound: float | None = None,
         zero_center: bool = True,
         stop_gradient: str | bool | None = None,
     ) -> None:
         super().__init__(scale_bound, zero_center, stop_gradient)
-        rate_name, rate_opts = _member_spec("rate", rate)
-        dist_name, dist_opts = _member_spec("dist", dist)
+        rate_name, rate_opts = _member_spec("rate", "noise" if rate is None else rate)
+        dist_name, dist_opts = _member_spec("dist", "ste" if dist is None else dist)
         if rate_name == dist_name:
             raise ValueError(
                 f"pair rate = dist = {rate_name!r}: a surrogate paired with itself is that "

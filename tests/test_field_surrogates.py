@@ -333,7 +333,8 @@ def test_tiny_run_codes_bit_exactly_and_pair_trains_as_mixed(tmp_path, registry)
 
     quantizers = (
         '["mixed", { name = "pair", rate = "noise", dist = "ste" }, "soft-round", "ds-q", '
-        '"kumaraswamy", "soft-to-hard"]'
+        '"kumaraswamy", "soft-to-hard", { name = "pair", label = "sua+dsq", '
+        'rate = { name = "sua", schedule = "linear" }, dist = "ds-q" }]'
     )
     path = tmp_path / "m.toml"
     path.write_text(TINY.format(quantizers=quantizers))
@@ -345,7 +346,7 @@ def test_tiny_run_codes_bit_exactly_and_pair_trains_as_mixed(tmp_path, registry)
     for p in (out / "rows").glob("*.json"):
         row = json.loads(p.read_text())
         rows[row["quantizer"]] = row
-    assert len(rows) == 6, sorted(rows)
+    assert len(rows) == 7, sorted(rows)
     for label, row in rows.items():
         assert row["status"] == "ok", (label, row.get("reason"))
         assert float(row["bitexact"]) == 1.0, label
@@ -354,6 +355,8 @@ def test_tiny_run_codes_bit_exactly_and_pair_trains_as_mixed(tmp_path, registry)
         for label, row in rows.items()
     }
     pair_label = next(k for k in rows if k.startswith("pair"))
+    # a member's learned parameter (ds-q's k) is saved with the model
+    assert any(k.endswith("dist_q.k") for k in ckpt["sua+dsq"]), sorted(ckpt["sua+dsq"])
     a, b = ckpt["mixed"], ckpt[pair_label]
     assert a.keys() == b.keys() and a
     for k in a:
