@@ -1,5 +1,5 @@
 """Surrogates from the wider field: ``pair``, ``soft-round``, ``ds-q``, ``kumaraswamy``,
-``soft-to-hard``.
+``soft-to-hard``, ``universal``.
 
 Each is a :class:`qbench.Surrogate` (options ``scale_bound``, ``zero_center``,
 ``stop_gradient``; ``docs/quantizers.md``) whose training values live on the
@@ -541,6 +541,76 @@ class SoftToHard(qbench.Surrogate):
         }
 
 
+# -- universal ------------------------------------------------------------------------
+
+DITHERS = ("per-image", "per-element")
+TEST_TIMES = ("round", "dithered")
+
+
+class Universal(qbench.Surrogate):
+    r"""Universal (dithered) quantization as a training surrogate: Tsubota & Aizawa's
+    ``U-Q`` (kktsubota/uniform-quantizers, ``Access23/balle/lib/ops.py``, method
+    ``"U-Q"``), after Ziv 1985 and Agustsson & Theis, "Universally Quantized Neural
+    Compression", NeurIPS 2020.
+
+    With a dither ``d ~ U(-1/2, 1/2)``::
+
+        S(v) = round(v + d) - d      forward (a point of the dithered lattice)
+        dS/dv = 1                    backward (straight-through)
+
+    for both terms; ``S(v) - v`` is uniform on ``(-1/2, 1/2)`` and independent of
+    ``v`` (the noise channel, realised by quantization). ``dither = "per-image"``
+    (default, the reference's): one ``d`` per sample of the batch, shared by all
+    its latents; ``"per-element"``: one per latent (then ``S(v) - v`` has the
+    distribution of ``noise``'s offset).
+
+    **Test time is plain rounding around the means** (``test_time = "round"``, as
+    the reference's ``compress``). The paper's test-time universal quantization
+    (``test_time = "dithered"``: ``round(y - mu + d) - d + mu``, the dither shared
+    through a seed) is refused: coding it needs each symbol's cell shifted by its
+    dither, ``[k - d - 1/2, k - d + 1/2]``, i.e. probability tables per dither
+    value, which qbench's coder (one table per scale, per latent) cannot carry.
+    """
+
+    def __init__(
+        self,
+        dither: str = "per-image",
+        test_time: str = "round",
+        scale_bound: float | None = None,
+        zero_center: bool = True,
+        stop_gradient: str | bool | None = None,
+    ) -> None:
+        super().__init__(scale_bound, zero_center, stop_gradient)
+        if dither not in DITHERS:
+            raise ValueError(f"dither must be one of {DITHERS}, got {dither!r}")
+        if test_time == "dithered":
+            raise ValueError(
+                "test_time = 'dithered' (universal quantization at test time) is not "
+                "supported: the coder would need each symbol's cell shifted by its dither, "
+                "and qbench's coder codes unshifted integer cells only; use test_time = 'round'"
+            )
+        if test_time not in TEST_TIMES:
+            raise ValueError(f"test_time must be one of {TEST_TIMES}, got {test_time!r}")
+        self.dither, self.test_time = dither, test_time
+
+    def draw_dither(self, v: Tensor) -> Tensor:
+        """``d ~ U(-1/2, 1/2)``: one per sample (leading dimension) or one per element."""
+        if self.dither == "per-element" or v.dim() == 0:
+            return torch.rand_like(v) - 0.5
+        shape = (v.shape[0],) + (1,) * (v.dim() - 1)
+        return torch.rand(shape, dtype=v.dtype, device=v.device) - 0.5
+
+    def surrogate(self, v: Tensor) -> qbench.Quantized:
+        with torch.no_grad():
+            d = self.draw_dither(v)
+            value = torch.round(v + d) - d
+        v_tilde = value + (v - v.detach())
+        return qbench.Quantized(rate=v_tilde, dist=v_tilde)
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "dither": self.dither, "test_time": self.test_time}
+
+
 @qbench.hookimpl
 def qbench_register_quantizers(register):
     register(
@@ -566,6 +636,12 @@ def qbench_register_quantizers(register):
         Kumaraswamy,
         description="Kumaraswamy noise a 2 -> 1 inside soft rounding T 0.3 -> 0.1 (Cool-Chic / "
         "C3, Kim 2024)",
+    )
+    register(
+        "universal",
+        Universal,
+        description="round(y + d) - d, one dither per image, straight-through (U-Q of Tsubota & "
+        "Aizawa); rounding at test time",
     )
     register(
         "soft-to-hard",

@@ -12,7 +12,7 @@ from scipy import stats
 
 from qbench.registry import PluginParameterError
 
-FIELD = ["pair", "soft-round", "ds-q", "kumaraswamy", "soft-to-hard"]
+FIELD = ["pair", "soft-round", "ds-q", "kumaraswamy", "soft-to-hard", "universal"]
 
 
 def make(registry, name, **params):
@@ -265,6 +265,43 @@ def test_soft_to_hard_hard_forward_has_the_soft_gradient(registry):
     assert torch.equal(g, g2) and (g > 0).all()
 
 
+# -- universal ------------------------------------------------------------------------
+
+
+def test_universal_per_image_dither_is_one_lattice_shift_per_sample(registry):
+    torch.manual_seed(0)
+    q = make(registry, "universal").train()
+    y = (torch.randn(3, 4, 8, 8, dtype=torch.float64) * 3).requires_grad_()
+    out = q(y)
+    frac = torch.remainder(out.rate.detach(), 1.0)
+    for i in range(3):  # all latents of a sample sit on one shifted integer lattice
+        spread = torch.remainder(frac[i] - frac[i].flatten()[0] + 0.5, 1.0) - 0.5
+        assert spread.abs().max() < 1e-9
+    assert not torch.allclose(frac[0].flatten()[0], frac[1].flatten()[0])
+    offset = (out.rate - y).detach()
+    assert offset.abs().max() <= 0.5
+    (g,) = torch.autograd.grad(out.dist.sum(), y)
+    assert torch.equal(g, torch.ones_like(g))
+    # one draw per sample, in the order of torch's generator: round(y + d) - d
+    torch.manual_seed(1)
+    out = q(y)
+    torch.manual_seed(1)
+    d = (torch.rand(3, 1, 1, 1, dtype=torch.float64) - 0.5).expand_as(y)
+    assert torch.equal(out.rate.detach(), torch.round(y.detach() + d) - d)
+
+
+def test_universal_per_element_offset_is_uniform_and_dithered_test_time_refused(registry):
+    torch.manual_seed(0)
+    q = make(registry, "universal", dither="per-element").train()
+    y = torch.randn(20000) * 3
+    offset = (q(y).rate - y).numpy()
+    assert stats.kstest(offset, stats.uniform(loc=-0.5, scale=1.0).cdf).pvalue > 0.01
+    with pytest.raises(PluginParameterError, match="test_time = 'dithered'.*not supported"):
+        make(registry, "universal", test_time="dithered")
+    with pytest.raises(PluginParameterError, match="dither must be"):
+        make(registry, "universal", dither="per-batch")
+
+
 # -- refusals ---------------------------------------------------------------------------
 
 
@@ -333,7 +370,7 @@ def test_tiny_run_codes_bit_exactly_and_pair_trains_as_mixed(tmp_path, registry)
 
     quantizers = (
         '["mixed", { name = "pair", rate = "noise", dist = "ste" }, "soft-round", "ds-q", '
-        '"kumaraswamy", "soft-to-hard", { name = "pair", label = "sua+dsq", '
+        '"kumaraswamy", "soft-to-hard", "universal", { name = "pair", label = "sua+dsq", '
         'rate = { name = "sua", schedule = "linear" }, dist = "ds-q" }]'
     )
     path = tmp_path / "m.toml"
@@ -346,7 +383,7 @@ def test_tiny_run_codes_bit_exactly_and_pair_trains_as_mixed(tmp_path, registry)
     for p in (out / "rows").glob("*.json"):
         row = json.loads(p.read_text())
         rows[row["quantizer"]] = row
-    assert len(rows) == 7, sorted(rows)
+    assert len(rows) == 8, sorted(rows)
     for label, row in rows.items():
         assert row["status"] == "ok", (label, row.get("reason"))
         assert float(row["bitexact"]) == 1.0, label

@@ -16,7 +16,7 @@ def make(registry, name, **params):
 
 ALL = ["round", "noise", "ste", "mixed", "sga", "sua"]
 #: the built-ins of plugins/field_surrogates.py (their own tests: test_field_surrogates.py)
-FIELD = ["pair", "soft-round", "ds-q", "kumaraswamy", "soft-to-hard"]
+FIELD = ["pair", "soft-round", "ds-q", "kumaraswamy", "soft-to-hard", "universal"]
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -39,7 +39,7 @@ def test_the_table_covers_every_builtin_and_setting():
     covered = {(r["quantizer"], r["zero_center"], r["stop_gradient"]) for r in ROWS}
     for name in (
         *("noise", "ste", "mixed", "sua", "sga", "stanh"),
-        *("pair", "soft-round", "ds-q", "kumaraswamy", "soft-to-hard"),
+        *("pair", "soft-round", "ds-q", "kumaraswamy", "soft-to-hard", "universal"),
     ):
         for setting in (("false", "none"), ("true", "none"), ("true", "partial")):
             assert (name, *setting) in covered
