@@ -616,6 +616,7 @@ def qbench_register_quantizers(register):
     register(
         "pair",
         Pair,
+        uses={"rate": ("quantizer", "noise"), "dist": ("quantizer", "ste")},
         description="any two surrogates: the first's value charged to the rate, the second's "
         "fed to the synthesis",
     )

@@ -111,3 +111,32 @@ def test_editing_a_plugin_re_runs_its_jobs_and_only_its_own(tmp_path, install_pl
     assert new["scaled-b"] == ids["scaled-b"]
     assert new["scaled-a"] != ids["scaled-a"]
     assert edited.ran == 1 and edited.skipped == 1
+
+
+def test_a_pair_follows_the_code_of_its_members(tmp_path, install_plugin):
+    """``pair`` declares ``uses``: the code digests of the quantizers it names (by name or
+    inline table, or its defaults) enter its job ids, so editing a member re-runs the
+    pair's jobs and nothing else's."""
+    site = install_plugin(
+        "qbench-scaled",
+        {"scaled_a": SCALED_NOISE.replace("{name}", "scaled-a")},
+        {"scaled_a": "scaled_a"},
+    )
+    quantizers = (
+        '[{ name = "pair", label = "p1", rate = "scaled-a", dist = "ste" }, '
+        '{ name = "pair", label = "p2", rate = { name = "scaled-a" } }, '
+        '{ name = "pair", label = "p3" }, "ste"]'
+    )
+    matrix = tiny(tmp_path, quantizers, steps=2)
+
+    def ids():
+        qbench.plugins.reset()
+        m = load_matrix(matrix, qbench.plugins.get_plugins().registry)
+        return {j.quantizer.label: j.job_id for j in m.jobs}
+
+    before = ids()
+    module = site / "scaled_a.py"
+    module.write_text(module.read_text().replace("SCALE = 1.0", "SCALE = 0.5"))
+    after = ids()
+    assert before["p1"] != after["p1"] and before["p2"] != after["p2"]
+    assert before["p3"] == after["p3"] and before["ste"] == after["ste"]  # noise, ste untouched

@@ -162,7 +162,23 @@ class Checker:
                 self.fail(f"{path}.{key}", f"{params[key]!r}: no such user's home folder")
             params[key] = str(resolved)
             fingerprints[key] = fingerprint(resolved)
-        return Spec(kind, name, label, params, reg.provider, latents, fingerprints, reg.code)
+        code = reg.code + self.used_code(reg, params)
+        return Spec(kind, name, label, params, reg.provider, latents, fingerprints, code)
+
+    def used_code(self, reg: Any, params: dict[str, Any]) -> str:
+        """The providers and code digests of the registered plugins an entry's parameters
+        name (registration metadata ``uses = {param: (kind, default name)}``; a parameter
+        is a name or an inline table with ``name``), so that editing a member's code
+        changes the ids of the jobs that use it through this entry ('' when none)."""
+        out = []
+        for key, (used_kind, default) in dict(reg.metadata.get("uses", {})).items():
+            value = params.get(key)
+            used = value.get("name") if isinstance(value, dict) else value
+            used = default if used is None else used
+            if isinstance(used, str) and (used_kind, used) in self.registry:
+                entry = self.registry.get(used_kind, used)
+                out.append(f"{key}={used}:{entry.provider} {entry.code}")
+        return "; " + "; ".join(out) if out else ""
 
     def spec_list(self, kind: str, value: Any, path: str) -> list[Spec]:
         if not isinstance(value, list):
