@@ -126,7 +126,8 @@ def test_the_report_notes_a_clamped_step_through_the_declared_report_notes(regis
         }
     }
     declared = quantizer_notes(manifest)
-    assert set(declared) == {"a"} and "step_clamped" in declared["a"]
+    assert set(declared) == {"a", "b"} and "step_clamped" in declared["a"]
+    assert set(declared["b"]) == {"stop_gradient"}  # every surrogate's: a routed centre
     df = pd.DataFrame(
         {
             "backbone": "bb",
@@ -141,7 +142,7 @@ def test_the_report_notes_a_clamped_step_through_the_declared_report_notes(regis
     )
     notes: list[str] = []
     quantizer_settings(df, {}, declared, notes)
-    assert notes == [
+    assert notes == [  # b's settings route nothing: no note of it
         "`a` on `bb`: a learned quantization step reached its minimum and was clamped there "
         "in 1 configuration(s) (settings: step_clamped)"
     ]
