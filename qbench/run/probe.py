@@ -58,9 +58,10 @@ def probe_shape(job: Job, datasets: DatasetCache) -> dict[str, int]:
 
 
 def probe_crops(job: Job) -> int:
-    """Crops per probe batch: ``[eval] probe_crops``, or ``[train] batch_size`` for 0 (a
-    matrix resolves 0 when it is read; a config built in code may still hold it)."""
-    return job.eval.probe_crops or job.train.batch_size
+    """Crops per probe batch, as :meth:`~qbench.plan.configs.EvalConfig.for_training`
+    resolves them (a matrix resolves 0 when it is read; a config built in code may still
+    hold it)."""
+    return job.eval.for_training(job.train).probe_crops
 
 
 def train_pixels(job: Job) -> int:
