@@ -12,6 +12,8 @@ from scipy import stats
 
 from qbench.registry import PluginParameterError
 
+from .test_runner import tiny
+
 FIELD = ["pair", "soft-round", "ds-q", "kumaraswamy", "soft-to-hard", "universal"]
 
 
@@ -331,24 +333,6 @@ def test_annealing_parameters_out_of_range_are_refused(registry, name, params, m
 
 # -- a real tiny run: bit-exact coding, pair == mixed -----------------------------------
 
-TINY = """
-name = "tiny-field"
-[matrix]
-backbones = [{{ name = "mbt2018-mean", N = 16, M = 16 }}]
-quantizers = {quantizers}
-lambdas = [0.01]
-datasets = [{{ name = "embedded", split = "eval" }}]
-seeds = [0]
-[train]
-steps = 2
-batch_size = 2
-crop = 64
-lr = 1e-3
-[eval]
-metrics = ["bpp", "bpp_bitstream", "psnr"]
-max_images = 1
-"""
-
 
 def _flat(obj, prefix=""):
     if isinstance(obj, torch.Tensor):
@@ -373,8 +357,8 @@ def test_tiny_run_codes_bit_exactly_and_pair_trains_as_mixed(tmp_path, registry)
         '"kumaraswamy", "soft-to-hard", "universal", { name = "pair", label = "sua+dsq", '
         'rate = { name = "sua", schedule = "linear" }, dist = "ds-q" }]'
     )
-    path = tmp_path / "m.toml"
-    path.write_text(TINY.format(quantizers=quantizers))
+    path = tiny(tmp_path, quantizers, steps=2)  # test_runner's tiny matrix, on mbt2018-mean
+    path.write_text(path.read_text().replace("bmshj2018-factorized", "mbt2018-mean"))
     m = load_matrix(path, registry)
     out = tmp_path / "run"
     kw = {"workers": 0, "device": "cpu", "show_progress": False, "echo": lambda *_: None}
