@@ -265,9 +265,11 @@ class _CompressAIBackbone(qbench.Backbone):
         return {"y": self.net.M, "z": self.net.N}.get(latent)
 
     def capabilities(self, latent: str) -> frozenset[str]:
+        # every latent is coded whole by code_latent / decode_latent: a dither can follow it
         if latent == "y" and getattr(self.net, "gaussian_conditional", None) is not None:
-            return frozenset({"gaussian_scale"})
-        return frozenset({"means"})  # the bottleneck rounds around its (detached) medians
+            return frozenset({"gaussian_scale", "dithered_coding"})
+        # the bottleneck rounds around its (detached) medians
+        return frozenset({"means", "dithered_coding"})
 
     def settings(self) -> dict[str, Any]:
         gc = getattr(self.net, "gaussian_conditional", None)
@@ -466,7 +468,7 @@ class MeanScale(Hyperprior):
 
     def capabilities(self, latent: str) -> frozenset[str]:
         if latent == "y":
-            return frozenset({"gaussian_scale", "means", "learned_means"})
+            return frozenset({"gaussian_scale", "means", "learned_means", "dithered_coding"})
         return super().capabilities(latent)
 
 

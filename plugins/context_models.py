@@ -74,6 +74,11 @@ class JointAutoregressive(MeanScale):
     def _new_net(self, N: int, M: int):
         return self.model_class(N, M)
 
+    def capabilities(self, latent: str) -> frozenset[str]:
+        # y is coded position by position (the decoder's raster loop): no whole-tensor dither
+        caps = super().capabilities(latent)
+        return caps - {"dithered_coding"} if latent == "y" else caps
+
     # -- the context model -------------------------------------------------------
     @property
     def _kernel(self) -> tuple[int, int]:

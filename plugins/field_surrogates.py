@@ -12,6 +12,7 @@ matches its reference and where it deviates: ``docs/fidelity.md``.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,8 +101,9 @@ def _member_spec(key: str, spec: Any) -> tuple[str, dict[str, Any]]:
 
 def _build_member(key: str, name: str, options: dict[str, Any]) -> qbench.Surrogate:
     """The member ``name`` built through the registry, refused unless it is a surrogate on
-    the unit integer grid (a ``qbench.Surrogate`` that overrides neither ``step`` nor
-    ``tables``)."""
+    the unit integer grid (a ``qbench.Surrogate`` with no ``step`` and unit ``bins``). Only
+    its training values serve the pair: its test time (``universal``'s dither) is not the
+    pair's, which rounds."""
     from qbench.plugins import current_plugins
 
     registry = current_plugins().registry  # the set in use, its disabled plugins kept
@@ -112,11 +114,11 @@ def _build_member(key: str, name: str, options: dict[str, Any]) -> qbench.Surrog
         )
     member = registry.build("quantizer", name, **options)
     kind = type(member)
-    uniform = kind.tables is qbench.Quantizer.tables and kind.step is qbench.Quantizer.step
+    uniform = kind.bins is qbench.Quantizer.bins and kind.step is qbench.Quantizer.step
     if not isinstance(member, qbench.Surrogate) or not uniform:
         raise ValueError(
             f"pair {key} = {name!r}: only a surrogate on the unit integer grid can be a member "
-            "(a qbench.Surrogate with no quantization step and the integer tables)"
+            "(a qbench.Surrogate with no quantization step and unit cells)"
         )
     return member
 
@@ -197,6 +199,14 @@ class Pair(qbench.Surrogate):
                 if k not in PAIR_OWN:
                     out[f"{key}.{k}"] = v
         return out
+
+    def reduces_to(self, progress: float) -> str:
+        """``rate = "noise", dist = "ste"`` is ``mixed`` to the bit (with the pair's routing
+        and scale bound)."""
+        if (self.rate_name, self.dist_name) != ("noise", "ste"):
+            return ""
+        what, routing = "mixed (noise for the rate, ste for the synthesis)", self.routing_words()
+        return f"{what}, {routing}" if routing else what
 
     def extra_repr(self) -> str:
         return f"rate={self.rate_name}, dist={self.dist_name}, {super().extra_repr()}"
@@ -543,56 +553,84 @@ class SoftToHard(qbench.Surrogate):
 
 # -- universal ------------------------------------------------------------------------
 
+TRAININGS = ("noise", "dithered")
 DITHERS = ("per-image", "per-element")
-TEST_TIMES = ("round", "dithered")
+TEST_TIMES = ("dithered", "round")
+
+
+def dither_levels(levels: int) -> Tensor:
+    """The ``L`` dither values ``(i + 1) / (L + 1) - 1/2``, ``i = 0..L-1``: the uniform
+    dither quantized to ``L`` levels inside ``(-1/2, 1/2)``, as tensorflow-compression's
+    universal entropy models (``num_noise_levels``, default 15) so that each level has a
+    probability table of its own."""
+    return (torch.arange(levels, dtype=torch.float64) + 1) / (levels + 1) - 0.5
 
 
 class Universal(qbench.Surrogate):
-    r"""Universal (dithered) quantization as a training surrogate: Tsubota & Aizawa's
-    ``U-Q`` (kktsubota/uniform-quantizers, ``Access23/balle/lib/ops.py``, method
-    ``"U-Q"``), after Ziv 1985 and Agustsson & Theis, "Universally Quantized Neural
-    Compression", NeurIPS 2020.
+    r"""Universal (dithered) quantization: Ziv 1985; Agustsson & Theis, "Universally
+    Quantized Neural Compression", NeurIPS 2020 (tensorflow/compression,
+    ``tfc.UniversalBatchedEntropyModel`` / ``UniversalIndexedEntropyModel``).
 
-    With a dither ``d ~ U(-1/2, 1/2)``::
+    **Test time** (``test_time = "dithered"``, default): encoder and decoder share a
+    pseudo-random dither ``u`` (regenerated from ``seed``, the latent's name and shape,
+    one value per element, the same for every image), and::
 
-        S(v) = round(v + d) - d      forward (a point of the dithered lattice)
-        dS/dv = 1                    backward (straight-through)
+        k = round(y - mu - u)        the symbol the coder writes
+        y_hat = k + mu + u           the reconstruction
 
-    for both terms; ``S(v) - v`` is uniform on ``(-1/2, 1/2)`` and independent of
-    ``v`` (the noise channel, realised by quantization). ``dither = "per-image"``
-    (default, the reference's): one ``d`` per sample of the batch, shared by all
-    its latents; ``"per-element"``: one per latent (then ``S(v) - v`` has the
-    distribution of ``noise``'s offset).
+    so ``y_hat - y`` is uniform on ``(-1/2, 1/2)`` and independent of ``y`` for a
+    continuous dither. As in tensorflow-compression, ``u`` takes one of ``levels``
+    values ``(i + 1)/(L + 1) - 1/2`` (``dither_levels``; 15 by default), each with its
+    own probability tables: symbol ``k`` of an element with dither ``u`` has the
+    cell ``mu + [k + u - 1/2, k + u + 1/2]`` (``EntropyTables.shifted_tables``), so the
+    coder writes exactly the likelihood the model charges (bit-exact on a whole-tensor
+    coder; refused before any job on a latent that is coded position by position, the
+    context model's ``y``: the latent must offer ``dithered_coding``).
+    ``test_time = "round"``: plain rounding around the means (Tsubota & Aizawa's
+    ``compress``).
 
-    **Test time is plain rounding around the means** (``test_time = "round"``, as
-    the reference's ``compress``). The paper's test-time universal quantization
-    (``test_time = "dithered"``: ``round(y - mu + d) - d + mu``, the dither shared
-    through a seed) is refused: coding it needs each symbol's cell shifted by its
-    dither, ``[k - d - 1/2, k - d + 1/2]``, i.e. probability tables per dither
-    value, which qbench's coder (one table per scale, per latent) cannot carry.
+    **Training** (``train = "noise"``, default): the matching additive-noise surrogate,
+    ``v + u``, ``u ~ U(-1/2, 1/2)`` per element, for both terms (the paper's training:
+    the same error distribution as the test-time quantizer). ``train = "dithered"``:
+    Tsubota & Aizawa's ``U-Q`` (kktsubota/uniform-quantizers, ``Access23/balle/lib/
+    ops.py``), ``S(v) = round(v + d) - d`` forward and ``dS/dv = 1`` backward, with
+    ``dither = "per-image"`` (their default: one ``d`` per sample, shared by its
+    latents) or ``"per-element"``.
     """
 
     def __init__(
         self,
+        train: str = "noise",
+        test_time: str = "dithered",
         dither: str = "per-image",
-        test_time: str = "round",
+        levels: int = 15,
+        seed: int = 1234,
         scale_bound: float | None = None,
         zero_center: bool = True,
         stop_gradient: str | bool | None = None,
     ) -> None:
         super().__init__(scale_bound, zero_center, stop_gradient)
-        if dither not in DITHERS:
-            raise ValueError(f"dither must be one of {DITHERS}, got {dither!r}")
-        if test_time == "dithered":
+        for name, value, choices in (
+            ("train", train, TRAININGS),
+            ("test_time", test_time, TEST_TIMES),
+            ("dither", dither, DITHERS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= 255:
+            raise ValueError(f"levels must be a whole number in [1, 255], got {levels!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
+        if dither != "per-image" and train != "dithered":
             raise ValueError(
-                "test_time = 'dithered' (universal quantization at test time) is not "
-                "supported: the coder would need each symbol's cell shifted by its dither, "
-                "and qbench's coder codes unshifted integer cells only; use test_time = 'round'"
+                f"dither = {dither!r} is the training dither of train = 'dithered'; "
+                f"train = {train!r} draws additive noise per element"
             )
-        if test_time not in TEST_TIMES:
-            raise ValueError(f"test_time must be one of {TEST_TIMES}, got {test_time!r}")
-        self.dither, self.test_time = dither, test_time
+        self.train_mode, self.test_time, self.dither = train, test_time, dither
+        self.levels, self.seed = levels, seed
+        self._tables: dict[tuple, Any] = {}
 
+    # -- training -----------------------------------------------------------------
     def draw_dither(self, v: Tensor) -> Tensor:
         """``d ~ U(-1/2, 1/2)``: one per sample (leading dimension) or one per element."""
         if self.dither == "per-element" or v.dim() == 0:
@@ -601,14 +639,76 @@ class Universal(qbench.Surrogate):
         return torch.rand(shape, dtype=v.dtype, device=v.device) - 0.5
 
     def surrogate(self, v: Tensor) -> qbench.Quantized:
+        if self.train_mode == "noise":
+            v_tilde = uniform_noise(v)
+            return qbench.Quantized(rate=v_tilde, dist=v_tilde)
         with torch.no_grad():
             d = self.draw_dither(v)
             value = torch.round(v + d) - d
         v_tilde = value + (v - v.detach())
         return qbench.Quantized(rate=v_tilde, dist=v_tilde)
 
+    # -- test time: the shared dither and its tables ---------------------------------
+    def level_indexes(self, shape: torch.Size) -> Tensor:
+        """Each element's dither level (int64, ``shape``): a pattern per image of the
+        latent's ``C x H x W``, drawn from ``seed`` and the latent's name, repeated over
+        the batch (the decoder regenerates it from the shape alone)."""
+        per_image = tuple(shape[1:]) if len(shape) > 1 else tuple(shape)
+        gen = torch.Generator().manual_seed(self.seed + zlib.crc32(str(self.latent).encode()))
+        pattern = torch.randint(self.levels, per_image, generator=gen)
+        return pattern.expand(shape) if len(shape) > 1 else pattern
+
+    def offsets(self, like: Tensor) -> Tensor:
+        """The dither ``u`` of each element of ``like``, on its device and dtype."""
+        values = dither_levels(self.levels).to(like.dtype)
+        return values[self.level_indexes(like.shape)].to(like.device)
+
+    def symbols(self, y: Tensor, means: Tensor | None = None) -> Tensor:
+        if self.test_time == "round":
+            return super().symbols(y, means)
+        v = y if means is None else y - means
+        return torch.round(v - self.offsets(v)).long()
+
+    def from_symbols(self, symbols: Tensor, means: Tensor | None = None) -> Tensor:
+        values = super().from_symbols(symbols, means)
+        if self.test_time == "round":
+            return values
+        return values + self.offsets(values)
+
+    def quantize(self, y: Tensor, means: Tensor | None = None) -> Tensor:
+        if self.test_time == "round":
+            return super().quantize(y, means)
+        return self.from_symbols(self.symbols(y, means), means).to(y.dtype)
+
+    def tables(self, entropy: Any) -> Any:
+        if self.test_time == "round":
+            return super().tables(entropy)
+        return entropy.shifted_tables(dither_levels(self.levels))
+
+    def table_indexes(self, indexes: Tensor) -> Tensor:
+        if self.test_time == "round":
+            return indexes
+        return indexes * self.levels + self.level_indexes(indexes.shape).to(indexes.device)
+
+    def needs(self) -> dict[str, str]:
+        if self.test_time == "round":
+            return {}
+        return {"dithered_coding": "test_time = 'dithered' (a dither per element)"}
+
+    def reduces_to(self, progress: float) -> str:
+        """With ``train = "noise"`` and ``test_time = "round"`` this is ``noise`` exactly."""
+        if self.train_mode != "noise" or self.test_time != "round":
+            return ""
+        what, routing = "noise (additive uniform noise, gradient 1)", self.routing_words()
+        return f"{what}, {routing}" if routing else what
+
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "dither": self.dither, "test_time": self.test_time}
+        out = {**super().settings(), "train": self.train_mode, "test_time": self.test_time}
+        if self.train_mode == "dithered":
+            out["dither"] = self.dither
+        if self.test_time == "dithered":
+            out.update(levels=self.levels, seed=self.seed)
+        return out
 
 
 @qbench.hookimpl
@@ -641,8 +741,8 @@ def qbench_register_quantizers(register):
     register(
         "universal",
         Universal,
-        description="round(y + d) - d, one dither per image, straight-through (U-Q of Tsubota & "
-        "Aizawa); rounding at test time",
+        description="universal quantization: round(y - mu - u) + u with a shared dither, "
+        "coded bit-exactly; additive noise in training (Agustsson & Theis 2020)",
     )
     register(
         "soft-to-hard",

@@ -58,6 +58,9 @@ CAPABILITIES = {
     "means": "quantized around offsets the backbone passes as means (predicted means, or the "
     "factorized bottleneck's medians)",
     "learned_means": "its means are predicted by the network and receive gradient",
+    "dithered_coding": "coded as one whole tensor by code_latent / decode_latent (symbols, "
+    "tables and Quantizer.table_indexes at the latent's full shape), so a quantizer may shift "
+    "each element's cell by a pseudo-random dither that the decoder regenerates",
 }
 
 
@@ -122,6 +125,17 @@ class Backbone(nn.Module):
                 f"latents {unknown} are not latents of this backbone ({list(self.latents)})"
             )
         return tuple(latents)
+
+    def missing_needs(self, quantizer: Quantizer, latents: Iterable[str]) -> dict[str, str]:
+        """What ``quantizer`` needs (``Quantizer.needs``) that one of ``latents`` does not
+        offer: ``{latent: why}`` (empty when every latent serves it)."""
+        out, needs = {}, quantizer.needs()
+        for latent in latents:
+            caps = self.capabilities(latent)
+            missing = [f"{what} needs {cap}" for cap, what in needs.items() if cap not in caps]
+            if missing:
+                out[latent] = "; ".join(missing)
+        return out
 
     def idle_options(self, quantizer: Quantizer, latents: Iterable[str]) -> dict[str, str]:
         """Options of ``quantizer`` with nothing to act on in any of ``latents``: ``{option: why}``.
@@ -209,7 +223,7 @@ class Backbone(nn.Module):
         tables = q.tables(entropy)
         if tables.indexes is not None:  # a quantization step re-indexes the tables
             indexes = tables.indexes
-        strings = coding.encode(symbols, indexes, tables)
+        strings = coding.encode(symbols, q.table_indexes(indexes), tables)
         return strings, q.from_symbols(symbols, means).to(y.dtype)
 
     def decode_latent(
@@ -225,7 +239,7 @@ class Backbone(nn.Module):
         tables = q.tables(entropy)
         if tables.indexes is not None:
             indexes = tables.indexes
-        symbols = coding.decode(strings, indexes, tables)
+        symbols = coding.decode(strings, q.table_indexes(indexes), tables)
         return q.from_symbols(symbols, means)
 
     # -- parameters ----------------------------------------------------------------

@@ -25,6 +25,7 @@ on the kind of quantizer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,11 +56,13 @@ class CdfTables:
     indexes: Tensor | None = None
 
 
-def build_tables(pmf: Tensor) -> CdfTables:
-    """Tables from a ``K x L`` pmf (rows need not sum exactly to 1; the rest is tail)."""
-    pmf = pmf.detach().double().cpu().clamp_min(0)
+def build_tables(pmf: Tensor | list[Tensor], offsets: list[int] | None = None) -> CdfTables:
+    """Tables from ``K`` pmf rows (a ``K x L`` tensor, or a list of rows of their own
+    lengths); rows need not sum exactly to 1 (the rest is the tail, CompressAI's escape
+    symbol). ``offsets``: each table's first symbol (0 by default)."""
     cdfs, lengths = [], []
     for row in pmf:
+        row = row.detach().double().cpu().clamp_min(0)
         tail = max(1.0 - float(row.sum()), 1e-9)
         prob = torch.cat([row, row.new_tensor([tail])]).float()
         cdf = pmf_to_quantized_cdf(prob.tolist(), PRECISION)
@@ -67,7 +70,7 @@ def build_tables(pmf: Tensor) -> CdfTables:
         lengths.append(len(cdf))
     width = max(lengths)
     cdfs = [c + [0] * (width - len(c)) for c in cdfs]
-    return CdfTables(cdfs, lengths, [0] * len(cdfs))
+    return CdfTables(cdfs, lengths, list(offsets) if offsets is not None else [0] * len(cdfs))
 
 
 def _own_tables(model) -> CdfTables:
@@ -93,6 +96,14 @@ class EntropyTables:
     def step_tables(self, step: Tensor) -> CdfTables:
         """Tables for integer symbols ``k`` whose cells are ``[(k - 1/2) Δ, (k + 1/2) Δ]``
         relative to the mean, ``Δ = step`` a scalar or one per channel."""
+        raise NotImplementedError
+
+    def shifted_tables(self, shifts: Tensor) -> CdfTables:
+        """Tables for integer symbols ``k`` whose cells are ``[k + o - 1/2, k + o + 1/2]``
+        relative to the mean, one set per shift ``o`` of ``shifts`` (``S`` values in
+        ``(-1/2, 1/2)``): table ``b * S + s`` is the model's table ``b`` (the index the
+        backbone gives a value) with shift ``shifts[s]`` (universal quantization's
+        dithered cells, ``Quantizer.table_indexes`` picks them)."""
         raise NotImplementedError
 
 
@@ -124,6 +135,24 @@ class GaussianTables(EntropyTables):
         return tables
 
     @torch.no_grad()
+    def shifted_tables(self, shifts: Tensor) -> CdfTables:
+        """One table per (scale of the scale table, shift), each over ``k = -c..c`` with
+        ``c`` CompressAI's own reach for that scale (``ceil(σ q)``, ``q`` the quantile of
+        its ``tail_mass``) plus one for the shift; the mass beyond is escaped."""
+        gc = self.gc
+        scales = gc.lower_bound_scale(gc.scale_table).double()
+        reach = float(-gc._standardized_quantile(gc.tail_mass / 2))
+        rows, offsets = [], []
+        for sigma in scales:
+            c = int(math.ceil(float(sigma) * reach)) + 1
+            k = torch.arange(-c, c + 1, dtype=torch.float64).view(1, -1)
+            o = shifts.detach().double().cpu().view(-1, 1)
+            cdf = gc._standardized_cumulative
+            rows += list(cdf((k + o + 0.5) / sigma) - cdf((k + o - 0.5) / sigma))
+            offsets += [-c] * len(o)
+        return build_tables(rows, offsets)
+
+    @torch.no_grad()
     def cell_tables(self, lower: Tensor, upper: Tensor) -> CdfTables:
         gc = self.gc
         scales = gc.lower_bound_scale(gc.scale_table).view(-1, 1)
@@ -150,6 +179,25 @@ class BottleneckTables(EntropyTables):
         lo = lower.view(1, 1, -1).expand(1, channels, -1) + med
         hi = upper.view(1, 1, -1).expand(1, channels, -1) + med
         return build_tables(bottleneck_likelihood(self.eb, lo, hi)[0])
+
+    @torch.no_grad()
+    def shifted_tables(self, shifts: Tensor) -> CdfTables:
+        """One table per (channel, shift) over ``k = -K..K`` with cells
+        ``median + [k + o -+ 1/2]``, ``K`` the bottleneck's quantile reach plus one (values
+        beyond are escaped by the coder)."""
+        eb = self.eb
+        med = eb._get_medians().detach().reshape(1, -1, 1)
+        channels = med.shape[1]
+        q = eb.quantiles.detach().reshape(channels, 3)
+        reach = torch.maximum(q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]).max()
+        k_max = int(torch.ceil(reach).clamp(1, MAX_STEP_SYMBOLS)) + 1
+        k = torch.arange(-k_max, k_max + 1, dtype=med.dtype).view(1, 1, -1)
+        per_shift = [  # C x (2K + 1) each
+            bottleneck_likelihood(eb, med + k + float(o) - 0.5, med + k + float(o) + 0.5)[0]
+            for o in shifts.detach().cpu()
+        ]
+        rows = torch.stack(per_shift, dim=1).reshape(channels * len(per_shift), -1)
+        return build_tables(rows, [-k_max] * len(rows))
 
     @torch.no_grad()
     def step_tables(self, step: Tensor) -> CdfTables:

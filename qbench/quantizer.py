@@ -325,6 +325,27 @@ class Quantizer(nn.Module):
             return entropy.step_tables(step.detach())
         return entropy.integer_tables()
 
+    def table_indexes(self, indexes: Tensor) -> Tensor:
+        """The table each symbol is coded with, given the entropy model's index of each
+        (``indexes``, shaped like the latent: a scale index, a channel).
+
+        Default: ``indexes`` unchanged. A quantizer whose cells move per element
+        (universal quantization's dither: ``entropy.shifted_tables``) maps each to its
+        own table here; the backbone applies it to the whole latent's indexes in
+        :meth:`~qbench.Backbone.code_latent` and :meth:`~qbench.Backbone.decode_latent`.
+        """
+        return indexes
+
+    def needs(self) -> dict[str, str]:
+        """Capabilities (``qbench.backbone.CAPABILITIES``) a latent must offer this
+        quantizer, as set, for it to work at all: ``{capability: what needs it}``.
+
+        Default: none. Unlike :meth:`idle` (an option with nothing to act on), a
+        missing need is refused whether the option was set or defaulted, before any
+        job (universal quantization's dithered coding needs ``dithered_coding``).
+        """
+        return {}
+
     # -- variable rate ---------------------------------------------------------
     def interpolate(self, other: Quantizer, a: float) -> None:
         """Become ``(1 - a) * self + a * other`` (in place), for ``a`` in [0, 1].

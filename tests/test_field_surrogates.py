@@ -39,7 +39,8 @@ def np_conditional_mean(s, a):
 @pytest.mark.parametrize("with_means", [False, True])
 def test_eval_mode_is_hard_rounding_around_means(registry, name, with_means):
     torch.manual_seed(0)
-    q = make(registry, name).eval()
+    params = {"test_time": "round"} if name == "universal" else {}
+    q = make(registry, name, **params).eval()
     q.set_progress(0.4)
     y = torch.randn(2, 4, 8, 8) * 3
     means = torch.randn_like(y) if with_means else None
@@ -270,9 +271,9 @@ def test_soft_to_hard_hard_forward_has_the_soft_gradient(registry):
 # -- universal ------------------------------------------------------------------------
 
 
-def test_universal_per_image_dither_is_one_lattice_shift_per_sample(registry):
+def test_universal_dithered_training_is_one_lattice_shift_per_sample(registry):
     torch.manual_seed(0)
-    q = make(registry, "universal").train()
+    q = make(registry, "universal", train="dithered").train()
     y = (torch.randn(3, 4, 8, 8, dtype=torch.float64) * 3).requires_grad_()
     out = q(y)
     frac = torch.remainder(out.rate.detach(), 1.0)
@@ -292,16 +293,75 @@ def test_universal_per_image_dither_is_one_lattice_shift_per_sample(registry):
     assert torch.equal(out.rate.detach(), torch.round(y.detach() + d) - d)
 
 
-def test_universal_per_element_offset_is_uniform_and_dithered_test_time_refused(registry):
+def test_universal_training_is_additive_noise_by_default(registry):
+    torch.manual_seed(3)
+    y = torch.randn(4, 8, 16, 16) * 3
+    torch.manual_seed(4)
+    out = make(registry, "universal").train()(y)
+    torch.manual_seed(4)
+    assert torch.equal(out.rate, make(registry, "noise").train()(y).rate)
     torch.manual_seed(0)
-    q = make(registry, "universal", dither="per-element").train()
+    q = make(registry, "universal", train="dithered", dither="per-element").train()
     y = torch.randn(20000) * 3
     offset = (q(y).rate - y).numpy()
     assert stats.kstest(offset, stats.uniform(loc=-0.5, scale=1.0).cdf).pvalue > 0.01
-    with pytest.raises(PluginParameterError, match="test_time = 'dithered'.*not supported"):
-        make(registry, "universal", test_time="dithered")
-    with pytest.raises(PluginParameterError, match="dither must be"):
-        make(registry, "universal", dither="per-batch")
+
+
+def test_universal_test_time_error_is_uniform_and_independent_of_y(registry):
+    """The same constant latent: rounding gives one error, universal quantization errors
+    spread over (-1/2, 1/2), one per dither level, whatever the constant. The dither takes
+    15 levels (tensorflow-compression's), so the errors sit on a lattice of spacing 1/16
+    whose phase follows y: independent of y up to that spacing."""
+    q = make(registry, "universal").eval()
+    q.bind("y", 8)
+    means = torch.zeros(1, 8, 16, 16)
+    for value in (0.3, 2.7, -5.1):
+        y = torch.full((1, 8, 16, 16), value, dtype=torch.float64)
+        err = (q(y, means.double()).dist - y).flatten()
+        rounded = make(registry, "round").eval()(y, means).dist
+        assert len(torch.unique(rounded - y)) == 1  # rounding: one error for one value
+        levels = torch.unique(err.round(decimals=9))
+        assert err.abs().max() <= 0.5 and len(levels) == 15
+        steps = levels.diff() * 16  # 15 of the 16 lattice points in (-1/2, 1/2]
+        assert torch.allclose(steps, steps.round()) and float(steps.max()) <= 2 + 1e-9
+        assert abs(float(err.mean())) < 1 / 16
+    # over varied latents the error is uniform on (-1/2, 1/2) and uncorrelated with y
+    torch.manual_seed(0)
+    y = torch.randn(4, 8, 32, 32, dtype=torch.float64) * 3
+    err = (q(y, torch.zeros_like(y)).dist - y).flatten().numpy()
+    assert stats.wasserstein_distance(err, np.linspace(-0.5, 0.5, 10001)) < 1 / 64
+    assert abs(np.corrcoef(err, y.flatten().numpy())[0, 1]) < 0.03
+    # the decoder regenerates the dither: symbols -> values is the encoder's quantize
+    y = torch.randn(2, 8, 16, 16) * 3
+    mu = torch.randn_like(y)
+    assert torch.equal(q.from_symbols(q.symbols(y, mu), mu), q.quantize(y, mu))
+    # one dither pattern per image: an image quantizes alike alone or in a batch
+    assert torch.equal(q.quantize(y, mu)[1], q.quantize(y[1:], mu[1:])[0])
+
+
+@pytest.mark.parametrize(
+    "backbone", ["mbt2018-mean", "bmshj2018-hyperprior", "bmshj2018-factorized"]
+)
+def test_universal_codes_bit_exactly_at_the_rate_it_charges(registry, backbone):
+    torch.manual_seed(0)
+    model = registry.build("backbone", backbone, N=16, M=16)
+    model.set_quantizers({lat: make(registry, "universal") for lat in model.latents})
+    model.eval()
+    model.update(force=True)
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        out = model(x)
+        enc = model.compress(x)
+        dec = model.decompress(enc["strings"], enc["shape"])
+    for lat in model.latents:
+        assert torch.equal(enc["latents"][lat], dec["latents"][lat]), lat
+        assert torch.equal(enc["latents"][lat], out["latents"][lat]), lat
+        frac = torch.remainder(enc["latents"][lat], 1.0)
+        assert len(torch.unique(frac.round(decimals=4))) > 1  # dithered, not an integer grid
+    assert torch.allclose(dec["x_hat"], out["x_hat"].clamp(0, 1), atol=1e-5)
+    bits = sum(float(-torch.log2(p).sum()) for p in out["likelihoods"].values())
+    coded = 8 * sum(len(s[0]) for s in enc["strings"])
+    assert abs(coded - bits) < 0.05 * bits + 64 * len(enc["strings"]), (coded, bits)
 
 
 # -- refusals ---------------------------------------------------------------------------
@@ -324,6 +384,11 @@ def test_universal_per_element_offset_is_uniform_and_dithered_test_time_refused(
         ("soft-to-hard", {"sigma_end": -3.0}, "sigma_end"),
         ("soft-to-hard", {"radius": 0}, "radius"),
         ("soft-to-hard", {"forward": "both"}, "forward"),
+        ("universal", {"test_time": "dither"}, "test_time must be one of"),
+        ("universal", {"dither": "per-batch", "train": "dithered"}, "dither must be"),
+        ("universal", {"dither": "per-element"}, "training dither of train = 'dithered'"),
+        ("universal", {"levels": 0}, "levels must be"),
+        ("universal", {"seed": -1}, "seed must be"),
     ],
 )
 def test_annealing_parameters_out_of_range_are_refused(registry, name, params, match):
@@ -383,3 +448,37 @@ def test_tiny_run_codes_bit_exactly_and_pair_trains_as_mixed(tmp_path, registry)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert rows["mixed"]["bpp"] == rows[pair_label]["bpp"]
+
+
+def test_reductions_are_named(registry):
+    pair = make(registry, "pair", rate="noise", dist="ste")
+    assert pair.reduces_to(1.0).startswith("mixed (noise for the rate, ste for the synthesis)")
+    assert make(registry, "pair", rate="noise", dist="ds-q").reduces_to(1.0) == ""
+    plain = make(registry, "universal", test_time="round")
+    assert plain.reduces_to(0.3).startswith("noise (additive uniform noise, gradient 1)")
+    assert make(registry, "universal").reduces_to(1.0) == ""
+
+
+def test_universal_member_of_a_pair_gives_its_training_values(registry):
+    torch.manual_seed(0)
+    pair = make(registry, "pair", rate="noise", dist={"name": "universal", "train": "dithered"})
+    y = torch.randn(2, 4, 8, 8) * 3
+    out = pair.eval()(y)
+    assert torch.equal(out.dist, torch.round(y))  # the pair's test time rounds
+
+
+def test_universal_dithered_on_a_context_model_is_refused_before_any_job(tmp_path, registry):
+    from qbench.plan.matrix import load_matrix
+    from qbench.plan.preflight import PreflightError, preflight
+
+    path = tiny(tmp_path, '["universal"]', steps=1)
+    path.write_text(path.read_text().replace("bmshj2018-factorized", "mbt2018"))
+    with pytest.raises(PreflightError) as err:
+        preflight(load_matrix(path, registry), registry)
+    text = str(err.value)
+    assert str(path) in text and "matrix.quantizers ('universal')" in text
+    assert "latent 'y'" in text and "dithered_coding" in text
+    path.write_text(
+        path.read_text().replace('["universal"]', '[{ name = "universal", test_time = "round" }]')
+    )
+    preflight(load_matrix(path, registry), registry)  # rounding at test time: served

@@ -49,6 +49,14 @@ def preflight(matrix, registry: Registry) -> list[str]:
                 raise PreflightError(
                     f"{source}: matrix.quantizers ({spec.label!r}).latents, backbone {bb!r}: {exc}"
                 ) from exc
+            missing = model.missing_needs(quantizer, targets)
+            if missing:
+                latent, why = next(iter(missing.items()))
+                raise PreflightError(
+                    f"{source}: matrix.quantizers ({spec.label!r}): backbone {bb!r} cannot "
+                    f"serve it on latent {latent!r}: {why}, which that latent does not offer; "
+                    "choose other options or a backbone whose latents offer it"
+                )
             idle = model.idle_options(quantizer, targets)
             for option in spec.params:
                 if option in idle:

@@ -28,6 +28,12 @@ def build_model(job: Job, registry: Registry) -> Backbone:
     for latent in model.latents:
         spec = job.quantizer if latent in targets else job.unlisted
         quantizers[latent] = registry.build("quantizer", spec.name, **spec.params)
+    missing = model.missing_needs(quantizers[targets[0]], targets)
+    if missing:
+        raise QbenchError(
+            f"quantizer {job.quantizer.label!r}, backbone {job.backbone.label!r}: the latents "
+            f"do not offer what it needs: {missing}"
+        )
     model.set_quantizers(quantizers)
     return model
 
