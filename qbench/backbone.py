@@ -260,6 +260,26 @@ class Backbone(nn.Module):
         """Parameters of the analysis transform (gradient statistics are taken wrt these)."""
         return self.main_parameters()
 
+    def parameters_by_name(self, names: Iterable[str]) -> list[nn.Parameter]:
+        """The parameters ``names`` name: ``"analysis"`` is :meth:`analysis_parameters`,
+        any other name a module path, a prefix of parameter names (``"net.h_a"``). A name
+        that matches no parameter is a :class:`~qbench.registry.QbenchError` naming it."""
+        named = dict(self.named_parameters())
+        out: dict[int, nn.Parameter] = {}
+        for name in names:
+            if name == "analysis":
+                found = list(self.analysis_parameters())
+            else:
+                found = [p for k, p in named.items() if k == name or k.startswith(name + ".")]
+            if not found:
+                modules = sorted({".".join(k.split(".")[:2]) for k in named})
+                raise QbenchError(
+                    f"{name!r} names no parameter of backbone {type(self).__name__} "
+                    f'("analysis", or a module path: {", ".join(modules[:16])})'
+                )
+            out.update({id(p): p for p in found})
+        return list(out.values())
+
     def analysis(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """The unquantized main latent ``y`` of ``x`` (for gradient step sizes)."""
         raise NotImplementedError

@@ -76,6 +76,11 @@ class Snapshots:
         self.last_saved = time.monotonic()
         self._next: str | None = None
 
+    def phase(self, name: str) -> Snapshots:
+        """The snapshots of a later phase of the same group's training (a recipe of two
+        trainings: soft-then-hard), kept apart from this one's."""
+        return Snapshots(self.folder, f"{self.train_id}.{name}", self.policy)
+
     def _paths(self, slot: str) -> tuple[Path, Path]:
         stem = f"{self.train_id}.{slot}"
         return self.folder / f"{stem}.pt", self.folder / f"{stem}.json"

@@ -20,7 +20,14 @@ from qbench.registry import QbenchError, Registry, did_you_mean, unknown_name_me
 #: keys of an entry that qbench reads itself rather than passing to the factory
 ENTRY_KEYS = {"name", "label"}
 #: keys of a quantizer entry that qbench reads itself (which latents, which recipe)
-QUANTIZER_KEYS = ENTRY_KEYS | {"latents", "from_anchor", "refine_steps", "refine_lr", "interpolate"}
+QUANTIZER_KEYS = ENTRY_KEYS | {
+    "latents",
+    "from_anchor",
+    "refine_steps",
+    "refine_lr",
+    "interpolate",
+    "soft_then_hard",
+}
 #: What a label may be: it names files (plots, exports) and table cells on every file system,
 #: and the report adds ``#config`` or ``@lambdas`` to it, so at most 64 of these characters.
 LABEL_RE = re.compile(r"[A-Za-z0-9_.+@#-]{1,64}")

@@ -18,7 +18,7 @@ from typing import Any, Union
 from qbench.plan.checker import Checker
 from qbench.plan.configs import EvalConfig, TrainConfig
 from qbench.plan.jobs import Job, Spec, make_job
-from qbench.plan.recipes import Blend, Origin, Refine, RefineBackbone, Train
+from qbench.plan.recipes import Blend, Origin, Refine, RefineBackbone, SoftThenHard, Train
 from qbench.registry import unknown_name_message
 
 
@@ -84,6 +84,28 @@ class _Trained:
             grid.backbones, grid.lambdas, grid.datasets, grid.seeds
         ):
             grid.add(bb, q, lam, ds, seed, Train())
+
+
+@dataclass(frozen=True)
+class _SoftThenHard:
+    """``soft_then_hard = { hard_steps = N, frozen = [...] }``: one model per (backbone,
+    lambda, seed), trained soft then hard (:class:`~qbench.plan.recipes.SoftThenHard`)."""
+
+    hard_steps: int
+    frozen: tuple[str, ...]
+    stage = 0
+
+    def expand(self, grid: Grid, q: Spec, path: str) -> None:
+        if self.hard_steps >= grid.train.steps:
+            grid.ck.fail(
+                f"{path}.soft_then_hard.hard_steps",
+                f"{self.hard_steps} hard steps leave no soft training in [train] steps = "
+                f"{grid.train.steps}; give fewer hard steps (they are part of the training)",
+            )
+        for bb, lam, ds, seed in itertools.product(
+            grid.backbones, grid.lambdas, grid.datasets, grid.seeds
+        ):
+            grid.add(bb, q, lam, ds, seed, SoftThenHard(self.hard_steps, self.frozen))
 
 
 @dataclass(frozen=True)
@@ -206,7 +228,7 @@ class _Interpolation:
                 grid.add(bb, first.quantizer.relabel(q.label), nominal, ds, seed, blend)
 
 
-Derivation = Union["_Trained", "_FromAnchor", "_FromBackbone", "_Interpolation"]
+Derivation = Union["_Trained", "_SoftThenHard", "_FromAnchor", "_FromBackbone", "_Interpolation"]
 
 
 def expand(ck: Checker, axes: Axes, quantizers: list[Spec], entries: list[Any]) -> list[Job]:
@@ -243,6 +265,11 @@ def derivation(ck: Checker, entry: Any, path: str) -> Derivation:
             ck.fail(f"{path}.{key}", "only meaningful with from_anchor")
     if "from_anchor" in entry and "interpolate" in entry:
         ck.fail(f"{path}.interpolate", "cannot be combined with from_anchor")
+    if "soft_then_hard" in entry:
+        for key in ("from_anchor", "interpolate"):
+            if key in entry:
+                ck.fail(f"{path}.soft_then_hard", f"cannot be combined with {key}")
+        return _soft_then_hard(ck, entry["soft_then_hard"], path)
     if entry.get("from_anchor") == "backbone":
         steps, lr = _refine_settings(ck, entry, path)
         return _FromBackbone(steps, lr)
@@ -287,3 +314,24 @@ def _interpolation(ck: Checker, it: Any, path: str) -> _Interpolation:
     if isinstance(points, bool) or not isinstance(points, int) or points < 2:
         ck.fail(f"{path}.interpolate.points", f"expected an integer >= 2, got {points!r}")
     return _Interpolation(of, (float(between[0]), float(between[1])), points)
+
+
+def _soft_then_hard(ck: Checker, table: Any, path: str) -> _SoftThenHard:
+    """The ``soft_then_hard = { hard_steps = N, frozen = [...] }`` table of an entry, checked."""
+    where = f"{path}.soft_then_hard"
+    if not isinstance(table, dict):
+        ck.fail(where, 'expected { hard_steps = N, frozen = ["analysis"] }')
+    ck.check_keys(table, {"hard_steps", "frozen"}, where)
+    steps, frozen = table.get("hard_steps"), table.get("frozen", ["analysis"])
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        ck.fail(f"{where}.hard_steps", f"expected a positive integer, got {steps!r}")
+    if (
+        not isinstance(frozen, list)
+        or not frozen
+        or not all(isinstance(f, str) and f for f in frozen)
+    ):
+        ck.fail(
+            f"{where}.frozen",
+            f'expected a list of "analysis" or parameter-name prefixes, got {frozen!r}',
+        )
+    return _SoftThenHard(steps, tuple(frozen))

@@ -65,6 +65,14 @@ def preflight(matrix, registry: Registry) -> list[str]:
                         f"{option} = {spec.params[option]!r} has nothing to act on in backbone "
                         f"{bb!r}: {idle[option]}; remove it or choose a backbone where it acts"
                     )
+    recipes = {(j.backbone.label, j.quantizer.label): j.recipe for j in jobs}
+    for (bb, label), recipe in recipes.items():
+        try:
+            recipe.check(backbones[bb])
+        except QbenchError as exc:
+            raise PreflightError(
+                f"{source}: matrix.quantizers ({label!r}), backbone {bb!r}: {exc}"
+            ) from exc
     build("quantizer", "matrix.unlisted_latents", matrix.jobs[0].unlisted)
     for name in matrix.eval.metrics:
         try:

@@ -1,9 +1,12 @@
 """Where a job's weights come from: recipes, as data.
 
-Every job carries one :class:`Recipe`. The built-in recipes are the four ways a
+Every job carries one :class:`Recipe`. The built-in recipes are the five ways a
 matrix can ask for weights:
 
 * :class:`Train`: train backbone and quantizers from scratch (the ordinary job);
+* :class:`SoftThenHard`: train with the surrogate, then the synthesis and entropy
+  model through the test-time quantization with the analysis frozen
+  (``soft_then_hard`` in a matrix);
 * :class:`Refine`: load an anchor's trained weights, freeze the backbone and the
   auxiliary parameters, and train only the quantizers for a few steps (a
   *derived* model of the variable-rate protocol; ``from_anchor`` in a matrix);
@@ -30,6 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from qbench.registry import QbenchError
 
 if TYPE_CHECKING:
     from qbench.plan.configs import TrainConfig
@@ -102,6 +107,10 @@ class Production(Protocol):
     def refine_quantizers(self, model: Any, steps: int, lr: float | None, origin: str) -> Any:
         """Train only ``model``'s quantizer parameters for ``steps`` (at ``lr`` if given)."""
 
+    def train_hard(self, model: Any, steps: int, frozen: tuple[str, ...]) -> Any:
+        """Train ``model`` through its quantizers' test-time quantization for ``steps``,
+        all but the ``frozen`` parameters ("analysis", or module paths) and the quantizers'."""
+
     def source_weights(self, train_id: str) -> dict[str, Any]:
         """The state dict of the finished train group ``train_id``."""
 
@@ -141,6 +150,10 @@ class Recipe:
         """Turn the freshly built ``model`` into the job's weights, in place; the outcome."""
         raise NotImplementedError
 
+    def check(self, model: Any) -> None:
+        """Raise a ``QbenchError`` if this recipe cannot produce weights for ``model``
+        (a freshly built backbone; called before any job). Default: nothing to check."""
+
 
 TRAINED = Role("train", "trained")
 DERIVED = Role(
@@ -175,6 +188,40 @@ class Train(Recipe):
 
     def produce(self, model: Any, ctx: Production) -> Any:
         return ctx.train_all(model, ctx.config.steps)
+
+
+@dataclass(frozen=True)
+class SoftThenHard(Recipe):
+    """Guo et al.'s two phases ("Soft then Hard: Rethinking the Quantization in Neural
+    Image Compression", ICML 2021, arXiv 2104.05168): train every parameter with the
+    entry's surrogate for ``[train] steps - hard_steps`` steps, then freeze the
+    ``frozen`` parameters (default the analysis transform) and train the rest for
+    ``hard_steps`` through the quantizers' test-time quantization, so that the
+    synthesis and the entropy model see exactly the latents they will decode.
+    """
+
+    role: ClassVar[Role] = TRAINED
+    hard_steps: int
+    frozen: tuple[str, ...] = ("analysis",)
+
+    def identity(self) -> dict[str, Any]:
+        return {"recipe": "soft-then-hard", "hard_steps": self.hard_steps, "frozen": self.frozen}
+
+    def steps(self, config: TrainConfig) -> int:
+        return config.steps
+
+    def produce(self, model: Any, ctx: Production) -> Any:
+        soft = ctx.train_all(model, ctx.config.steps - self.hard_steps)
+        if soft.status != "ok":
+            return soft
+        hard = ctx.train_hard(model, self.hard_steps, self.frozen)
+        return soft.followed_by(hard)
+
+    def check(self, model: Any) -> None:
+        try:
+            model.parameters_by_name(self.frozen)
+        except QbenchError as exc:
+            raise QbenchError(f"soft_then_hard.frozen: {exc}") from exc
 
 
 @dataclass(frozen=True)

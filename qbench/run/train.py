@@ -144,6 +144,24 @@ class Outcome:
     schedule: list[dict[str, Any]] = field(default_factory=list)
     probe_settings: dict[str, Any] = field(default_factory=dict)
 
+    def followed_by(self, later: Outcome) -> Outcome:
+        """This training and a ``later`` one of the same model as one outcome: steps and
+        seconds added, the later history's steps counted on from this one's, the later
+        final values and status (its reason), this one's schedule statistics; the trained
+        parameters are the first phase's (every one that trained)."""
+        shifted = [{**r, "step": r["step"] + self.steps} for r in later.history if "step" in r]
+        return Outcome(
+            later.status,
+            self.steps + later.steps,
+            self.seconds + later.seconds,
+            later.reason,
+            trained_parameters=self.trained_parameters,
+            history=self.history + shifted,
+            final=later.final,
+            schedule=self.schedule,
+            probe_settings=self.probe_settings,
+        )
+
 
 @dataclass
 class TrainHooks:
@@ -177,6 +195,7 @@ def train(
     lmbda: float,
     parameters: Sequence[torch.nn.Parameter] | None = None,
     train_aux: bool = True,
+    hard: bool = False,
 ) -> Outcome:
     """Train ``model`` in place for ``config.steps`` steps; see the module docstring.
 
@@ -186,19 +205,24 @@ def train(
     ``train_aux=False`` freezes the auxiliary parameters too; by default
     every parameter trains. ``amp`` (``"bf16"``, ``"fp16"``) runs the
     transforms under autocast; the quantizers, the likelihoods and the loss
-    stay in float32.
+    stay in float32. ``hard``: the quantizers stay in eval mode, so the model trains
+    through their test-time quantization (hard values for the rate and the synthesis;
+    soft-then-hard's second phase).
     """
-    return _Loop(model, sampler, config, hooks or TrainHooks(), lmbda, parameters, train_aux).run()
+    hooks = hooks or TrainHooks()
+    return _Loop(model, sampler, config, hooks, lmbda, parameters, train_aux, hard).run()
 
 
 class _Loop:
     """One training's optimisers, records and clock (the body of :func:`train`)."""
 
-    def __init__(self, model, sampler, config, hooks, lmbda, parameters, train_aux) -> None:
+    def __init__(self, model, sampler, config, hooks, lmbda, parameters, train_aux, hard) -> None:
         self.model, self.sampler, self.config, self.hooks = model, sampler, config, hooks
         self.lmbda = lmbda
         self.device = torch.device(sampler.device)
         model.to(self.device).train()
+        if hard:  # the test-time quantization in training (soft-then-hard's second phase)
+            model.quantizers.eval()
         params = list(parameters) if parameters is not None else list(model.main_parameters())
         trainable = {id(p) for p in params}
         for p in model.parameters():

@@ -76,6 +76,20 @@ class Context:
             raise QbenchError(f"the quantizer has no trainable parameters to refine ({origin})")
         return self._optimise(model, steps, params, train_aux=False, lr=lr)
 
+    def train_hard(self, model: Backbone, steps: int, frozen: Sequence[str]) -> Outcome:
+        """Train ``model`` through its quantizers' test-time quantization for ``steps``,
+        every parameter but the ``frozen`` ones (``Backbone.parameters_by_name``) and the
+        quantizers' own (soft-then-hard's second phase, Guo et al. 2021). Its snapshots
+        are a phase of their own, cleared when it ends."""
+        fixed = {id(p) for p in model.parameters_by_name(frozen)}
+        fixed |= {id(p) for p in model.quantizer_parameters()}
+        params = [p for p in model.main_parameters() if id(p) not in fixed]
+        phase = self.snapshots.phase("hard") if self.snapshots is not None else None
+        outcome = self._optimise(model, steps, params, train_aux=True, hard=True, snapshots=phase)
+        if phase is not None and outcome.status == "ok":
+            phase.clear()
+        return outcome
+
     def untrained(self) -> Outcome:
         """The outcome of weights made without training (a blend)."""
         return Outcome("ok", 0, 0.0)
@@ -87,14 +101,19 @@ class Context:
         parameters: list | None,
         train_aux: bool,
         lr: float | None = None,
+        hard: bool = False,
+        snapshots: Snapshots | None = None,
     ) -> Outcome:
-        """The training loop with this group's probes, logs and snapshots attached."""
+        """The training loop with this group's probes, logs and snapshots attached (a hard
+        phase: no probes, the snapshots given)."""
         config = dataclasses.replace(self.config, steps=steps)
         if lr is not None:
             config = dataclasses.replace(config, lr=lr)
         sampler = CropSampler(self.train_images(), config.crop, self.seed, self.device)
-        probe_steps, measure = self.probe(model, steps) if self.probe is not None else ([], None)
-        hooks = TrainHooks(self.on_step, self.on_log, probe_steps, measure, self.snapshots)
+        probing = self.probe is not None and not hard
+        probe_steps, measure = self.probe(model, steps) if probing else ([], None)
+        snapshots = snapshots if hard else self.snapshots
+        hooks = TrainHooks(self.on_step, self.on_log, probe_steps, measure, snapshots)
         return train(
             model,
             sampler,
@@ -103,6 +122,7 @@ class Context:
             lmbda=self.lmbda,
             parameters=parameters,
             train_aux=train_aux,
+            hard=hard,
         )
 
 
