@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import urllib.parse
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -326,6 +327,13 @@ class _CompressAIBackbone(qbench.Backbone):
         """CompressAI's name of the model (``compressai.zoo``, ``eval_model -a``)."""
         return self.zoo_name if fmt == "compressai" else super().export_architecture(fmt)
 
+    # -- the passes, through the latents (encode / forward_latents / compress_latents) --
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        return self.forward_latents(self.encode(x))
+
+    def compress(self, x: Tensor) -> dict[str, Any]:
+        return self.compress_latents(self.encode(x))
+
     # -- one latent through the factorized entropy bottleneck ------------------
     def _medians(self, channels: int, dims: int = 4) -> Tensor:
         eb = self.net.entropy_bottleneck
@@ -384,9 +392,11 @@ class Factorized(_CompressAIBackbone):
     zoo_name = "bmshj2018-factorized"
     model_class = FactorizedPrior
 
-    def forward(self, x: Tensor) -> dict[str, Any]:
-        y = self.net.g_a(x)
-        y_hat, y_lik, y_rate = self._bottleneck("y", y)
+    def encode(self, x: Tensor) -> dict[str, Tensor]:
+        return {"y": self.net.g_a(x)}
+
+    def forward_latents(self, latents: Mapping[str, Tensor]) -> dict[str, Any]:
+        y_hat, y_lik, y_rate = self._bottleneck("y", latents["y"])
         return {
             "x_hat": self.net.g_s(y_hat),
             "likelihoods": {"y": y_lik},
@@ -394,8 +404,8 @@ class Factorized(_CompressAIBackbone):
             "rate_latents": {"y": y_rate},
         }
 
-    def compress(self, x: Tensor) -> dict[str, Any]:
-        y = self.net.g_a(x)
+    def compress_latents(self, latents: Mapping[str, Tensor]) -> dict[str, Any]:
+        y = latents["y"]
         strings, y_hat = self._code_bottleneck("y", y)
         return {"strings": [strings], "shape": y.shape[-2:], "latents": {"y": y_hat}}
 
@@ -419,9 +429,12 @@ class Hyperprior(_CompressAIBackbone):
     def _hyper_input(self, y: Tensor) -> Tensor:
         return torch.abs(y)
 
-    def forward(self, x: Tensor) -> dict[str, Any]:
+    def encode(self, x: Tensor) -> dict[str, Tensor]:
         y = self.net.g_a(x)
-        z = self.net.h_a(self._hyper_input(y))
+        return {"y": y, "z": self.net.h_a(self._hyper_input(y))}
+
+    def forward_latents(self, latents: Mapping[str, Tensor]) -> dict[str, Any]:
+        y, z = latents["y"], latents["z"]
         z_hat, z_lik, z_rate = self._bottleneck("z", z)
         scales, means = self._params(z_hat)
         y_hat, y_lik, y_rate = self._gaussian(y, scales, means)
@@ -432,9 +445,8 @@ class Hyperprior(_CompressAIBackbone):
             "rate_latents": {"y": y_rate, "z": z_rate},
         }
 
-    def compress(self, x: Tensor) -> dict[str, Any]:
-        y = self.net.g_a(x)
-        z = self.net.h_a(self._hyper_input(y))
+    def compress_latents(self, latents: Mapping[str, Tensor]) -> dict[str, Any]:
+        y, z = latents["y"], latents["z"]
         z_strings, z_enc = self._code_bottleneck("z", z)
         z_hat = self._decode_bottleneck("z", z_strings, z.shape[-2:])
         scales, means = self._params(z_hat)

@@ -45,6 +45,7 @@ and PSNR are not qbench's ``bpp`` and ``psnr``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -121,9 +122,8 @@ class JointAutoregressive(MeanScale):
         return y_hat[:, :, p : p + h, p : p + w], scales, means
 
     # -- the three passes ---------------------------------------------------------------
-    def forward(self, x: Tensor) -> dict[str, Any]:
-        y = self.net.g_a(x)
-        z = self.net.h_a(y)
+    def forward_latents(self, latents: Mapping[str, Tensor]) -> dict[str, Any]:
+        y, z = latents["y"], latents["z"]
         z_hat, z_lik, z_rate = self._bottleneck("z", z)
         params = self.net.h_s(z_hat)
         if self.training:
@@ -140,9 +140,8 @@ class JointAutoregressive(MeanScale):
             "rate_latents": {"y": y_rate, "z": z_rate},
         }
 
-    def compress(self, x: Tensor) -> dict[str, Any]:
-        y = self.net.g_a(x)
-        z = self.net.h_a(y)
+    def compress_latents(self, latents: Mapping[str, Tensor]) -> dict[str, Any]:
+        y, z = latents["y"], latents["z"]
         z_strings, z_enc = self._code_bottleneck("z", z)
         z_hat = self._decode_bottleneck("z", z_strings, z.shape[-2:])
         params = self.net.h_s(z_hat)

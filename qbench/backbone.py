@@ -318,6 +318,36 @@ class Backbone(nn.Module):
         default) when the format names none."""
         return ""
 
+    # -- the latents as free variables (encoding-time refinement) ----------------------
+    def encode(self, x: Tensor) -> dict[str, Tensor]:
+        """The unquantized latents of ``x``, by name (``{"y": y, "z": z}``), for an
+        encoder that refines them before coding (``[eval] refine_latents``; Yang, Bamler
+        & Mandt 2020). A backbone that offers it also implements
+        :meth:`forward_latents` and :meth:`compress_latents`, so that ``forward(x)`` is
+        ``forward_latents(encode(x))`` and ``compress(x)`` is
+        ``compress_latents(encode(x))``. Default: not offered (an error saying so)."""
+        raise QbenchError(
+            f"backbone {type(self).__name__} does not offer its latents for refinement "
+            "(it implements no Backbone.encode / forward_latents / compress_latents)"
+        )
+
+    def forward_latents(self, latents: Mapping[str, Tensor]) -> dict[str, Any]:
+        """:meth:`forward`'s output from the given unquantized latents (see :meth:`encode`)."""
+        return self.encode(torch.empty(0))  # the error that says refinement is not offered
+
+    def compress_latents(self, latents: Mapping[str, Tensor]) -> dict[str, Any]:
+        """:meth:`compress`'s output from the given unquantized latents (see :meth:`encode`)."""
+        return self.encode(torch.empty(0))
+
+    def offers_refinement(self) -> bool:
+        """Whether :meth:`encode`, :meth:`forward_latents` and :meth:`compress_latents`
+        are implemented (checked before any job that refines latents)."""
+        kind = type(self)
+        return all(
+            getattr(kind, m) is not getattr(Backbone, m)
+            for m in ("encode", "forward_latents", "compress_latents")
+        )
+
     def forward(self, x: Tensor) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -100,6 +100,33 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class Refinement:
+    """``[eval] refine_latents``: an encoder that refines each image's latents before
+    coding them (Yang, Bamler & Mandt 2020 with ``sga``; any training surrogate).
+
+    For every image, the trained model's unquantized latents (``Backbone.encode``) are
+    optimised with Adam (``lr``) for ``steps`` steps against the job's rate-distortion
+    loss, the model's quantizers replaced by ``quantizer`` in training mode, annealed
+    over the steps; then the refined latents are coded for real. ``labels``: the
+    quantizer entries whose models are refined (empty: every one). Each refined model is
+    evaluated as a second arm, labelled ``<label>+refine-<quantizer label>``.
+    """
+
+    quantizer: Any  # a qbench.plan.jobs.Spec
+    steps: int
+    lr: float
+    labels: tuple[str, ...] = ()
+
+    def label_of(self, label: str) -> str:
+        """The label of ``label``'s models with refined latents."""
+        return f"{label}+refine-{self.quantizer.label}"
+
+    def identity(self) -> dict[str, Any]:
+        """What changes a refined evaluation's numbers (part of the job id)."""
+        return {"quantizer": self.quantizer.identity(), "steps": self.steps, "lr": self.lr}
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """The ``[eval]`` section of a matrix.
 
@@ -129,6 +156,15 @@ class EvalConfig:
     probe_crops: int = 0
     draws: int = 16
     metric_code: tuple[str, ...] = ()
+    refine_latents: Refinement | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """These settings as plain data (for job ids and the manifest); the refinement
+        only where there is one, so that a plain evaluation's id is as it always was."""
+        out = {k: v for k, v in asdict(self).items() if k != "refine_latents"}
+        if self.refine_latents is not None:
+            out["refine_latents"] = self.refine_latents.identity()
+        return out
 
     @classmethod
     def from_table(

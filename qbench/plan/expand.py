@@ -12,11 +12,11 @@ produces its weights and a structured :class:`~qbench.plan.recipes.Origin`.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Union
 
 from qbench.plan.checker import Checker
-from qbench.plan.configs import EvalConfig, TrainConfig
+from qbench.plan.configs import EvalConfig, Refinement, TrainConfig
 from qbench.plan.jobs import Job, Spec, make_job
 from qbench.plan.recipes import Blend, Origin, Refine, RefineBackbone, SoftThenHard, Train
 from qbench.registry import unknown_name_message
@@ -232,7 +232,11 @@ Derivation = Union["_Trained", "_SoftThenHard", "_FromAnchor", "_FromBackbone", 
 
 
 def expand(ck: Checker, axes: Axes, quantizers: list[Spec], entries: list[Any]) -> list[Job]:
-    """Every job of the matrix: each quantizer entry's derivation, trained models first."""
+    """Every job of the matrix: each quantizer entry's derivation, trained models first;
+    then, with ``[eval] refine_latents``, each refined arm's twin of its jobs."""
+    refinement = axes.evaluation.refine_latents
+    if refinement is not None:  # the plain jobs evaluate as ever (and keep their ids)
+        axes = replace(axes, evaluation=replace(axes.evaluation, refine_latents=None))
     grid = Grid(ck, axes)
     derivations = [
         (i, q, derivation(ck, raw, f"matrix.quantizers[{i}]"))
@@ -242,7 +246,29 @@ def expand(ck: Checker, axes: Axes, quantizers: list[Spec], entries: list[Any]) 
         for i, q, how in derivations:
             if how.stage == stage:
                 how.expand(grid, q, f"matrix.quantizers[{i}]")
-    return grid.jobs
+    if refinement is None:
+        return grid.jobs
+    chosen = [
+        j for j in grid.jobs if not refinement.labels or j.quantizer.label in refinement.labels
+    ]
+    return grid.jobs + [_refined(job, refinement) for job in chosen]
+
+
+def _refined(job: Job, refinement: Refinement) -> Job:
+    """The twin of ``job`` that evaluates its model (the same train group) with refined
+    latents, under the label ``refinement.label_of(label)``."""
+    return make_job(
+        backbone=job.backbone,
+        quantizer=job.quantizer.relabel(refinement.label_of(job.quantizer.label)),
+        unlisted=job.unlisted,
+        lmbda=job.lmbda,
+        seed=job.seed,
+        train_dataset=job.train_dataset,
+        train=job.train,
+        recipe=job.recipe,
+        dataset=job.dataset,
+        evaluation=replace(job.eval, refine_latents=refinement),
+    )
 
 
 def _refine_settings(ck: Checker, entry: dict, path: str) -> tuple[int, float | None]:

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +241,7 @@ class Cell:
             "train": self.train.identity(),
             "recipe": [self.recipe.role.mode, self.recipe.steps(self.train)],
             "dataset": self.dataset.identity(),
-            "eval": asdict(self.evaluation),
+            "eval": self.evaluation.identity(),
         }
 
 
@@ -264,7 +264,7 @@ def job_identity(cell: Cell) -> tuple[str, str]:
             "weights": weights,
             "labels": [cell.backbone.label, cell.quantizer.label, cell.dataset.label],
             "dataset": cell.dataset.identity(),
-            "eval": asdict(cell.evaluation),
+            "eval": cell.evaluation.identity(),
         }
     )
     return stable_hash(weights), job_id

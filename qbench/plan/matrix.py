@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from qbench.plan.checker import ENTRY_KEYS, Checker, MatrixError, section
-from qbench.plan.configs import EvalConfig, ExecutorConfig, TrainConfig
+from qbench.plan.configs import EvalConfig, ExecutorConfig, Refinement, TrainConfig
 from qbench.plan.expand import Axes, expand
 from qbench.plan.jobs import Job, Spec, stable_hash
 from qbench.reference import check_names
-from qbench.registry import Registry, did_you_mean
+from qbench.registry import Registry, did_you_mean, reason, unknown_name_message
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,7 +123,7 @@ class Matrix:
             "source": self.source,
             "overrides": self.overrides,
             "train": {"dataset": self.train_dataset.identity(), **asdict(self.train)},
-            "eval": asdict(self.eval),
+            "eval": self.eval.identity(),
             "report": self.report,
             "monitor": {"loggers": [s.identity() for s in self.loggers]},
             "executor": self.executor,
@@ -312,6 +312,8 @@ def parse_matrix(
     m = _matrix_table(ck, raw)
     quantizers = ck.spec_list("quantizer", m["quantizers"], "matrix.quantizers")
     train = section(ck, raw, "train", base["train"])
+    eval_table = section(ck, raw, "eval", base["eval"])
+    refinement = _refinement(ck, eval_table.pop("refine_latents"), quantizers)
     axes = Axes(
         backbones=ck.spec_list("backbone", m["backbones"], "matrix.backbones"),
         lambdas=ck.lambdas(m["lambdas"]),
@@ -326,7 +328,7 @@ def parse_matrix(
         train_dataset=ck.spec("dataset", train.pop("dataset"), "train.dataset"),
         train=TrainConfig.from_table(train, base["train"], ck.failing("train")),
         evaluation=EvalConfig.from_table(
-            section(ck, raw, "eval", base["eval"]),
+            eval_table,
             ck.metric_problem,
             ck.failing("eval"),
             partial(ck.provenance, "metric"),
@@ -334,6 +336,8 @@ def parse_matrix(
     )
     # probe_crops = 0: a probe batch is a training batch
     axes = replace(axes, evaluation=axes.evaluation.for_training(axes.train))
+    if refinement is not None:
+        axes = replace(axes, evaluation=replace(axes.evaluation, refine_latents=refinement))
     report = _report_section(ck, section(ck, raw, "report", base["report"]), quantizers)
     monitor = section(ck, raw, "monitor", base["monitor"])
     loggers = (
@@ -408,3 +412,46 @@ def _report_section(ck: Checker, report: dict[str, Any], quantizers: list[Spec])
         lambda i, msg: ck.fail(f"report.reference_curves[{i}]", msg),
     )
     return report
+
+
+def _refinement(ck: Checker, table: dict[str, Any], quantizers: list) -> Refinement | None:
+    """``[eval] refine_latents``, checked (``{}``: none): its quantizer a registered one
+    that has a training surrogate, positive steps and learning rate, known labels."""
+    from qbench.quantizer import Quantizer  # the contract's base: torch, imported on demand
+
+    if not table:
+        return None
+    where = "eval.refine_latents"
+    ck.check_keys(table, {"quantizer", "steps", "lr", "labels"}, where)
+    if "quantizer" not in table:
+        ck.fail(
+            f"{where}.quantizer", 'missing: the surrogate the encoder optimises through, e.g. "sga"'
+        )
+    spec = ck.spec("quantizer", table["quantizer"], f"{where}.quantizer")
+    try:
+        built = ck.registry.build("quantizer", spec.name, **spec.params)
+    except Exception as exc:
+        ck.fail(f"{where}.quantizer", reason(exc))
+    if type(built).forward is Quantizer.forward:
+        ck.fail(
+            f"{where}.quantizer",
+            f"{spec.name!r} has no training surrogate (it rounds in training too), so the "
+            'latents would get no gradient through it; name a surrogate such as "sga"',
+        )
+    steps, lr = table.get("steps", 500), table.get("lr", 5e-3)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        ck.fail(f"{where}.steps", f"expected a positive integer, got {steps!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        ck.fail(f"{where}.lr", f"expected a positive learning rate, got {lr!r}")
+    labels = table.get("labels", [])
+    known = [q.label for q in quantizers]
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        ck.fail(f"{where}.labels", f"expected a list of quantizer labels, got {labels!r}")
+    for label in labels:
+        if label not in known:
+            ck.fail(f"{where}.labels", unknown_name_message("quantizer label", label, known))
+    refinement = Refinement(spec, steps, float(lr), tuple(labels))
+    clash = [q for q in known if refinement.label_of(q) in known]
+    if clash:
+        ck.fail(where, f"the refined arm's label {refinement.label_of(clash[0])!r} is taken")
+    return refinement

@@ -65,6 +65,13 @@ def preflight(matrix, registry: Registry) -> list[str]:
                         f"{option} = {spec.params[option]!r} has nothing to act on in backbone "
                         f"{bb!r}: {idle[option]}; remove it or choose a backbone where it acts"
                     )
+    if matrix.eval.refine_latents is not None:
+        for bb, model in backbones.items():
+            if not model.offers_refinement():
+                raise PreflightError(
+                    f"{source}: eval.refine_latents: backbone {bb!r} does not offer its latents "
+                    "for refinement (Backbone.encode / forward_latents / compress_latents)"
+                )
     recipes = {(j.backbone.label, j.quantizer.label): j.recipe for j in jobs}
     for (bb, label), recipe in recipes.items():
         try:

@@ -88,17 +88,25 @@ def _aggregate(metrics: Sequence[Metric], rows: list[dict[str, Any]]) -> dict[st
     return out
 
 
-@torch.no_grad()
-def evaluate_image(model: Backbone, x: Tensor, name: str) -> ImageEval:
-    """Forward pass and real bitstream round trip of one image (``3 x H x W`` or batched)."""
+def evaluate_image(model: Backbone, x: Tensor, name: str, refiner=None) -> ImageEval:
+    """Forward pass and real bitstream round trip of one image (``3 x H x W`` or batched);
+    with a ``refiner`` (:class:`qbench.run.refine.LatentRefiner`) the latents it refines
+    are the ones the forward pass and the coder see."""
     if x.dim() == 3:
         x = x[None]
     device = next(model.parameters()).device
     x = x.to(device)
     xp, pad = pad_to(x, model.multiple)
-    out = model(xp)
+    latents = refiner(model, xp, x, lambda t: crop_back(t, pad)) if refiner else None
+    with torch.no_grad():
+        return _coded(model, x, xp, pad, name, latents)
+
+
+def _coded(model, x, xp, pad, name, latents) -> ImageEval:
+    """The eval forward and the real bitstream of ``xp`` (from ``latents`` when given)."""
+    out = model(xp) if latents is None else model.forward_latents(latents)
     x_hat = crop_back(out["x_hat"], pad).clamp(0, 1)
-    enc = model.compress(xp)
+    enc = model.compress(xp) if latents is None else model.compress_latents(latents)
     dec = model.decompress(enc["strings"], enc["shape"])
     bitexact = all(
         torch.equal(enc["latents"][k], dec["latents"][k]) for k in enc.get("latents", {})
@@ -123,17 +131,19 @@ def evaluate(
     metrics: Sequence[Metric],
     *,
     job_eval: JobEval | None = None,
+    refiner: Any = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Evaluate ``model`` on ``images``; return ``(averages, per-image rows)``.
 
-    ``averages`` holds each metric column and the :data:`ACCOUNTING` columns.
+    ``averages`` holds each metric column and the :data:`ACCOUNTING` columns. With a
+    ``refiner`` every image's latents are refined before they are coded.
     """
     model.eval()
     model.update(force=True)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for x, name in zip(images, names):
-        ev = evaluate_image(model, x, name)
+        ev = evaluate_image(model, x, name, refiner)
         row: dict[str, Any] = {"image": name}
         for metric in metrics:
             row.update(metric.per_image(ev))
@@ -184,6 +194,7 @@ def evaluate_dataset(
     job_eval: JobEval,
     config: EvalConfig,
     device: torch.device,
+    refiner: Any = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """Evaluate ``model`` on the selected images of dataset ``ds`` (called ``label``);
     ``(averages, per-image rows, skipped)``, on an RNG stream of its own (a dataset's rows do
@@ -191,8 +202,9 @@ def evaluate_dataset(
     idx, skipped = select_images(ds, config)
     if not idx:
         raise QbenchError(f"no image of {label!r} to evaluate: {skipped}")
+    images, names = [ds[i] for i in idx], [ds.names[i] for i in idx]
     with isolated_rng(device):
         averages, per_image = evaluate(
-            model, [ds[i] for i in idx], [ds.names[i] for i in idx], metrics, job_eval=job_eval
+            model, images, names, metrics, job_eval=job_eval, refiner=refiner
         )
     return averages, per_image, skipped

@@ -32,6 +32,7 @@ from qbench.run.build import DatasetCache, build_model
 from qbench.run.evaluate import evaluate_dataset
 from qbench.run.monitor import Monitor
 from qbench.run.probe import probe_set, schedule_columns, schedule_probe
+from qbench.run.refine import LatentRefiner
 from qbench.run.train import Outcome, seed_everything
 from qbench.run.weights import Context, load_or_produce, source_weights
 from qbench.snapshots import SnapshotPolicy, Snapshots
@@ -152,6 +153,7 @@ class _Group:
                     for m in (self.registry.build("metric", name) for name in job.eval.metrics)
                     if not m.measures_schedule()
                 ]
+                refiner = _refiner(job, self.registry)
                 averages, per_image, skipped = evaluate_dataset(
                     model,
                     self.datasets.get(job.dataset),
@@ -160,7 +162,10 @@ class _Group:
                     JobEval(model, fixed_batch, job.lmbda, job.seed),
                     job.eval,
                     self.device,
+                    refiner,
                 )
+                if refiner is not None:
+                    averages |= refiner.columns(job.quantizer.label)
                 self.rows[job.job_id] = _ok_row(job, order, model, outcome, columns, averages) | {
                     "skipped": "; ".join(skipped),
                     "per_image": per_image,
@@ -198,6 +203,13 @@ def _ok_row(job, order, model, outcome, columns, averages) -> dict[str, Any]:
         **job.recipe.columns(),
         **_setting_columns(job, model),
     }
+
+
+def _refiner(job: Job, registry) -> LatentRefiner | None:
+    """The job's encoder refinement (``[eval] refine_latents``), or None."""
+    if job.eval.refine_latents is None:
+        return None
+    return LatentRefiner(job.eval.refine_latents, registry, job.lmbda)
 
 
 def _setting_columns(job: Job, model: Backbone) -> dict[str, Any]:
