@@ -49,37 +49,8 @@ def preflight(matrix, registry: Registry) -> list[str]:
                 raise PreflightError(
                     f"{source}: matrix.quantizers ({spec.label!r}).latents, backbone {bb!r}: {exc}"
                 ) from exc
-            missing = model.missing_needs(quantizer, targets)
-            if missing:
-                latent, why = next(iter(missing.items()))
-                raise PreflightError(
-                    f"{source}: matrix.quantizers ({spec.label!r}): backbone {bb!r} cannot "
-                    f"serve it on latent {latent!r}: {why}, which that latent does not offer; "
-                    "choose other options or a backbone whose latents offer it"
-                )
-            idle = model.idle_options(quantizer, targets)
-            for option in spec.params:
-                if option in idle:
-                    raise PreflightError(
-                        f"{source}: matrix.quantizers ({spec.label!r}).{option}: "
-                        f"{option} = {spec.params[option]!r} has nothing to act on in backbone "
-                        f"{bb!r}: {idle[option]}; remove it or choose a backbone where it acts"
-                    )
-    if matrix.eval.refine_latents is not None:
-        for bb, model in backbones.items():
-            if not model.offers_refinement():
-                raise PreflightError(
-                    f"{source}: eval.refine_latents: backbone {bb!r} does not offer its latents "
-                    "for refinement (Backbone.encode / forward_latents / compress_latents)"
-                )
-    recipes = {(j.backbone.label, j.quantizer.label): j.recipe for j in jobs}
-    for (bb, label), recipe in recipes.items():
-        try:
-            recipe.check(backbones[bb])
-        except QbenchError as exc:
-            raise PreflightError(
-                f"{source}: matrix.quantizers ({label!r}), backbone {bb!r}: {exc}"
-            ) from exc
+            check_served(source, spec, bb, model, quantizer, targets)
+    check_models(matrix, backbones)
     build("quantizer", "matrix.unlisted_latents", matrix.jobs[0].unlisted)
     for name in matrix.eval.metrics:
         try:
@@ -109,6 +80,50 @@ def preflight(matrix, registry: Registry) -> list[str]:
     for _, spec, ds in datasets[1:]:
         check_max_pixels(source, matrix.eval, spec.label, ds)
     return warnings + report_warnings(matrix)
+
+
+def check_served(source, spec, bb: str, model, quantizer, targets) -> None:
+    """:class:`PreflightError` when backbone ``model`` (``bb``) cannot serve the entry
+    ``spec``'s ``quantizer`` on its ``targets`` latents: a need it does not offer
+    (``Quantizer.needs``), or an option set explicitly with nothing to act on there."""
+    missing = model.missing_needs(quantizer, targets)
+    if missing:
+        latent, why = next(iter(missing.items()))
+        raise PreflightError(
+            f"{source}: matrix.quantizers ({spec.label!r}): backbone {bb!r} cannot "
+            f"serve it on latent {latent!r}: {why}, which that latent does not offer; "
+            "choose other options or a backbone whose latents offer it"
+        )
+    idle = model.idle_options(quantizer, targets)
+    for option in spec.params:
+        if option in idle:
+            raise PreflightError(
+                f"{source}: matrix.quantizers ({spec.label!r}).{option}: "
+                f"{option} = {spec.params[option]!r} has nothing to act on in backbone "
+                f"{bb!r}: {idle[option]}; remove it or choose a backbone where it acts"
+            )
+
+
+def check_models(matrix, backbones: dict) -> None:
+    """:class:`PreflightError` when a built backbone cannot do what the matrix asks of it:
+    offer its latents for ``[eval] refine_latents``, or give a recipe what it needs
+    (``Recipe.check``: soft-then-hard's frozen modules)."""
+    source = matrix.source
+    if matrix.eval.refine_latents is not None:
+        for bb, model in backbones.items():
+            if not model.offers_refinement():
+                raise PreflightError(
+                    f"{source}: eval.refine_latents: backbone {bb!r} does not offer its latents "
+                    "for refinement (Backbone.encode / forward_latents / compress_latents)"
+                )
+    recipes = {(j.backbone.label, j.quantizer.label): j.recipe for j in matrix.jobs}
+    for (bb, label), recipe in recipes.items():
+        try:
+            recipe.check(backbones[bb])
+        except QbenchError as exc:
+            raise PreflightError(
+                f"{source}: matrix.quantizers ({label!r}), backbone {bb!r}: {exc}"
+            ) from exc
 
 
 def check_max_pixels(source, config, label: str, ds) -> None:
