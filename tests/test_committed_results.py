@@ -4,7 +4,8 @@ Every run folder under ``results/`` (a folder holding ``manifest.json`` and
 ``report.md``) is rebuilt from its CSV files and manifest by qbench's own report
 code (:func:`qbench.report.write_report`, what ``qbench report`` runs) in a
 temporary folder of the same name, and the rebuilt ``report.md`` must equal the
-committed one, line for line. Plots are not compared.
+committed one, line for line. Plots are not compared. The generated part of
+``results/README.md`` is what ``qbench summarize results/`` writes from the same files.
 """
 
 from __future__ import annotations
@@ -86,3 +87,19 @@ def test_report_rebuilds_line_for_line(run, tmp_path):
         expected, rebuilt, f"results/{run.name}/report.md (committed)", "rebuilt", lineterm=""
     )
     assert rebuilt == expected, "\n".join(diff)
+
+
+def test_the_readme_holds_the_summary_of_the_committed_runs():
+    """results/README.md's generated part is what ``qbench summarize results/`` writes from
+    the committed CSV files, manifests and published points (``--update`` rewrites it)."""
+    from qbench.report.summary import block_of, summarize
+
+    readme = RESULTS / "README.md"
+    block = block_of(readme.read_text(encoding="utf-8"), str(readme))
+    generated = summarize(RESULTS)
+    diff = difflib.unified_diff(
+        block.split("\n"), generated.split("\n"), "results/README.md", "generated", lineterm=""
+    )
+    assert block == generated, (
+        "\n".join(diff) + "\n(`qbench summarize results/ --update results/README.md`)"
+    )
