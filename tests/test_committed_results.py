@@ -18,12 +18,11 @@ import pytest
 
 from qbench.registry import QbenchError
 from qbench.report import write_report
+from qbench.report.summary import block_of, run_folders, summarize
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 #: Every committed run folder: a folder under results/ with a manifest.json and a report.md.
-RUNS = sorted(
-    p.parent for p in RESULTS.rglob("manifest.json") if (p.parent / "report.md").is_file()
-)
+RUNS = run_folders(RESULTS)
 
 #: Lines of a committed report.md that differ from its rebuild, known and explained:
 #: ``{run folder: {committed line: rebuilt line}}``. The title is the name of the run
@@ -92,8 +91,6 @@ def test_report_rebuilds_line_for_line(run, tmp_path):
 def test_the_readme_holds_the_summary_of_the_committed_runs():
     """results/README.md's generated part is what ``qbench summarize results/`` writes from
     the committed CSV files, manifests and published points (``--update`` rewrites it)."""
-    from qbench.report.summary import block_of, summarize
-
     readme = RESULTS / "README.md"
     block = block_of(readme.read_text(encoding="utf-8"), str(readme))
     generated = summarize(RESULTS)
