@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from qbench.cli import main
@@ -129,3 +130,19 @@ def test_cli_prints_writes_and_updates(folder, tmp_path, capsys):
     capsys.readouterr()
     assert main(["summarize", str(folder), "--update", str(readme)]) == 2
     assert f"qbench: error: {readme}: expected one '{BEGIN}'" in capsys.readouterr().err
+
+
+def test_an_unreadable_manifest_is_named(folder):
+    path = folder / "quick" / "manifest.json"
+    path.write_text("{not json")
+    with pytest.raises(QbenchError, match=f"{path}: not a readable manifest"):
+        summarize(folder)
+
+
+def test_rows_without_timing_columns_sum_to_nothing(folder):
+    path = folder / "quick" / "results.csv"
+    rows = pd.read_csv(path)
+    rows.drop(columns=["train_seconds", "eval_seconds"]).to_csv(path, index=False)
+    assert "- **how long**: 0 s of training and evaluation summed over the rows" in summarize(
+        folder
+    )

@@ -75,7 +75,13 @@ def summarize(results: str | Path) -> str:
 
 def run_summary(run: Path, name: str) -> list[str]:
     """The section of one run folder (``name``: its path under the results folder)."""
-    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    path = run / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise QbenchError(f"{path}: not a readable manifest ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise QbenchError(f"{path}: not a readable manifest (not a JSON object)")
     rows = load_results(run)
     report = write_report(run, write=False)
     return [
@@ -196,8 +202,9 @@ def _how_long(manifest: dict, rows: pd.DataFrame) -> str:
     """The wall time of the manifest's last session when it ran jobs, and the compute summed
     over the rows (see the module)."""
     trained = rows.drop_duplicates("train_id") if "train_id" in rows.columns else rows
-    train = float(pd.to_numeric(trained.get("train_seconds"), errors="coerce").sum())
-    evaluate = float(pd.to_numeric(rows.get("eval_seconds"), errors="coerce").sum())
+    none = pd.Series(dtype=float)  # a results.csv of an older qbench may lack the columns
+    train = float(pd.to_numeric(trained.get("train_seconds", none), errors="coerce").sum())
+    evaluate = float(pd.to_numeric(rows.get("eval_seconds", none), errors="coerce").sum())
     summed = (
         f"{duration(train + evaluate)} of training and evaluation summed over the rows "
         f"({duration(train)} training, each trained model once; {duration(evaluate)} "
