@@ -290,6 +290,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_summarize(args) -> int:
+    """``qbench summarize RESULTS``: the Markdown summary of the committed runs, printed,
+    written to ``--out`` or put between the markers of ``--update``'s README."""
+    from qbench.report.summary import summarize, update
+    from qbench.results import atomic_write_text
+
+    text = summarize(Path(args.results))
+    if args.update:
+        changed = update(Path(args.update), text)
+        print(f"{'updated' if changed else 'unchanged'}: {args.update}")
+    elif args.out:
+        atomic_write_text(Path(args.out), text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _report_compressai(args) -> int:
     """``qbench report RUN --format compressai-json``: one CompressAI results file per curve."""
     from qbench.report.compressai_json import write_compressai_json
@@ -690,6 +708,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(compressai.utils.plot draws them)",
     )
     rep.set_defaults(func=cmd_report)
+
+    sm = sub.add_parser(
+        "summarize",
+        help="a Markdown summary of the run folders under a folder (results/README.md's)",
+        description="For each run folder under RESULTS (a folder with manifest.json and "
+        "report.md): what was run, on what, how long, and its paired BD-rate tables as its "
+        "report computes them; then the comparisons of published points in "
+        "RESULTS/published. Printed, written to --out, or put between the lines "
+        "'<!-- qbench summarize: begin -->' and '<!-- qbench summarize: end -->' of "
+        "--update's file (nothing else of it changes).",
+    )
+    sm.add_argument("results", metavar="RESULTS", help="the folder of run folders (results/)")
+    where = sm.add_mutually_exclusive_group()
+    where.add_argument("--out", help="write the summary to this file")
+    where.add_argument(
+        "--update",
+        metavar="README",
+        help="replace what README holds between the summarize markers by the summary",
+    )
+    sm.set_defaults(func=cmd_summarize)
 
     pl = sub.add_parser(
         "plot",

@@ -15,7 +15,11 @@ This wing reads run directories (:mod:`qbench.results`) and never imports
 * :mod:`~qbench.report.sections`: the markdown sections;
 * :mod:`~qbench.report.document`: ``write_report``, the sections in order;
 * :mod:`~qbench.report.plots`, :mod:`~qbench.report.status`,
-  :mod:`~qbench.report.zoo` (the published points against measured ones).
+  :mod:`~qbench.report.zoo` (the published points against measured ones);
+* :mod:`~qbench.report.published`: published points against published points
+  (a paper's curve against the models it is compared with);
+* :mod:`~qbench.report.summary`: ``qbench summarize``, the runs of a results folder
+  in brief (results/README.md's generated part).
 """
 
 import importlib as _importlib

@@ -47,8 +47,9 @@ from qbench.results import atomic_write_text
 @dataclass
 class Report:
     """What a report found: the summary printed, the BD-rate cells (computed, and not
-    computed with their reason), the notes, the plots written, the rate column compared on
-    and the paired comparisons (``{rate column: BD-rate rows}``, the statistics' rows)."""
+    computed with their reason), the notes, the plots written, the rate column compared on,
+    the paired comparisons (``{rate column: BD-rate rows}``, the statistics' rows) and the
+    anchor."""
 
     summary: str
     bd_rows: list[dict] = field(default_factory=list)
@@ -58,6 +59,7 @@ class Report:
     rate: str = ""
     paired_bd: dict[str, list[dict]] = field(default_factory=dict)
     paired_statistics: list[dict] = field(default_factory=list)
+    anchor: str = ""
 
 
 @dataclass
@@ -275,6 +277,7 @@ def write_report(
         "rate": run.rate,
         "paired_bd": tables.paired_bd,
         "paired_statistics": tables.paired_statistics,
+        "anchor": run.anchor,
     }
     if not write:
         return Report(summary, tables.bd_rows, notes, [], tables.bd_missing, **found)
