@@ -77,6 +77,12 @@ def test_refinement_lowers_the_loss_and_codes_bit_exactly(tmp_path, registry):
         return 0.0067 * 255**2 * mse + row["bpp_bitstream"]
 
     assert loss(refined) < 0.97 * loss(plain), (loss(refined), loss(plain))
+    from qbench.report.document import write_report
+
+    write_report(tmp_path / "run")
+    report = (tmp_path / "run" / "report.md").read_text()
+    section = report.split("## Encoding-time refinement")[1].split("\n## ")[0]
+    assert "| noise+refine-sga | noise " in section and "| sga " in section
 
 
 def test_refinement_leaves_the_model_as_it_was(registry):

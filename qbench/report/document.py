@@ -24,6 +24,7 @@ from qbench.report import sections
 from qbench.report.declared import quantizer_notes
 from qbench.report.pairwise import pairwise_bd, pairwise_statistics
 from qbench.report.references import reference_curves, reference_rows
+from qbench.report.refined import plain_rows, refinement_section
 from qbench.report.tables import (
     LIKELIHOOD,
     RATES,
@@ -191,7 +192,7 @@ def _paired(run: _Run, statistics: list[str], notes: list[str]) -> tuple[dict, l
         for r in rates
         if has_rd_axes(run.ok, r)
     }
-    return bd, pairwise_statistics(run.ok, run.anchor, statistics)
+    return bd, pairwise_statistics(plain_rows(run.ok), run.anchor, statistics)
 
 
 def _body(run: _Run, notes: list[str]) -> tuple[list[str], _Tables]:
@@ -216,9 +217,12 @@ def _body(run: _Run, notes: list[str]) -> tuple[list[str], _Tables]:
     declared = metric_columns(manifest, run.df)
     scheduled = [m for m in manifest.get("schedule_metrics", []) if m in declared]
     column_notes = manifest.get("column_notes", {})
-    lines += sections.schedule_section(ok, {m: declared[m] for m in scheduled}, notes, column_notes)
+    measured = plain_rows(ok)  # a refined twin's statistics are its model's
+    schedules = {m: declared[m] for m in scheduled}
+    lines += sections.schedule_section(measured, schedules, notes, column_notes)
     paired_bd, paired_stats = _paired(run, [c for m in scheduled for c in declared[m]], notes)
     lines += sections.paired_section(paired_bd, paired_stats)
+    lines += refinement_section(ok, paired_bd.get(rate, []), rate)
     rest = {m: cols for m, cols in declared.items() if m not in scheduled}
     lines += sections.metrics_section(ok, rest, keys, notes)
     tables = _Tables(keys, rd, bd_rows, vr_rows, references, bd_missing, paired_bd, paired_stats)
