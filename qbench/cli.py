@@ -42,13 +42,18 @@ def cmd_list(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    registry = _plugins(args).registry
+    for matrix, _ in _matrices(args, registry):
+        _validate(matrix, registry)
+    return 0
+
+
+def _validate(matrix, registry) -> None:
+    """Check one matrix before any job and print its jobs (``qbench validate``)."""
     from tabulate import tabulate
 
-    from qbench.plan.matrix import load_matrix
     from qbench.plan.preflight import preflight
 
-    registry = _plugins(args).registry
-    matrix = load_matrix(args.matrix, registry, args.set)
     for line in preflight(matrix, registry):
         print(f"warning: {line}", file=sys.stderr)
     rows = [
@@ -83,17 +88,42 @@ def cmd_validate(args) -> int:
         f"\n{matrix.source}: {len(matrix.jobs)} jobs ({', '.join(parts)}); "
         f"anchor {matrix.report['anchor']!r}"
     )
-    return 0
+
+
+def _matrices(args, registry) -> list:
+    """``[(matrix, run folder)]`` of the file ``qbench run`` / ``validate`` was given: one
+    matrix, or every part of a study (:mod:`qbench.plan.study`), each into its own folder,
+    all read and checked before any job starts."""
+    from qbench.plan.matrix import MatrixError, load_matrix
+    from qbench.plan.study import read_study
+
+    out = _user_path(args.out, "--out") if getattr(args, "out", None) else None
+    study = read_study(args.matrix)
+    if study is None:
+        matrix = load_matrix(args.matrix, registry, args.set)
+        return [(matrix, out or Path("runs") / matrix.name)]
+    parts = [load_matrix(p, registry, args.set) for p in study.parts]
+    names = [m.name for m in parts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise MatrixError(
+            f"{study.source}: parts: two parts have the run name {twice[0]!r}; each part "
+            "runs into a folder named after it: give them distinct `name`s"
+        )
+    root = out or Path("runs") / study.name
+    return [(m, root / m.name) for m in parts]
 
 
 def cmd_run(args) -> int:
-    from qbench.plan.matrix import load_matrix
+    from qbench.plan.preflight import preflight
     from qbench.report import write_report
     from qbench.run.runner import run_matrix
 
     plugins = _plugins(args)
-    matrix = load_matrix(args.matrix, plugins.registry, args.set)
-    out = _user_path(args.out, "--out") if args.out else Path("runs") / matrix.name
+    runs = _matrices(args, plugins.registry)
+    if len(runs) > 1:  # a study: every part checked before the first job of any
+        for matrix, _ in runs:
+            preflight(matrix, plugins.registry)
     executor = {
         key: value
         for key, value in (
@@ -107,28 +137,31 @@ def cmd_run(args) -> int:
         )
         if value is not None
     }
-    summary = run_matrix(
-        matrix,
-        out,
-        workers=args.workers,
-        device=args.device,
-        force=args.force,
-        append=args.append,
-        rerun_failed=args.rerun_failed,
-        disable=tuple(args.disable_plugin),
-        show_progress=not args.no_progress,
-        executor=executor,
-        jobs_per_gpu=args.jobs_per_gpu,
-    )
-    report = write_report(out, anchor=matrix.report["anchor"])
-    print()
-    print(report.summary)
-    status = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
-    print(
-        f"\n{summary.total} jobs ({status}); results in {out}/results.csv, "
-        f"report in {out}/report.md"
-    )
-    return 0 if summary.statuses.get("ok", 0) == summary.total else 1
+    code = 0
+    for matrix, out in runs:
+        summary = run_matrix(
+            matrix,
+            out,
+            workers=args.workers,
+            device=args.device,
+            force=args.force,
+            append=args.append,
+            rerun_failed=args.rerun_failed,
+            disable=tuple(args.disable_plugin),
+            show_progress=not args.no_progress,
+            executor=executor,
+            jobs_per_gpu=args.jobs_per_gpu,
+        )
+        report = write_report(out, anchor=matrix.report["anchor"])
+        print()
+        print(report.summary)
+        status = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
+        print(
+            f"\n{summary.total} jobs ({status}); results in {out}/results.csv, "
+            f"report in {out}/report.md"
+        )
+        code |= 0 if summary.statuses.get("ok", 0) == summary.total else 1
+    return code
 
 
 def cmd_status(args) -> int:
@@ -499,8 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", help="run (or resume) a benchmark matrix")
-    r.add_argument("matrix", nargs="?", help="matrix TOML file (default: the embedded quick one)")
-    r.add_argument("--out", help="run directory (default: runs/<matrix name>)")
+    r.add_argument(
+        "matrix",
+        nargs="?",
+        help="matrix TOML file, or a study file (parts = [matrix files]) whose parts run "
+        "into OUT/<part name>/ (default: the embedded quick matrix)",
+    )
+    r.add_argument("--out", help="run directory (default: runs/<matrix or study name>)")
     r.add_argument(
         "--workers",
         type=_whole_number,
@@ -584,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
 
     v = sub.add_parser("validate", help="expand and check a matrix; print the jobs")
-    v.add_argument("matrix", nargs="?")
+    v.add_argument("matrix", nargs="?", help="matrix or study TOML file")
     _add_set(v)
     v.set_defaults(func=cmd_validate)
 

@@ -107,6 +107,10 @@ class EntropyTables:
         raise NotImplementedError
 
 
+#: built shifted tables of Gaussian conditionals, by what they depend on (a few at most)
+_SHIFTED: dict[tuple, CdfTables] = {}
+
+
 class GaussianTables(EntropyTables):
     """Tables of a :class:`~compressai.entropy_models.GaussianConditional`: one per entry
     of its ``scale_table`` (scale lower-bounded as in training), indexed by
@@ -139,6 +143,21 @@ class GaussianTables(EntropyTables):
         """One table per (scale of the scale table, shift), each over ``k = -c..c`` with
         ``c`` CompressAI's own reach for that scale (``ceil(σ q)``, ``q`` the quantile of
         its ``tail_mass``) plus one for the shift; the mass beyond is escaped."""
+        gc = self.gc
+        key = (
+            id(gc),
+            gc.scale_table.data_ptr(),
+            gc.scale_table._version,
+            id(gc.lower_bound_scale),
+            tuple(shifts.tolist()),
+        )
+        if key not in _SHIFTED:  # ~0.5 s to build: once per model state, not per image
+            if len(_SHIFTED) >= 8:
+                _SHIFTED.pop(next(iter(_SHIFTED)))
+            _SHIFTED[key] = self._build_shifted(shifts)
+        return _SHIFTED[key]
+
+    def _build_shifted(self, shifts: Tensor) -> CdfTables:
         gc = self.gc
         scales = gc.lower_bound_scale(gc.scale_table).double()
         reach = float(-gc._standardized_quantile(gc.tail_mass / 2))

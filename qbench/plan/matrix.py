@@ -146,6 +146,20 @@ def load_matrix(
     a string when it is not one.
     """
     path = default_matrix_path() if path is None else Path(path)
+    raw = read_toml(path)
+    return parse_matrix(
+        raw,
+        str(path),
+        registry,
+        default_name=path.stem,
+        overrides=overrides,
+        base_dir=path.resolve().parent,
+    )
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file ``path`` as a table; a :class:`MatrixError` naming it when it cannot be
+    read, is not UTF-8 or is not TOML."""
     source = str(path)
     try:
         data = path.read_bytes()
@@ -159,17 +173,9 @@ def load_matrix(
             "save the matrix as UTF-8"
         ) from exc
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise MatrixError(f"{source}: malformed TOML: {exc}") from exc
-    return parse_matrix(
-        raw,
-        source,
-        registry,
-        default_name=path.stem,
-        overrides=overrides,
-        base_dir=path.resolve().parent,
-    )
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
