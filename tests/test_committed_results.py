@@ -24,17 +24,6 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 #: Every committed run folder: a folder under results/ with a manifest.json and a report.md.
 RUNS = run_folders(RESULTS)
 
-#: Lines of a committed report.md that differ from its rebuild, known and explained:
-#: ``{run folder: {committed line: rebuilt line}}``. The title is the name of the run
-#: directory the report was written in: these two runs were run in ``vr-run/`` and
-#: ``svr-run/`` (commits c174aca and 596eb56) and copied into results/, so ``qbench report
-#: results/NAME`` titles them NAME. Rebuilding their report.md in place with ``qbench
-#: report`` ends the difference; then remove the entry (the test says so).
-KNOWN = {
-    "variable-rate": {"# qbench report: vr-run": "# qbench report: variable-rate"},
-    "stanh-vr": {"# qbench report: svr-run": "# qbench report: stanh-vr"},
-}
-
 
 def _missing_curves(run: Path) -> list[str]:
     """The published curves the run's report draws that are not downloaded here (the report
@@ -65,7 +54,6 @@ def rebuild(run: Path, tmp_path: Path) -> str:
 
 def test_the_committed_runs_are_found():
     assert {"quick", "variable-rate", "stanh-vr"} <= {r.name for r in RUNS}
-    assert set(KNOWN) <= {r.name for r in RUNS}, "KNOWN names a run folder that is gone"
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[str(r.relative_to(RESULTS)) for r in RUNS])
@@ -76,11 +64,7 @@ def test_report_rebuilds_line_for_line(run, tmp_path):
             f"{run.name}: its report draws published curves not downloaded here "
             f"({', '.join(missing)}): `qbench reference-curves --download {' '.join(missing)}`"
         )
-    committed = (run / "report.md").read_text(encoding="utf-8").split("\n")
-    known = KNOWN.get(run.name, {})
-    stale = sorted(set(known) - set(committed))
-    assert not stale, f"{run.name}: KNOWN lists lines no longer in report.md, remove: {stale}"
-    expected = [known.get(line, line) for line in committed]
+    expected = (run / "report.md").read_text(encoding="utf-8").split("\n")
     rebuilt = rebuild(run, tmp_path).split("\n")
     diff = difflib.unified_diff(
         expected, rebuilt, f"results/{run.name}/report.md (committed)", "rebuilt", lineterm=""
