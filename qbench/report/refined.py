@@ -55,6 +55,7 @@ def refinement_section(ok: pd.DataFrame, paired_bd: list[dict], rate: str) -> li
                 "bd_rate_%": pair.get("bd_rate_%", float("nan")),
                 "ci95_seeds": pair.get("ci95_seeds", ""),
                 "verdict": pair.get("verdict", "not computed (see the notes)"),
+                "flag": pair.get("flag", ""),
             }
         )
     return [
@@ -64,7 +65,9 @@ def refinement_section(ok: pd.DataFrame, paired_bd: list[dict], rate: str) -> li
         "optimised before coding through the encoder's surrogate (`[eval] refine_latents`; "
         "Yang, Bamler & Mandt 2020). `bd_rate_%`: the refined arm's curve against the plain "
         "arm's, seed by seed (negative = fewer bits at equal PSNR); `s_per_image`: the "
-        "refinement's seconds per image (mean over the rows). The schedule statistics of a "
+        "refinement's seconds per image (mean over the rows); `flag`: as in the paired "
+        "comparisons (low overlap: the refined curve shares little of the plain one's PSNR "
+        "range, so the BD-rate extrapolates). The schedule statistics of a "
         "refined arm are its model's: the tables above show them for the plain arm only.",
         "",
         md(pd.DataFrame(table), ".3g"),
