@@ -25,6 +25,7 @@ QUANTIZER_KEYS = ENTRY_KEYS | {
     "from_anchor",
     "refine_steps",
     "refine_lr",
+    "refine_reset",
     "interpolate",
     "soft_then_hard",
 }

@@ -123,6 +123,7 @@ class _FromAnchor:
     refine_steps: int
     refine_lr: float | None = None
     of: str | None = None
+    reset: tuple[str, ...] = ()
     stage = 1
 
     def expand(self, grid: Grid, q: Spec, path: str) -> None:
@@ -146,13 +147,24 @@ class _FromAnchor:
         grid.require_lambda(self.lmbda, f"{path}.from_anchor")
         anchor_spec = anchors[0]
         backbone_only = anchor_spec.identity() != q.identity()
+        if backbone_only and self.reset:
+            grid.ck.fail(
+                f"{path}.refine_reset",
+                f"the quantizer starts fresh on {anchor_spec.label!r}'s backbone (another "
+                "entry's anchor): it has no anchor state to reset",
+            )
         origin = Origin(anchor_spec.label, (self.lmbda,))
         for bb, lam, ds, seed in itertools.product(
             grid.backbones, grid.lambdas, grid.datasets, grid.seeds
         ):
             anchor = grid.models[(bb.label, anchor_spec.label, self.lmbda, seed)]
             recipe = Refine(
-                anchor.train_id, self.refine_steps, origin, self.refine_lr, backbone_only
+                anchor.train_id,
+                self.refine_steps,
+                origin,
+                self.refine_lr,
+                backbone_only,
+                self.reset,
             )
             grid.add(bb, q, lam, ds, seed, recipe)
 
@@ -286,9 +298,13 @@ def derivation(ck: Checker, entry: Any, path: str) -> Derivation:
     """What a quantizer entry asks for: a trained model, a derived one, or blends."""
     if not isinstance(entry, dict):
         return _Trained()
-    for key in ("refine_steps", "refine_lr"):
+    for key in ("refine_steps", "refine_lr", "refine_reset"):
         if key in entry and "from_anchor" not in entry:
             ck.fail(f"{path}.{key}", "only meaningful with from_anchor")
+    if "refine_reset" in entry and entry.get("from_anchor") == "backbone":
+        ck.fail(
+            f"{path}.refine_reset", 'only meaningful with an anchor entry\'s model, not "backbone"'
+        )
     if "from_anchor" in entry and "interpolate" in entry:
         ck.fail(f"{path}.interpolate", "cannot be combined with from_anchor")
     if "soft_then_hard" in entry:
@@ -313,7 +329,13 @@ def derivation(ck: Checker, entry: Any, path: str) -> Derivation:
                 f'"backbone" (the backbone\'s own weights), got {lam!r}',
             )
         steps, lr = _refine_settings(ck, entry, path)
-        return _FromAnchor(float(lam), steps, lr, of)
+        reset = entry.get("refine_reset", [])
+        if not isinstance(reset, list) or not all(isinstance(r, str) and r for r in reset):
+            ck.fail(
+                f"{path}.refine_reset",
+                f'expected a list of names of quantizer state (e.g. ["beta"]), got {reset!r}',
+            )
+        return _FromAnchor(float(lam), steps, lr, of, tuple(reset))
     if "interpolate" in entry:
         return _interpolation(ck, entry["interpolate"], path)
     return _Trained()

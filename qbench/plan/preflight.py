@@ -50,7 +50,7 @@ def preflight(matrix, registry: Registry) -> list[str]:
                     f"{source}: matrix.quantizers ({spec.label!r}).latents, backbone {bb!r}: {exc}"
                 ) from exc
             check_served(source, spec, bb, model, quantizer, targets)
-    check_models(matrix, backbones)
+    check_models(matrix, backbones, registry)
     build("quantizer", "matrix.unlisted_latents", matrix.jobs[0].unlisted)
     for name in matrix.eval.metrics:
         try:
@@ -104,10 +104,11 @@ def check_served(source, spec, bb: str, model, quantizer, targets) -> None:
             )
 
 
-def check_models(matrix, backbones: dict) -> None:
+def check_models(matrix, backbones: dict, registry: Registry) -> None:
     """:class:`PreflightError` when a built backbone cannot do what the matrix asks of it:
     offer its latents for ``[eval] refine_latents``, or give a recipe what it needs
-    (``Recipe.check``: soft-then-hard's frozen modules)."""
+    (``Recipe.check``, on the backbone with the job's quantizers: soft-then-hard's frozen
+    modules, the quantizer state a derived model resets)."""
     source = matrix.source
     if matrix.eval.refine_latents is not None:
         for bb, model in backbones.items():
@@ -116,10 +117,19 @@ def check_models(matrix, backbones: dict) -> None:
                     f"{source}: eval.refine_latents: backbone {bb!r} does not offer its latents "
                     "for refinement (Backbone.encode / forward_latents / compress_latents)"
                 )
-    recipes = {(j.backbone.label, j.quantizer.label): j.recipe for j in matrix.jobs}
-    for (bb, label), recipe in recipes.items():
+    jobs = {(j.backbone.label, j.quantizer.label): j for j in matrix.jobs}
+    for (bb, label), job in jobs.items():
+        model = backbones[bb]
         try:
-            recipe.check(backbones[bb])
+            targets = model.select_latents(job.quantizer.latents)
+            model.set_quantizers(
+                {
+                    latent: registry.build("quantizer", spec.name, **spec.params)
+                    for latent in model.latents
+                    for spec in [job.quantizer if latent in targets else job.unlisted]
+                }
+            )
+            job.recipe.check(model)
         except QbenchError as exc:
             raise PreflightError(
                 f"{source}: matrix.quantizers ({label!r}), backbone {bb!r}: {exc}"

@@ -234,6 +234,10 @@ class Refine(Recipe):
     ``lr`` (``refine_lr`` in the matrix) replaces ``[train] lr`` for these
     steps. ``backbone_only``: the anchor was trained with another quantizer;
     load its backbone and keep this model's freshly initialised quantizer.
+    ``reset`` (``refine_reset`` in the matrix): names of the quantizers' state
+    (``"beta"``) put back to their fresh values after the anchor is loaded, so the
+    refinement restarts that annealing (STanH's authors reset beta to 10 when they
+    derive a rate).
     """
 
     role: ClassVar[Role] = DERIVED
@@ -242,6 +246,7 @@ class Refine(Recipe):
     origin: Origin
     lr: float | None = None
     backbone_only: bool = False
+    reset: tuple[str, ...] = ()
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -253,6 +258,8 @@ class Refine(Recipe):
             out["lr"] = self.lr
         if self.backbone_only:
             out["backbone_only"] = True
+        if self.reset:
+            out["reset"] = list(self.reset)
         return out
 
     def steps(self, config: TrainConfig) -> int:
@@ -260,12 +267,30 @@ class Refine(Recipe):
 
     def produce(self, model: Any, ctx: Production) -> Any:
         state = ctx.source_weights(self.anchor)
+        own = model.state_dict()
         if self.backbone_only:  # an anchor of another quantizer: its backbone, our quantizer
-            own = model.state_dict()
             state = {k: v for k, v in state.items() if not k.startswith("quantizers.") and k in own}
             state.update({k: v for k, v in own.items() if k.startswith("quantizers.")})
-        model.load_state_dict(state)
+        fresh = {k: own[k].clone() for k in self._reset_keys(own)}
+        model.load_state_dict({**state, **fresh})
         return ctx.refine_quantizers(model, self.refine_steps, self.lr, self.origin.text())
+
+    def _reset_keys(self, state: dict[str, Any]) -> list[str]:
+        """The keys of the quantizers' state named by ``reset`` (the last part of a key)."""
+        return [
+            k for k in state if k.startswith("quantizers.") and k.rsplit(".", 1)[-1] in self.reset
+        ]
+
+    def check(self, model: Any) -> None:
+        state = model.state_dict()
+        found = {k.rsplit(".", 1)[-1] for k in self._reset_keys(state)}
+        missing = [name for name in self.reset if name not in found]
+        if missing:
+            names = sorted({k.rsplit(".", 1)[-1] for k in state if k.startswith("quantizers.")})
+            raise QbenchError(
+                f"refine_reset: {missing[0]!r} is no state of the quantizers (they have: "
+                f"{', '.join(names) or 'none'})"
+            )
 
 
 @dataclass(frozen=True)
