@@ -370,25 +370,25 @@ def cmd_export(args) -> int:
 
     if args.format != "qbench":
         return _export_for(args)
-    if args.backbone is not None:
-        raise QbenchError("--backbone selects the job for --format compressai only")
+    from qbench.run.export import JobKey, find_row
+
     out = _export_target(args.out)
     run_dir = RunDir(args.run_dir)
-    try:
-        train_id = run_dir.export_weights(
-            args.quantizer, args.lmbda, args.seed, out, half=args.half
+    row = find_row(run_dir, JobKey(args.quantizer, args.lmbda, args.seed, args.backbone))
+    train_id = row["train_id"]
+    if row.get("status") != "ok":
+        raise QbenchError(
+            f"{run_dir.root}: the job {row.get('backbone')}/{args.quantizer}@{args.lmbda:g} "
+            f"seed {args.seed} did not finish (status {row.get('status')!r}); nothing to export"
         )
+    try:
+        run_dir.export_weights(train_id, out, half=args.half)
     except (QbenchError, OSError):
         raise
     except Exception as exc:  # a checkpoint that does not load
-        files = sorted(
-            str(run_dir.checkpoint_path(r["train_id"]))
-            for r in run_dir.rows()
-            if r.get("quantizer") == args.quantizer and isinstance(r.get("train_id"), str)
-        )
         first = (str(exc).splitlines() or [""])[0][:160]
         raise QbenchError(
-            f"{', '.join(files) or run_dir.ckpt_dir}: the job's checkpoint does not load "
+            f"{run_dir.checkpoint_path(train_id)}: the job's checkpoint does not load "
             f"({type(exc).__name__}: {first})"
         ) from None
     size = out.stat().st_size
@@ -665,8 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--backbone",
         default=None,
-        help="--format compressai: the job's backbone label, when the run trained several "
-        "with this quantizer",
+        help="the job's backbone label, when the run trained several with this quantizer",
     )
     ex.set_defaults(func=cmd_export)
 

@@ -418,41 +418,20 @@ class RunDir:
         return state, json.loads(meta_path.read_text())
 
     # -- tables ----------------------------------------------------------------
-    def export_weights(
-        self, quantizer: str, lmbda: float, seed: int, out: Path, half: bool = False
-    ) -> str:
-        """Write the trained weights of the job (``quantizer`` label, ``lmbda``, ``seed``) to
-        ``out`` as a state dict (``half``: floating tensors of at least
-        :data:`HALF_MIN_NUMEL` elements, the weights, as float16; smaller ones, the
-        biases, bounds and tables, stay exact: a likelihood bound of 1e-9 is 0 in
-        float16); returns its train id.
+    def export_weights(self, train_id: str, out: Path, half: bool = False) -> None:
+        """Write the trained weights of train group ``train_id`` to ``out`` as a state dict
+        (``half``: floating tensors of at least :data:`HALF_MIN_NUMEL` elements, the
+        weights, as float16; smaller ones, the biases, bounds and tables, stay exact: a
+        likelihood bound of 1e-9 is 0 in float16). Which job: see
+        :func:`qbench.run.export.find_row`.
 
         The file is the backbone's whole state dict, quantizers included; a
         backbone's ``checkpoint`` parameter that accepts qbench checkpoints
         (the CompressAI adapters do) loads it as an initialisation.
         """
-        matches = [
-            r
-            for r in self.rows()
-            if r.get("quantizer") == quantizer
-            and math.isclose(float(r.get("lambda", "nan")), lmbda, rel_tol=1e-9)
-            and int(r.get("seed", -1)) == seed
-        ]
-        if not matches:
-            have = sorted(
-                {(r.get("quantizer"), r.get("lambda"), r.get("seed")) for r in self.rows()}
-            )
-            raise QbenchError(
-                f"{self.root}: no job with quantizer {quantizer!r}, lambda {lmbda:g}, seed {seed} "
-                f"(jobs: {', '.join(f'{q}@{lam} seed {s}' for q, lam, s in have) or 'none'})"
-            )
-        train_id = matches[0]["train_id"]
         cached = self.load_checkpoint(train_id)
         if cached is None:
-            raise QbenchError(
-                f"{self.root}: the job {quantizer}@{lmbda:g} has no checkpoint "
-                f"(status {matches[0].get('status')!r})"
-            )
+            raise QbenchError(f"{self.root}: train group {train_id} has no checkpoint")
         state = cached[0]
         if half:
             state = {
@@ -465,7 +444,6 @@ class RunDir:
 
         torch.save(state, buf)
         atomic_write_bytes(out, buf.getvalue())
-        return train_id
 
     def results_csv(self, metric_columns: Iterable[str] = ()) -> str:
         """The text of results.csv as merged from the rows (nothing is written)."""
