@@ -41,6 +41,7 @@ from qbench.report.tables import (
     rd_points,
     separate_configurations,
 )
+from qbench.report.training import collapsed_trainings
 from qbench.report.variable_rate import methods, variable_rate_rows
 from qbench.results import atomic_write_text
 
@@ -77,6 +78,7 @@ class _Run:
     anchor: str
     min_overlap: float
     rate: str
+    collapsed: int = 0
 
 
 @dataclass
@@ -172,7 +174,9 @@ def _read(
     ok = df[df["status"].isin(USABLE)].copy()
     column = _rate(rate, settings, ok, notes, run_dir)
     notes += _job_notes(df, ok)
-    return _Run(run_dir, df, ok, manifest, settings, anchor, min_overlap, column)
+    collapsed = collapsed_trainings(run_dir, ok)
+    notes += collapsed
+    return _Run(run_dir, df, ok, manifest, settings, anchor, min_overlap, column, len(collapsed))
 
 
 def _header(run: _Run) -> list[str]:
@@ -180,7 +184,7 @@ def _header(run: _Run) -> list[str]:
     flagged = int((ok["status"] != "ok").sum())
     bad = int((~df["status"].isin(USABLE)).sum())
     counts = (len(df), len(ok) - flagged, flagged, bad)
-    return sections.header(run.run_dir.name, counts, run.anchor, run.rate)
+    return sections.header(run.run_dir.name, counts, run.anchor, run.rate, run.collapsed)
 
 
 def _paired(run: _Run, statistics: list[str], notes: list[str]) -> tuple[dict, list[dict]]:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from qbench.report.paired import LEVEL, ONE_SEED, paired
 from qbench.report.tables import BITSTREAM, LIKELIHOOD, RD_COLUMNS, basis, md
+from qbench.report.training import LOSS_RISE
 from qbench.report.variable_rate import DERIVED_ROLES
 
 
@@ -25,16 +26,27 @@ def rate_words(rate: str) -> str:
 
 
 def header(
-    run_name: str, counts: tuple[int, int, int, int], anchor: str, rate: str = BITSTREAM
+    run_name: str,
+    counts: tuple[int, int, int, int],
+    anchor: str,
+    rate: str = BITSTREAM,
+    collapsed: int = 0,
 ) -> list[str]:
-    """The title, the job counts ``(jobs, ok, with non-finite values, failed)``, the anchor
-    and the rate every comparison is on."""
+    """The title, the job counts ``(jobs, ok, with non-finite values, failed)``, the
+    trainings that collapsed without a non-finite value (said when there are any:
+    :mod:`qbench.report.training`), the anchor and the rate every comparison is on."""
     total, good, flagged, bad = counts
+    rose = (
+        f" Of the ok jobs, {collapsed} collapsed in training (the loss ended over "
+        f"{LOSS_RISE:g} times its start; included, flagged below)."
+        if collapsed
+        else ""
+    )
     return [
         f"# qbench report: {run_name}",
         "",
         f"{total} jobs: {good} ok, {flagged} with non-finite values (included, "
-        f"flagged below), {bad} failed or diverged. "
+        f"flagged below), {bad} failed or diverged.{rose} "
         f"BD-rate anchor: `{anchor}` (PCHIP, negative = fewer bits than the anchor). "
         f"Rate of every BD-rate, comparison and plot: {rate_words(rate)} (`[report] rate`).",
         "",
