@@ -35,6 +35,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor
 
 from qbench.likelihoods import bottleneck_likelihood
+from qbench.registry import QbenchError
 from qbench.tensors import per_channel
 
 PRECISION = 16
@@ -237,11 +238,31 @@ class BottleneckTables(EntropyTables):
         return tables
 
 
+#: The largest symbol magnitude qbench hands to CompressAI's rANS coder. The coder
+#: escapes a symbol outside its table in 4-bit chunks, counted in a 32-bit integer; from
+#: a magnitude of about 2^27 on the count overflows and ``encode_with_indexes`` never
+#: returns (measured with CompressAI 1.2.8: 134217728 codes, 200000000 hangs). A trained
+#: model's symbols are a few hundred at most; a model whose latents blew up in training
+#: (a collapse) gets a clear error instead of a job that never ends.
+MAX_SYMBOL = 2**26
+
+
 def encode(symbols: Tensor, indexes: Tensor, tables: CdfTables) -> list[bytes]:
     """One byte string per batch element; ``indexes`` in ``[0, K)`` pick each symbol's table.
 
-    Symbols outside a table's range are escaped by the coder (as CompressAI does).
+    Symbols outside a table's range are escaped by the coder (as CompressAI does). Raises
+    :class:`~qbench.registry.QbenchError` for a non-finite symbol or one beyond
+    :data:`MAX_SYMBOL` in magnitude, which the coder cannot code.
     """
+    if symbols.numel():
+        finite = bool(torch.isfinite(symbols).all()) if symbols.is_floating_point() else True
+        largest = float(symbols.abs().max()) if finite else float("inf")
+        if largest > MAX_SYMBOL:
+            raise QbenchError(
+                f"a latent symbol of magnitude {largest:.4g} is beyond what CompressAI's rANS "
+                f"coder can code (at most {MAX_SYMBOL}; beyond about 2^27 it never returns): "
+                "the model's latents are out of range (a training that collapsed?)"
+            )
     enc = RansEncoder()
     out = []
     for s, i in zip(symbols, indexes):
