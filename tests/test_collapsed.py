@@ -35,14 +35,14 @@ def test_a_loss_that_ends_over_the_factor_is_flagged_and_one_below_is_not(tmp_pa
             "c": [2.0, 1.0, 0.8],
         },
     )
-    notes = collapsed_trainings(tmp_path, ok)
-    assert len(notes) == 1 and notes[0].startswith("job a (b, sua, lambda=0.01, seed=0)")
+    notes, n = collapsed_trainings(tmp_path, ok)
+    assert n == 1 and len(notes) == 1 and notes[0].startswith("job a (b, sua, lambda=0.01, seed=0)")
     assert "collapsed in training" in notes[0] and "step 151" in notes[0]
 
 
 def test_without_history_nothing_is_said(tmp_path):
     ok = pd.DataFrame([{"job_id": "a", "quantizer": "q", "lambda": 0.01, "seed": 0}])
-    assert collapsed_trainings(tmp_path, ok) == []
+    assert collapsed_trainings(tmp_path, ok) == ([], 0)
 
 
 def test_the_committed_reference_study_flags_its_collapse_and_nothing_else():
@@ -50,8 +50,8 @@ def test_the_committed_reference_study_flags_its_collapse_and_nothing_else():
     # before this check the report said so only as a non-monotonic curve
     run = RESULTS / "reference" / "reference-hyperprior"
     ok = pd.read_csv(run / "results.csv")
-    notes = collapsed_trainings(run, ok[ok["status"] == "ok"])
-    assert len(notes) == 1
+    notes, n = collapsed_trainings(run, ok[ok["status"] == "ok"])
+    assert n == len(notes) == 1
     assert "sua-bound0.11, lambda=0.018, seed=3" in notes[0]
 
 
@@ -86,3 +86,11 @@ def test_the_coder_codes_large_symbols_and_refuses_those_it_would_hang_on(tmp_pa
     assert len(lines) == 2, done.stdout + done.stderr
     assert "magnitude 2.684e+08 is beyond what CompressAI's rANS coder can code" in lines[0]
     assert "magnitude inf" in lines[1]
+
+
+def test_an_empty_history_is_no_history(tmp_path):
+    # the bug this reproduces: a run whose history.csv is empty (no step logged) made
+    # every report fail with pandas' EmptyDataError
+    (tmp_path / "history.csv").write_text("")
+    ok = pd.DataFrame([{"job_id": "a", "quantizer": "q", "lambda": 0.01, "seed": 0}])
+    assert collapsed_trainings(tmp_path, ok) == ([], 0)

@@ -174,9 +174,9 @@ def _read(
     ok = df[df["status"].isin(USABLE)].copy()
     column = _rate(rate, settings, ok, notes, run_dir)
     notes += _job_notes(df, ok)
-    collapsed = collapsed_trainings(run_dir, ok)
-    notes += collapsed
-    return _Run(run_dir, df, ok, manifest, settings, anchor, min_overlap, column, len(collapsed))
+    said, collapsed = collapsed_trainings(run_dir, ok)
+    notes += said
+    return _Run(run_dir, df, ok, manifest, settings, anchor, min_overlap, column, collapsed)
 
 
 def _header(run: _Run) -> list[str]:

@@ -27,15 +27,21 @@ import pandas as pd
 LOSS_RISE = 4.0
 
 
-def collapsed_trainings(run_dir: Path, ok: pd.DataFrame) -> list[str]:
-    """A note for each job of ``ok`` whose logged training loss ended above
-    :data:`LOSS_RISE` times its first value (none without ``history.csv``)."""
+def collapsed_trainings(run_dir: Path, ok: pd.DataFrame) -> tuple[list[str], int]:
+    """``(notes, collapsed)``: a note for each job of ``ok`` whose logged training loss
+    ended above :data:`LOSS_RISE` times its first value, and how many they are (none
+    without ``history.csv``; a history that cannot be parsed is one note, and no count)."""
     path = Path(run_dir) / "history.csv"
     if not path.is_file() or ok.empty or "job_id" not in ok.columns:
-        return []
-    history = pd.read_csv(path)
+        return [], 0
+    try:
+        history = pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # a run that logged no training step
+        return [], 0
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        return [f"{path}: not read ({type(exc).__name__}); no training checked for collapse"], 0
     if not {"job_id", "step", "loss"} <= set(history.columns):
-        return []
+        return [], 0
     history = history[history["job_id"].isin(set(ok["job_id"]))]
     history = history.dropna(subset=["loss"]).sort_values(["job_id", "step"])
     notes = []
@@ -52,4 +58,4 @@ def collapsed_trainings(run_dir: Path, ok: pd.DataFrame) -> list[str]:
             f"times its first logged value {first['loss']:.4g} (step {int(first['step'])}), "
             f"without a non-finite value; its points are included as measured (history.csv)"
         )
-    return notes
+    return notes, len(notes)
