@@ -9,12 +9,13 @@ with nothing written: the same anchor, rate, per-seed values, intervals, verdict
 and minimum detectable effects). Then the comparisons of published points in
 ``RESULTS/published`` (:mod:`qbench.report.published`).
 
-How long: the manifest's ``started`` and ``finished`` are those of the run
-directory's last ``qbench run``, a wall time only when that session ran the jobs
-(a session that found every job finished starts and ends in the same second); the
-rows' ``train_seconds`` (once per trained model) and ``eval_seconds`` summed are
-the compute, whatever the sessions. Both are given when both are known, each
-named.
+How long: the manifest's ``sessions`` are the ``qbench run`` sessions that ran
+jobs in the run directory (a run killed and resumed has several); the wall time is
+the sum of their spans, from ``started`` to ``finished`` (to the last job's end for a
+killed one). A manifest of an older qbench has only the last session's ``started``
+and ``finished``, a wall time only when that session ran the jobs. The rows'
+``train_seconds`` (once per trained model) and ``eval_seconds`` summed are the
+compute, whatever the sessions. Both are given when both are known, each named.
 
 The text is meant to live in a README between :data:`BEGIN` and :data:`END`:
 :func:`update` replaces only what lies between the two markers.
@@ -198,6 +199,24 @@ def _wall(manifest: dict) -> float | None:
     return (stamps[1] - stamps[0]).total_seconds()
 
 
+def _span(session: dict) -> float | None:
+    """A session's ``started`` to ``finished`` (or ``last_job``) in seconds."""
+    end = session.get("finished") or session.get("last_job")
+    return _wall({"started": session.get("started"), "finished": end})
+
+
+def _sessions_wall(manifest: dict) -> tuple[float, int] | None:
+    """The summed wall time of the manifest's sessions and their number (None without a
+    ``sessions`` list, or with a session whose span is unknown)."""
+    sessions = manifest.get("sessions")
+    if not isinstance(sessions, list) or not sessions:
+        return None
+    spans = [_span(s) if isinstance(s, dict) else None for s in sessions]
+    if any(s is None for s in spans):
+        return None
+    return float(sum(spans)), len(spans)
+
+
 def _how_long(manifest: dict, rows: pd.DataFrame) -> str:
     """The wall time of the manifest's last session when it ran jobs, and the compute summed
     over the rows (see the module)."""
@@ -210,6 +229,17 @@ def _how_long(manifest: dict, rows: pd.DataFrame) -> str:
         f"({duration(train)} training, each trained model once; {duration(evaluate)} "
         "evaluation)"
     )
+    sessions = _sessions_wall(manifest)
+    if sessions is not None:
+        wall, n = sessions
+        which = (
+            f"one `qbench run`, {manifest['sessions'][0]['started']}"
+            if n == 1
+            else f"{n} `qbench run` sessions summed, the run resumed {n - 1} time(s)"
+        )
+        workers = sorted({s.get("workers") for s in manifest["sessions"]} - {None})
+        at = f", {'/'.join(map(str, workers))} worker(s)" if workers else ""
+        return f"- **how long**: wall time {duration(wall)} ({which}{at}); {summed}"
     wall = _wall(manifest)
     if wall is None:
         return f"- **how long**: {summed}; the manifest records no start and end"

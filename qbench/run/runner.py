@@ -13,6 +13,7 @@ continues from its last snapshot (:mod:`qbench.snapshots`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -191,6 +192,9 @@ def _run_locked(
     plan = runner.plan(dispatch, len(groups))
     threads = runner.threads(dispatch, len(groups))
     manifest = _manifest(matrix, plugins, runner, plan, threads, dispatch.disable)
+    session = {"started": manifest["started"], "jobs": len(pending), "workers": len(plan)}
+    earlier = [] if force else earlier_sessions(run_dir)
+    manifest["sessions"] = earlier + ([session] if pending else [])
     run_dir.write_manifest(manifest)
     metric_cols, dispatch.columns = _columns(manifest)
     echo(
@@ -205,6 +209,8 @@ def _run_locked(
         """Merge the rows so far; a failure (a full disk) is said and the run goes on."""
         try:
             run_dir.write_tables(metric_cols)
+            session["last_job"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # a killed run's end
+            run_dir.write_manifest(manifest)
         except OSError as exc:
             echo(
                 f"warning: could not merge results.csv ({exc.strerror or exc}); the rows are "
@@ -229,7 +235,7 @@ def _run_locked(
     for j in matrix.jobs:
         s = rows.get(j.job_id, {}).get("status", "missing")
         statuses[s] = statuses.get(s, 0) + 1
-    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    manifest["finished"] = session["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     manifest["statuses"] = statuses
     run_dir.write_manifest(manifest)
     return RunSummary(
@@ -286,6 +292,25 @@ def _git_commit() -> str:
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def earlier_sessions(run_dir: RunDir) -> list[dict[str, Any]]:
+    """The ``qbench run`` sessions that ran jobs in ``run_dir`` before this one (each
+    ``{"started", "finished" or, for a killed one, "last_job", "jobs", "workers"}``), from its
+    manifest, so that a run made in several sessions keeps its whole wall time. A manifest
+    of an older qbench gives its one session when it ran jobs (``started`` before
+    ``finished``); an unreadable one gives none."""
+    try:
+        held = json.loads((run_dir.root / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(held, dict):
+        return []
+    if isinstance(held.get("sessions"), list):
+        return [s for s in held["sessions"] if isinstance(s, dict)]
+    if held.get("started") and held.get("finished") and held["started"] != held["finished"]:
+        return [{"started": held["started"], "finished": held["finished"]}]
+    return []
 
 
 def _manifest(
