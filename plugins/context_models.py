@@ -187,9 +187,7 @@ class JointAutoregressive(MeanScale):
                 if tables is None or tables.indexes is not None:  # a step's depend on sigma
                     tables = q.tables(coding.GaussianTables(gc, s))
                 index = tables.indexes if tables.indexes is not None else gc.build_indexes(s)
-                values = decoder.decode_stream(
-                    index.reshape(-1).int().tolist(), tables.cdfs, tables.lengths, tables.offsets
-                )
+                values = coding.decode_step(decoder, index.reshape(-1).int().tolist(), tables)
                 symbols = torch.tensor(values, dtype=torch.int64).view(1, c, 1, 1)
                 y_hat[:, :, i + p : i + p + 1, j + p : j + p + 1] = q.from_symbols(symbols, mu).to(
                     params.dtype
