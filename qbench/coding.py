@@ -299,8 +299,6 @@ def decode_step(decoder: RansDecoder, indexes: list[int], tables: CdfTables) -> 
     model's decoding time), and looks a symbol's table up by its index alone, so the
     symbols are those of ``decoder.decode_stream(indexes, tables...)``, bit for bit."""
     used = sorted(set(indexes))
-    if len(used) == len(tables.cdfs):
-        return decoder.decode_stream(indexes, tables.cdfs, tables.lengths, tables.offsets)
     slot = {u: i for i, u in enumerate(used)}
     return decoder.decode_stream(
         [slot[i] for i in indexes],

@@ -188,38 +188,34 @@ def duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
-def _wall(manifest: dict) -> float | None:
-    """The manifest's ``finished - started`` in seconds (None when either is missing)."""
+def _wall(started: object, finished: object) -> float | None:
+    """``finished - started`` in seconds, from the manifest's time stamps (None when either
+    is missing or unreadable)."""
     try:
-        stamps = [
-            datetime.strptime(manifest[k], "%Y-%m-%dT%H:%M:%S%z") for k in ("started", "finished")
-        ]
-    except (KeyError, TypeError, ValueError):
+        stamps = [datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z") for t in (started, finished)]
+    except (TypeError, ValueError):
         return None
     return (stamps[1] - stamps[0]).total_seconds()
 
 
-def _span(session: dict) -> float | None:
-    """A session's ``started`` to ``finished`` (or ``last_job``) in seconds."""
-    end = session.get("finished") or session.get("last_job")
-    return _wall({"started": session.get("started"), "finished": end})
-
-
-def _sessions_wall(manifest: dict) -> tuple[float, int] | None:
-    """The summed wall time of the manifest's sessions and their number (None without a
-    ``sessions`` list, or with a session whose span is unknown)."""
-    sessions = manifest.get("sessions")
+def _sessions_wall(sessions: object) -> float | None:
+    """The summed span of the manifest's ``sessions``, each from ``started`` to ``finished``
+    (``last_job`` for a killed one); None without sessions or with one whose span is
+    unknown."""
     if not isinstance(sessions, list) or not sessions:
         return None
-    spans = [_span(s) if isinstance(s, dict) else None for s in sessions]
-    if any(s is None for s in spans):
-        return None
-    return float(sum(spans)), len(spans)
+    spans = [
+        _wall(s.get("started"), s.get("finished") or s.get("last_job"))
+        if isinstance(s, dict)
+        else None
+        for s in sessions
+    ]
+    return None if any(s is None for s in spans) else float(sum(spans))
 
 
 def _how_long(manifest: dict, rows: pd.DataFrame) -> str:
-    """The wall time of the manifest's last session when it ran jobs, and the compute summed
-    over the rows (see the module)."""
+    """The wall time of the manifest's sessions (of its last one, for an older qbench's),
+    and the compute summed over the rows (see the module)."""
     trained = rows.drop_duplicates("train_id") if "train_id" in rows.columns else rows
     none = pd.Series(dtype=float)  # a results.csv of an older qbench may lack the columns
     train = float(pd.to_numeric(trained.get("train_seconds", none), errors="coerce").sum())
@@ -229,18 +225,19 @@ def _how_long(manifest: dict, rows: pd.DataFrame) -> str:
         f"({duration(train)} training, each trained model once; {duration(evaluate)} "
         "evaluation)"
     )
-    sessions = _sessions_wall(manifest)
-    if sessions is not None:
-        wall, n = sessions
+    sessions = manifest.get("sessions")
+    wall = _sessions_wall(sessions)
+    if wall is not None:
+        n = len(sessions)
         which = (
-            f"one `qbench run`, {manifest['sessions'][0]['started']}"
+            f"one `qbench run`, {sessions[0]['started']}"
             if n == 1
             else f"{n} `qbench run` sessions summed, the run resumed {n - 1} time(s)"
         )
-        workers = sorted({s.get("workers") for s in manifest["sessions"]} - {None})
+        workers = sorted({s.get("workers") for s in sessions} - {None})
         at = f", {'/'.join(map(str, workers))} worker(s)" if workers else ""
         return f"- **how long**: wall time {duration(wall)} ({which}{at}); {summed}"
-    wall = _wall(manifest)
+    wall = _wall(manifest.get("started"), manifest.get("finished"))
     if wall is None:
         return f"- **how long**: {summed}; the manifest records no start and end"
     if wall <= 0:
