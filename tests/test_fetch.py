@@ -5,10 +5,12 @@ tmp_path, the HTTP servers listen on 127.0.0.1, unreachable URLs use a closed lo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import threading
 import time
+import urllib.request
 
 import pytest
 import torch
@@ -54,21 +56,53 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server():
+class _Server(http.server.ThreadingHTTPServer):
+    """Joins its request threads on close: a request stalled past the client's timeout
+    ends inside the test that made it. Left running, it failed writing to the closed
+    socket during a later test of the same worker, and the traceback it printed (Python
+    3.11 parses the source line to place its carets) raced that test's own ``ast.parse``:
+    ``SystemError: AST constructor recursion depth mismatch``."""
+
+    daemon_threads = False
+
+    def handle_error(self, request, client_address):
+        pass  # a client that gave up (the timeout test) is expected, not an error
+
+
+@contextlib.contextmanager
+def _serving():
     """An HTTP server on 127.0.0.1 (a free port) serving ``files`` (path: bytes)."""
 
     class Handler(_Handler):
         files: dict[str, bytes] = {}
         stall = 0.0
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd = _Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    with _serving() as httpd:
+        yield httpd
+
+
+def test_a_request_stalled_past_its_timeout_ends_with_the_server():
+    # the bug: the stalled request outlived its test and, in a later test of the same
+    # worker, raised SystemError from that test's ast.parse (see _Server)
+    with _serving() as httpd:
+        httpd.RequestHandlerClass.files = {"/x": b"x"}
+        httpd.RequestHandlerClass.stall = 2.0
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{httpd.url}/x", timeout=0.1)
+    assert not [t for t in threading.enumerate() if "process_request" in t.name]
 
 
 def test_a_file_mirror_is_copied_checked_and_then_kept_without_network(tmp_path, mirror):
